@@ -1,0 +1,116 @@
+# shardproxy: the single entry point.
+#   make deps     install the Debian packages the build, tests and bench need
+#   make          build build/shardproxy
+#   make run      start the demo upstream and the proxy on conf/shardproxy.json
+#   make test     unit tests (cmocka) + end-to-end tests on the real binary
+#   make test SANITIZE=1   the same, built with ASan + UBSan (in build/san)
+#   make bench    shardproxy vs HAProxy vs nginx stream vs direct -> docs/BENCHMARKS.md
+#   make format / make lint / make clean
+
+SANITIZE ?= 0
+ifeq ($(SANITIZE),1)
+BUILD ?= build/san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+
+CC ?= cc
+CLANG ?= clang
+BPFTOOL ?= bpftool
+PYTHON ?= python3
+
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
+	  -D_GNU_SOURCE -I. -I$(BUILD) $(SANFLAGS) -MMD -MP
+LDFLAGS += $(SANFLAGS)
+LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
+
+# Packages a fresh Debian 12 needs for build, tests and bench.
+PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
+	libelf-dev zlib1g-dev libjansson-dev libcmocka-dev bpftool clang llvm \
+	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
+	valgrind
+
+LIB_SRC := $(wildcard conf/*.c runtime/*.c shard/*.c proxy/*.c) bpf/steer.c
+LIB_SRC := $(filter-out proxy/main.c,$(LIB_SRC))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+DEMO_BIN := $(BUILD)/demo-upstream
+
+.PHONY: all deps run test unit e2e bench clean format lint
+
+all: $(BUILD)/shardproxy $(DEMO_BIN)
+
+deps:
+	@missing=""; for p in $(PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "deps: installing$$missing"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+			|| { echo "deps: apt-get failed"; exit 1; }; \
+		else \
+			echo "deps: missing packages; run as root:"; \
+			echo "  apt-get update && apt-get install -y$$missing"; exit 1; \
+		fi; \
+	fi
+
+$(BUILD)/%.o: %.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# BPF: clang -> object -> skeleton header (generated, never committed).
+$(BUILD)/steer.bpf.o: bpf/steer.bpf.c bpf/steer.h $(wildcard bpf/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_x86 -I. -I/usr/include/$(shell uname -m)-linux-gnu \
+		-c -o $@ $<
+	llvm-strip -g $@ 2>/dev/null || true
+
+$(BUILD)/steer.skel.h: $(BUILD)/steer.bpf.o
+	$(BPFTOOL) gen skeleton $< name steer_bpf > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/bpf/steer.o: $(BUILD)/steer.skel.h
+
+$(BUILD)/libshardproxy.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/shardproxy: $(BUILD)/proxy/main.o $(BUILD)/libshardproxy.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(DEMO_BIN): tests/demo/demo_upstream.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libshardproxy.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libshardproxy.a $(LDLIBS) -lcmocka
+
+run: all
+	@./tests/demo/run-demo.sh $(BUILD)
+
+unit: $(UNIT_BIN)
+	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
+
+e2e: all
+	$(PYTHON) tests/e2e/run.py --build $(BUILD)
+
+test: unit e2e
+
+bench: all
+	$(PYTHON) tests/bench/bench.py --build $(BUILD) --out docs/BENCHMARKS.md
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+lint: | deps
+	cppcheck --quiet --enable=warning,performance,portability --error-exitcode=1 \
+		--suppress=missingIncludeSystem -I. $(LIB_SRC) proxy/main.c
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
