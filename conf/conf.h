@@ -1,0 +1,141 @@
+/* conf: the JSON configuration file (SPEC §4) turned into one immutable,
+ * validated C structure. Nothing here refers to jansson: the parser is the
+ * only place that sees JSON, and no shard ever parses anything. */
+#ifndef SP_CONF_H
+#define SP_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+/* Hard caps, so every array a shard sizes from the conf is bounded. */
+#define SP_CONF_MAX_WORKERS 256
+#define SP_CONF_NAME_MAX 64
+
+typedef enum { SP_STEER_HASH, SP_STEER_CPU, SP_STEER_LEAST_CONN, SP_STEER_NONE } sp_steering_t;
+typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;
+typedef enum { SP_LOG_DEBUG, SP_LOG_INFO, SP_LOG_WARN, SP_LOG_ERROR } sp_log_level_t;
+typedef enum { SP_LOG_TEXT, SP_LOG_JSON } sp_log_format_t;
+typedef enum {
+	SP_BALANCE_ROUND_ROBIN,
+	SP_BALANCE_LEAST_CONN,
+	SP_BALANCE_SOURCE_HASH,
+	SP_BALANCE_RANDOM_TWO,
+} sp_balance_t;
+typedef enum { SP_PROXY_PROTO_NONE, SP_PROXY_PROTO_V1, SP_PROXY_PROTO_V2 } sp_proxy_proto_t;
+
+/* A socket address as written in the file plus what it resolved to. */
+typedef struct {
+	char text[128]; /* as written, e.g. "localhost:9002" or "[::1]:9001" */
+	struct sockaddr_storage ss;
+	socklen_t len;
+} sp_addr_t;
+
+typedef struct {
+	int family;       /* AF_INET or AF_INET6 */
+	uint8_t addr[16]; /* network order, already masked to prefix */
+	uint8_t prefix;   /* 0..32 or 0..128 */
+} sp_cidr_t;
+
+typedef struct {
+	bool enabled; /* false when "health_check" is absent or null */
+	uint32_t interval_ms;
+	uint32_t timeout_ms;
+	uint32_t fall;
+	uint32_t rise;
+} sp_health_check_t;
+
+typedef struct {
+	sp_addr_t addr;
+	uint32_t weight; /* 1..256, default 1 */
+	bool backup;
+} sp_server_t;
+
+typedef struct {
+	char name[SP_CONF_NAME_MAX];
+	sp_balance_t balance;
+	sp_server_t *servers;
+	size_t nservers; /* >= 1 */
+	uint32_t connect_timeout_ms;
+	uint32_t idle_timeout_ms;
+	uint32_t retries;
+	sp_proxy_proto_t send_proxy_protocol;
+	sp_health_check_t health_check;
+} sp_upstream_t;
+
+typedef struct {
+	char **sni; /* exact names or "*.suffix", lower-cased */
+	size_t nsni;
+	sp_cidr_t *source;
+	size_t nsource;
+	size_t upstream; /* index into sp_conf_t.upstreams */
+} sp_route_t;
+
+typedef struct {
+	char name[SP_CONF_NAME_MAX];
+	sp_addr_t listen;
+	bool accept_proxy_protocol;
+	uint32_t peek_timeout_ms;
+	sp_route_t *routes;
+	size_t nroutes; /* >= 1 */
+} sp_listener_t;
+
+typedef struct sp_conf {
+	char *path;
+	uint32_t workers; /* 0 means "auto": one per online CPU */
+	sp_steering_t steering;
+	sp_relay_t relay;
+	struct {
+		sp_log_level_t level;
+		bool access_log;
+		sp_log_format_t format;
+	} log;
+	struct {
+		bool enabled; /* false when "admin" is absent or its listen is null */
+		sp_addr_t listen;
+	} admin;
+	struct {
+		uint32_t max_connections;
+		uint32_t drain_timeout_ms;
+	} limits;
+	sp_listener_t *listeners;
+	size_t nlisteners; /* >= 1 */
+	sp_upstream_t *upstreams;
+	size_t nupstreams; /* >= 1 */
+} sp_conf_t;
+
+/* Error sink: every error of a file is collected, each already formatted as
+ * "file:line:col: json.path: message". */
+typedef struct {
+	char **msgs;
+	size_t n;
+} sp_conf_errors_t;
+
+/* Parse, validate and resolve the file at path. Returns a conf on success,
+ * NULL on failure with every error in errs (which the caller frees with
+ * sp_conf_errors_free). Host names are resolved here, once. */
+sp_conf_t *sp_conf_load(const char *path, sp_conf_errors_t *errs);
+/* Same, from a buffer; name is what error messages call the file. */
+sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,
+			       sp_conf_errors_t *errs);
+void sp_conf_free(sp_conf_t *conf);
+void sp_conf_errors_print(const sp_conf_errors_t *errs, FILE *out);
+void sp_conf_errors_free(sp_conf_errors_t *errs);
+
+/* Names of enum values as they are written in the file ("hash", "splice"...). */
+const char *sp_conf_steering_name(sp_steering_t s);
+const char *sp_conf_relay_name(sp_relay_t r);
+const char *sp_conf_balance_name(sp_balance_t b);
+
+/* Look-ups used by the supervisor and shards. */
+int sp_conf_listener_index(const sp_conf_t *conf, const char *name);
+int sp_conf_upstream_index(const sp_conf_t *conf, const char *name);
+
+/* Does addr (AF_INET/AF_INET6 sockaddr, v4-mapped v6 treated as v4) fall in cidr? */
+bool sp_cidr_match(const sp_cidr_t *cidr, const struct sockaddr *addr);
+/* Does host name (any case) match pattern (exact, or "*.suffix" = any subdomain)? */
+bool sp_sni_match(const char *pattern, const char *host);
+
+#endif
