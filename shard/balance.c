@@ -1,0 +1,192 @@
+/* balance: round_robin (smooth weighted, as nginx), least_conn, source_hash
+ * (weighted rendezvous hashing) and random_two (power of two choices). */
+#include "shard/balance.h"
+
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sp_balancer_init(sp_balancer_t *b, const sp_upstream_t *up, uint64_t seed)
+{
+	memset(b, 0, sizeof(*b));
+	b->up = up;
+	b->current = calloc(up->nservers, sizeof(*b->current));
+	b->active = calloc(up->nservers, sizeof(*b->active));
+	if (!b->current || !b->active) {
+		sp_balancer_free(b);
+		return -ENOMEM;
+	}
+	b->rng = seed | 1;
+	return 0;
+}
+
+void sp_balancer_free(sp_balancer_t *b)
+{
+	free(b->current);
+	free(b->active);
+	memset(b, 0, sizeof(*b));
+}
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return x;
+}
+
+static uint64_t next_rand(sp_balancer_t *b)
+{
+	b->rng ^= b->rng << 13;
+	b->rng ^= b->rng >> 7;
+	b->rng ^= b->rng << 17;
+	return b->rng;
+}
+
+uint64_t sp_hash_addr(const struct sockaddr *sa)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const uint8_t *p;
+	size_t n;
+
+	if (sa->sa_family == AF_INET) {
+		p = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+		n = 4;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		p = a6->s6_addr;
+		n = 16;
+		if (IN6_IS_ADDR_V4MAPPED(a6)) { /* same client, same hash */
+			p += 12;
+			n = 4;
+		}
+	} else {
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ULL;
+	}
+	return mix64(h);
+}
+
+/* Eligible servers: not excluded, and of the preferred class (non-backup while
+ * any non-backup server is eligible). */
+static bool eligible(const sp_balancer_t *b, unsigned i, const sp_server_set_t *ex, bool backup)
+{
+	return !sp_server_set_has(ex, i) && b->up->servers[i].backup == backup;
+}
+
+static int pick_rr(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
+{
+	int best = -1;
+	int64_t total = 0;
+	for (unsigned i = 0; i < b->up->nservers; i++) {
+		if (!eligible(b, i, ex, backup))
+			continue;
+		b->current[i] += b->up->servers[i].weight;
+		total += b->up->servers[i].weight;
+		if (best < 0 || b->current[i] > b->current[best])
+			best = (int)i;
+	}
+	if (best >= 0)
+		b->current[best] -= total;
+	return best;
+}
+
+/* Lower load wins: active/weight compared without division. */
+static bool lighter(const sp_balancer_t *b, unsigned x, unsigned y)
+{
+	return (uint64_t)b->active[x] * b->up->servers[y].weight <
+	       (uint64_t)b->active[y] * b->up->servers[x].weight;
+}
+
+static int pick_least(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
+{
+	int best = -1;
+	unsigned n = (unsigned)b->up->nservers;
+	for (unsigned k = 0; k < n; k++) {
+		unsigned i = (b->rr_start + k) % n;
+		if (eligible(b, i, ex, backup) && (best < 0 || lighter(b, i, (unsigned)best)))
+			best = (int)i;
+	}
+	b->rr_start++;
+	return best;
+}
+
+/* Weighted rendezvous hashing: each server scores -ln(u)/weight for a uniform
+ * u drawn from hash(client, server); the lowest score wins. Removing a server
+ * only moves the clients it had; weights hold in proportion. */
+static int pick_hash(sp_balancer_t *b, uint64_t client_hash, const sp_server_set_t *ex,
+		     bool backup)
+{
+	int best = -1;
+	double best_score = 0;
+	for (unsigned i = 0; i < b->up->nservers; i++) {
+		if (!eligible(b, i, ex, backup))
+			continue;
+		const sp_server_t *srv = &b->up->servers[i];
+		uint64_t h = mix64(client_hash ^ mix64(i + 0x9e3779b97f4a7c15ULL));
+		double u = ((double)(h >> 11) + 0.5) / 9007199254740992.0; /* (0,1) */
+		double score = -log(u) / srv->weight;
+		if (best < 0 || score < best_score) {
+			best = (int)i;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+static int pick_two(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
+{
+	unsigned cand[SP_MAX_SERVERS], n = 0;
+	for (unsigned i = 0; i < b->up->nservers; i++)
+		if (eligible(b, i, ex, backup))
+			cand[n++] = i;
+	if (n == 0)
+		return -1;
+	unsigned x = cand[next_rand(b) % n];
+	if (n == 1)
+		return (int)x;
+	unsigned y = cand[next_rand(b) % (n - 1)];
+	if (y == x)
+		y = cand[n - 1];
+	return (int)(lighter(b, y, x) ? y : x);
+}
+
+static int pick_class(sp_balancer_t *b, uint64_t client_hash, const sp_server_set_t *ex,
+		      bool backup)
+{
+	switch (b->up->balance) {
+	case SP_BALANCE_LEAST_CONN:
+		return pick_least(b, ex, backup);
+	case SP_BALANCE_SOURCE_HASH:
+		return pick_hash(b, client_hash, ex, backup);
+	case SP_BALANCE_RANDOM_TWO:
+		return pick_two(b, ex, backup);
+	case SP_BALANCE_ROUND_ROBIN:
+	default:
+		return pick_rr(b, ex, backup);
+	}
+}
+
+int sp_balancer_pick(sp_balancer_t *b, uint64_t client_hash, const sp_server_set_t *exclude)
+{
+	int i = pick_class(b, client_hash, exclude, false);
+	return i >= 0 ? i : pick_class(b, client_hash, exclude, true);
+}
+
+void sp_balancer_connected(sp_balancer_t *b, unsigned server)
+{
+	b->active[server]++;
+}
+
+void sp_balancer_released(sp_balancer_t *b, unsigned server)
+{
+	if (b->active[server])
+		b->active[server]--;
+}

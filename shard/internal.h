@@ -1,0 +1,194 @@
+/* Shard internals shared by its files: the shard context, the session state
+ * machine, the op codes packed into user_data, and the relay engine
+ * interface. Nothing outside shard/ includes this. */
+#ifndef SP_SHARD_INTERNAL_H
+#define SP_SHARD_INTERNAL_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/signalfd.h>
+
+#include "runtime/bufring.h"
+#include "runtime/pipepool.h"
+#include "runtime/ring.h"
+#include "runtime/timer.h"
+#include "shard/balance.h"
+#include "shard/shard.h"
+
+/* Ops packed into user_data. Relay ops come in pairs, one per direction:
+ * op + SP_UP (client -> upstream) or op + SP_DOWN (upstream -> client). */
+enum {
+	SP_OP_NONE = 0,
+	SP_OP_ACCEPT,         /* slot = index into sh->accepts */
+	SP_OP_SIGNAL,         /* read on the signalfd */
+	SP_OP_CONNECT,        /* slot = session */
+	SP_OP_CONNECT_TIMEOUT,
+	SP_OP_PEEK,           /* readiness of a client whose first bytes we need */
+	SP_OP_RECV,           /* + dir: copy engine multishot recv */
+	SP_OP_SEND = SP_OP_RECV + 2,    /* + dir */
+	SP_OP_POLL_IN = SP_OP_SEND + 2, /* + dir: splice engine readiness */
+	SP_OP_POLL_OUT = SP_OP_POLL_IN + 2,
+	SP_OP_CANCEL = SP_OP_POLL_OUT + 2, /* results ignored */
+	SP_OP_MAX,
+};
+
+enum { SP_UP = 0, SP_DOWN = 1 };
+
+typedef enum {
+	SS_FREE = 0,
+	SS_PEEK,       /* waiting for a PROXY header or TLS ClientHello to route on */
+	SS_CONNECTING, /* route and server chosen, connect in flight */
+	SS_RELAY,      /* both sockets open, bytes flowing */
+	SS_CLOSING,    /* waiting for in-flight ops before closing the fds */
+} sp_session_state_t;
+
+typedef enum {
+	SP_END_DONE = 0,
+	SP_END_CLIENT_RESET,
+	SP_END_UPSTREAM_RESET,
+	SP_END_IDLE_TIMEOUT,
+	SP_END_CONNECT_FAILED,
+	SP_END_NO_ROUTE,
+	SP_END_PEEK_TIMEOUT,
+	SP_END_BAD_HEADER, /* accept_proxy_protocol and no valid PROXY header */
+	SP_END_DRAIN_TIMEOUT,
+	SP_END_ERROR,
+} sp_end_t;
+
+#define SP_COPY_BUF_SIZE (16 * 1024)
+/* Buffers queued per direction before the copy engine stops reading: the
+ * per-session memory bound is 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE, plus what
+ * one multishot round may land before the pause takes effect. */
+#define SP_COPY_QMAX 8
+#define SP_SPLICE_CHUNK (64 * 1024)
+
+/* One direction of a session: bytes read from src are written to dst. */
+typedef struct {
+	int src, dst;
+	uint64_t bytes;
+	bool eof;  /* src sent FIN */
+	bool shut; /* the FIN has been passed on to dst */
+	/* copy engine */
+	bool recv_armed;   /* a multishot recv is in flight */
+	bool recv_paused;  /* backpressure: recv cancelled until the queue drains */
+	bool starved;      /* the buffer ring ran dry; re-arm when buffers return */
+	bool send_busy;    /* one send in flight keeps bytes in order */
+	uint16_t qhead, qn;
+	uint32_t qoff; /* bytes of the head buffer already sent */
+	uint16_t qbid[256]; /* SP_QCAP: room for what lands before a pause */
+	uint32_t qlen[256];
+	/* splice engine */
+	int pipe[2];
+	uint32_t in_pipe;
+	bool poll_in, poll_out;
+} sp_dir_t;
+
+#define SP_QCAP 256
+
+typedef struct sp_session {
+	uint32_t idx;
+	sp_session_state_t state;
+	sp_end_t end;
+	int cfd, ufd;
+	uint32_t inflight; /* ops whose final completion has not arrived */
+	uint16_t listener, route, upstream;
+	int16_t server;    /* -1 until chosen */
+	uint8_t attempts;
+	bool counted;      /* holds an active count in stats / balancer */
+	bool proxy_done;   /* the client's PROXY header has been consumed */
+	sp_server_set_t tried;
+	struct sockaddr_storage client; /* peer, or the source a PROXY header gave */
+	struct sockaddr_storage local;  /* address the client connected to */
+	uint64_t peek_deadline;
+	struct __kernel_timespec connect_ts;
+	uint64_t start_ms, last_active_ms;
+	sp_timer_t timer;
+	sp_dir_t dir[2];
+	struct sp_session *next_free;
+} sp_session_t;
+
+struct sp_shard;
+
+/* A relay engine: moves bytes both ways once both sockets are connected.
+ * Engines report through sp_dir_eof_flushed / sp_session_fail, and must
+ * release whatever buffers or pipes they hold in release(). */
+typedef struct {
+	const char *name;
+	void (*start)(struct sp_shard *sh, sp_session_t *s);
+	void (*on_cqe)(struct sp_shard *sh, sp_session_t *s, unsigned op, int dir, int res,
+		       uint32_t flags);
+	void (*release)(struct sp_shard *sh, sp_session_t *s);
+	/* Buffers came back to the ring: resume sessions that starved. */
+	void (*resume)(struct sp_shard *sh);
+} sp_relay_engine_t;
+
+extern const sp_relay_engine_t sp_relay_copy;
+extern const sp_relay_engine_t sp_relay_splice;
+
+typedef struct {
+	int fd;
+	uint16_t listener;
+	bool armed;
+} sp_accept_t;
+
+typedef struct sp_shard {
+	const sp_conf_t *conf;
+	const sp_shard_args_t *args;
+	sp_ring_t ring;
+	sp_bufring_t bufs;
+	sp_pipepool_t pipes;
+	sp_timers_t timers;
+	const sp_relay_engine_t *engine;
+	sp_balancer_t *balancers; /* one per upstream */
+	uint32_t *health_base;    /* per upstream: index of its first server in the health arrays */
+
+	sp_session_t *sessions;
+	uint32_t *gens; /* generation per session slot, read by the ring */
+	uint32_t nsessions;
+	uint32_t active;
+	sp_session_t *free_list;
+	uint32_t nstarved;     /* copy: directions waiting for buffers */
+
+	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
+	unsigned naccepts;
+	bool accept_paused;    /* fd/memory exhaustion: resume on accept_timer */
+	bool at_limit;         /* max_sessions reached */
+	sp_timer_t accept_timer;
+
+	int sigfd;
+	struct signalfd_siginfo siginfo;
+	bool draining, stopping;
+	sp_timer_t drain_timer;
+
+	uint64_t now_ms;
+	char logbuf[16384];
+	size_t loglen;
+} sp_shard_t;
+
+/* session.c */
+void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd);
+void sp_session_fail(sp_shard_t *sh, sp_session_t *s, sp_end_t why);
+void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir);
+void sp_session_touch(sp_shard_t *sh, sp_session_t *s);
+void sp_session_op_done(sp_shard_t *sh, sp_session_t *s);
+void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
+void sp_session_on_connect_timeout(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
+void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
+void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
+void sp_session_close_all(sp_shard_t *sh, sp_end_t why);
+int sp_sessions_init(sp_shard_t *sh, uint32_t n);
+void sp_sessions_free(sp_shard_t *sh);
+
+/* shard.c */
+void sp_shard_session_closed(sp_shard_t *sh);
+void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s);
+
+/* Counted SQE for a session op: inflight++ for ops with one final CQE. */
+static inline struct io_uring_sqe *sp_session_sqe(sp_shard_t *sh, sp_session_t *s, unsigned op)
+{
+	s->inflight++;
+	return sp_ring_sqe(&sh->ring, op, s->idx, sh->gens[s->idx]);
+}
+
+#endif

@@ -1,0 +1,139 @@
+/* relay_splice: the splice engine (the HAProxy model). io_uring only reports
+ * readiness (a poll); the bytes move with non-blocking splice(2) calls
+ * socket -> pipe -> socket inside the shard, never through user memory and
+ * never parking a kernel thread (IORING_OP_SPLICE would: it always runs in
+ * io-wq). A direction holds a pipe only while bytes sit in it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+
+#include "shard/internal.h"
+
+/* Splice calls per readiness event before yielding to other sessions. */
+#define PUMP_BUDGET 16
+
+static void arm_poll(sp_shard_t *sh, sp_session_t *s, int d, bool out)
+{
+	sp_dir_t *dir = &s->dir[d];
+	unsigned op = (out ? SP_OP_POLL_OUT : SP_OP_POLL_IN) + (unsigned)d;
+	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, op);
+	io_uring_prep_poll_add(sqe, out ? dir->dst : dir->src, out ? POLLOUT : POLLIN);
+	if (out)
+		dir->poll_out = true;
+	else
+		dir->poll_in = true;
+}
+
+static void put_pipe(sp_shard_t *sh, sp_dir_t *dir)
+{
+	if (dir->pipe[0] >= 0)
+		sp_pipepool_put(&sh->pipes, dir->pipe, dir->in_pipe == 0);
+	dir->in_pipe = 0;
+}
+
+static sp_end_t reset_of(int d, bool src)
+{
+	bool client = (d == SP_UP) == src;
+	return client ? SP_END_CLIENT_RESET : SP_END_UPSTREAM_RESET;
+}
+
+/* Move what can move now without blocking, then wait for the one readiness
+ * that would let it go on. */
+static void pump(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
+
+	for (int i = 0; i < PUMP_BUDGET && s->state == SS_RELAY; i++) {
+		if (dir->in_pipe) {
+			ssize_t n = splice(dir->pipe[0], NULL, dir->dst, NULL, dir->in_pipe,
+					   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+			if (n > 0) {
+				dir->in_pipe -= (uint32_t)n;
+				dir->bytes += (uint64_t)n;
+				__atomic_store_n(ctr, *ctr + (uint64_t)n, __ATOMIC_RELAXED);
+				sp_session_touch(sh, s);
+				continue;
+			}
+			if (n < 0 && errno == EAGAIN) {
+				arm_poll(sh, s, d, true);
+				return;
+			}
+			sp_session_fail(sh, s, reset_of(d, false));
+			return;
+		}
+		if (dir->eof) {
+			put_pipe(sh, dir);
+			sp_dir_eof_flushed(sh, s, d);
+			return;
+		}
+		if (dir->pipe[0] < 0 && sp_pipepool_get(&sh->pipes, dir->pipe) < 0) {
+			/* Out of fds or pipe memory. Waiting would spin on a
+			 * readable socket, so this session ends; the shard's
+			 * accept pause relieves the pressure. */
+			sp_session_fail(sh, s, SP_END_ERROR);
+			return;
+		}
+		ssize_t n = splice(dir->src, NULL, dir->pipe[1], NULL, SP_SPLICE_CHUNK,
+				   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		if (n > 0) {
+			dir->in_pipe += (uint32_t)n;
+			continue;
+		}
+		if (n == 0) {
+			dir->eof = true;
+			continue;
+		}
+		if (errno == EAGAIN) {
+			put_pipe(sh, dir);
+			arm_poll(sh, s, d, false);
+			return;
+		}
+		sp_session_fail(sh, s, reset_of(d, true));
+		return;
+	}
+	if (s->state == SS_RELAY) /* budget spent: yield, come back when ready */
+		arm_poll(sh, s, d, dir->in_pipe != 0);
+}
+
+static void splice_start(sp_shard_t *sh, sp_session_t *s)
+{
+	arm_poll(sh, s, SP_UP, false);
+	arm_poll(sh, s, SP_DOWN, false);
+}
+
+static void splice_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, int res,
+			  uint32_t flags)
+{
+	sp_dir_t *dir = &s->dir[d];
+	(void)flags;
+
+	if (op == SP_OP_POLL_IN)
+		dir->poll_in = false;
+	else if (op == SP_OP_POLL_OUT)
+		dir->poll_out = false;
+	else
+		return;
+	if (s->state != SS_RELAY)
+		return;
+	if (res < 0 && res != -ECANCELED) {
+		sp_session_fail(sh, s, SP_END_ERROR);
+		return;
+	}
+	/* POLLERR/POLLHUP come back as ready; the splice call reports them. */
+	pump(sh, s, d);
+}
+
+static void splice_release(sp_shard_t *sh, sp_session_t *s)
+{
+	for (int d = 0; d < 2; d++)
+		put_pipe(sh, &s->dir[d]);
+}
+
+const sp_relay_engine_t sp_relay_splice = {
+	.name = "splice",
+	.start = splice_start,
+	.on_cqe = splice_on_cqe,
+	.release = splice_release,
+	.resume = NULL, /* never waits for shard-wide resources */
+};

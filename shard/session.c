@@ -1,0 +1,506 @@
+/* session: one client connection's life, as a state machine driven by
+ * completions:
+ *   accept -> route -> pick server -> CONNECTING (connect + linked timeout,
+ *   retry on the next server) -> RELAY (engine moves bytes, half-close each
+ *   way) -> CLOSING (cancel what is in flight, wait for it) -> closed.
+ * A slot is reused only when no op of its previous life can still complete;
+ * the slot generation in user_data is the guard behind that rule. */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/log.h"
+#include "shard/internal.h"
+#include "shard/proxyproto.h"
+#include "shard/route.h"
+#include "shard/tls_sni.h"
+
+int sp_sessions_init(sp_shard_t *sh, uint32_t n)
+{
+	sh->sessions = calloc(n, sizeof(*sh->sessions));
+	sh->gens = calloc(n, sizeof(*sh->gens));
+	if (!sh->sessions || !sh->gens)
+		return -ENOMEM;
+	sh->nsessions = n;
+	for (uint32_t i = n; i-- > 0;) {
+		sp_session_t *s = &sh->sessions[i];
+		s->idx = i;
+		s->next_free = sh->free_list;
+		sh->free_list = s;
+	}
+	sp_ring_set_gens(&sh->ring, sh->gens, n);
+	return 0;
+}
+
+void sp_sessions_free(sp_shard_t *sh)
+{
+	free(sh->sessions);
+	free(sh->gens);
+	sh->sessions = NULL;
+	sh->gens = NULL;
+}
+
+static void set_nodelay(int fd)
+{
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* Close with RST instead of FIN: how a reset is passed on to the other side. */
+static void set_abortive(int fd)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+static void stat_add(uint64_t *c, int64_t d)
+{
+	__atomic_store_n(c, *c + (uint64_t)d, __ATOMIC_RELAXED);
+}
+
+static void finish(sp_shard_t *sh, sp_session_t *s)
+{
+	sh->engine->release(sh, s);
+	if (s->end == SP_END_CLIENT_RESET && s->ufd >= 0)
+		set_abortive(s->ufd);
+	else if (s->end == SP_END_UPSTREAM_RESET)
+		set_abortive(s->cfd);
+	if (s->ufd >= 0)
+		close(s->ufd);
+	close(s->cfd);
+	if (s->counted)
+		sp_balancer_released(&sh->balancers[s->upstream], (unsigned)s->server);
+	sp_shard_access_log(sh, s);
+
+	sp_shard_stats_t *st = sh->args->stats;
+	stat_add(&st->active, -1);
+	if (sh->args->steer_load)
+		__atomic_fetch_sub(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
+
+	sh->gens[s->idx]++;
+	s->state = SS_FREE;
+	s->next_free = sh->free_list;
+	sh->free_list = s;
+	sh->active--;
+	sp_shard_session_closed(sh);
+}
+
+void sp_session_op_done(sp_shard_t *sh, sp_session_t *s)
+{
+	if (s->state == SS_CLOSING && s->inflight == 0)
+		finish(sh, s);
+}
+
+static void cancel_fd(sp_shard_t *sh, int fd)
+{
+	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+}
+
+void sp_session_fail(sp_shard_t *sh, sp_session_t *s, sp_end_t why)
+{
+	if (s->state == SS_CLOSING || s->state == SS_FREE)
+		return;
+	s->end = why;
+	s->state = SS_CLOSING;
+	sp_timer_disarm(&sh->timers, &s->timer);
+	if (s->inflight) {
+		/* Ops keep their buffers and fds until they complete, so the fds
+		 * close only when the last completion is in (sp_session_op_done). */
+		cancel_fd(sh, s->cfd);
+		if (s->ufd >= 0)
+			cancel_fd(sh, s->ufd);
+		return;
+	}
+	finish(sh, s);
+}
+
+void sp_session_touch(sp_shard_t *sh, sp_session_t *s)
+{
+	s->last_active_ms = sh->now_ms;
+}
+
+/* Idle check from the shard's timer heap: activity only stamps
+ * last_active_ms, and the timer re-arms itself for the remainder, so busy
+ * sessions cost no heap operation per byte. */
+static void on_peek_timer(sp_shard_t *sh, sp_session_t *s);
+
+static void on_session_timer(sp_timer_t *t, void *arg)
+{
+	sp_shard_t *sh = arg;
+	sp_session_t *s = (sp_session_t *)((char *)t - offsetof(sp_session_t, timer));
+
+	if (s->state == SS_PEEK) {
+		on_peek_timer(sh, s);
+		return;
+	}
+	if (s->state != SS_RELAY)
+		return;
+	uint64_t idle = sh->conf->upstreams[s->upstream].idle_timeout_ms;
+	if (sh->now_ms - s->last_active_ms >= idle) {
+		sp_session_fail(sh, s, SP_END_IDLE_TIMEOUT);
+		return;
+	}
+	sp_timer_arm(&sh->timers, t, s->last_active_ms + idle);
+}
+
+void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
+{
+	sp_dir_t *d = &s->dir[dir];
+	if (d->shut)
+		return;
+	d->shut = true;
+	/* The FIN travels on; the other direction may still carry data. */
+	shutdown(d->dst, SHUT_WR);
+	if (s->dir[!dir].shut)
+		sp_session_fail(sh, s, SP_END_DONE);
+}
+
+/* The server's health slot, when its upstream is health-checked. */
+static uint32_t *server_fails(sp_shard_t *sh, const sp_session_t *s, unsigned server)
+{
+	if (!sh->conf->upstreams[s->upstream].health_check.enabled || !sh->args->server_fails)
+		return NULL;
+	return &sh->args->server_fails[sh->health_base[s->upstream] + server];
+}
+
+/* Servers marked down by health checks are skipped while any other is left;
+ * when every remaining one is down, they are tried anyway. */
+static int pick_server(sp_shard_t *sh, sp_session_t *s)
+{
+	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+	sp_balancer_t *b = &sh->balancers[s->upstream];
+	uint64_t h = sp_hash_addr((struct sockaddr *)&s->client);
+
+	if (up->health_check.enabled && sh->args->server_down) {
+		const uint8_t *down = sh->args->server_down + sh->health_base[s->upstream];
+		sp_server_set_t ex = s->tried;
+		for (unsigned k = 0; k < up->nservers; k++)
+			if (__atomic_load_n(&down[k], __ATOMIC_RELAXED))
+				sp_server_set_add(&ex, k);
+		int i = sp_balancer_pick(b, h, &ex);
+		if (i >= 0)
+			return i;
+	}
+	return sp_balancer_pick(b, h, &s->tried);
+}
+
+static void connect_next(sp_shard_t *sh, sp_session_t *s)
+{
+	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+	int i;
+
+	if (s->attempts > up->retries || (i = pick_server(sh, s)) < 0) {
+		stat_add(&sh->args->stats->connect_failed, 1);
+		sp_session_fail(sh, s, SP_END_CONNECT_FAILED);
+		return;
+	}
+	const sp_server_t *srv = &up->servers[i];
+	sp_server_set_add(&s->tried, (unsigned)i);
+	s->server = (int16_t)i;
+	s->attempts++;
+
+	s->ufd = socket(srv->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->ufd < 0) {
+		sp_warn("upstream %s server %s: socket: %s", up->name, srv->addr.text,
+			strerror(errno));
+		sp_session_fail(sh, s, SP_END_ERROR);
+		return;
+	}
+	set_nodelay(s->ufd);
+	s->state = SS_CONNECTING;
+
+	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_CONNECT);
+	io_uring_prep_connect(sqe, s->ufd, (const struct sockaddr *)&srv->addr.ss, srv->addr.len);
+	sqe->flags |= IOSQE_IO_LINK;
+	s->connect_ts.tv_sec = up->connect_timeout_ms / 1000;
+	s->connect_ts.tv_nsec = (long long)(up->connect_timeout_ms % 1000) * 1000000;
+	sqe = sp_session_sqe(sh, s, SP_OP_CONNECT_TIMEOUT);
+	io_uring_prep_link_timeout(sqe, &s->connect_ts, 0);
+}
+
+/* send_proxy_protocol: the header goes out first, synchronously: the socket
+ * was connected a moment ago, so its send buffer is empty and a header of at
+ * most 108 bytes always fits. */
+static int send_proxy_header(sp_shard_t *sh, sp_session_t *s)
+{
+	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+	uint8_t hdr[128];
+	if (up->send_proxy_protocol == SP_PROXY_PROTO_NONE)
+		return 0;
+	size_t len = sp_proxyproto_build(up->send_proxy_protocol == SP_PROXY_PROTO_V1 ? 1 : 2,
+					 (struct sockaddr *)&s->client,
+					 (struct sockaddr *)&s->local, hdr, sizeof(hdr));
+	if (len == 0 || send(s->ufd, hdr, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len)
+		return -EIO;
+	return 0;
+}
+
+void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	sp_session_t *s = &sh->sessions[slot];
+	(void)op;
+	(void)flags;
+
+	s->inflight--;
+	if (s->state != SS_CONNECTING) {
+		sp_session_op_done(sh, s);
+		return;
+	}
+	if (res == 0) {
+		uint32_t *fails = server_fails(sh, s, (unsigned)s->server);
+		if (fails && __atomic_load_n(fails, __ATOMIC_RELAXED))
+			__atomic_store_n(fails, 0, __ATOMIC_RELAXED);
+		s->state = SS_RELAY;
+		s->counted = true;
+		sp_balancer_connected(&sh->balancers[s->upstream], (unsigned)s->server);
+		s->dir[SP_UP] = (sp_dir_t){.src = s->cfd, .dst = s->ufd, .pipe = {-1, -1}};
+		s->dir[SP_DOWN] = (sp_dir_t){.src = s->ufd, .dst = s->cfd, .pipe = {-1, -1}};
+		if (send_proxy_header(sh, s) < 0) {
+			sp_session_fail(sh, s, SP_END_UPSTREAM_RESET);
+			return;
+		}
+		sp_session_touch(sh, s);
+		sp_timer_arm(&sh->timers, &s->timer,
+			     sh->now_ms + sh->conf->upstreams[s->upstream].idle_timeout_ms);
+		sh->engine->start(sh, s);
+		return;
+	}
+	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+	sp_debug("upstream %s server %s: connect: %s", up->name,
+		 up->servers[s->server].addr.text,
+		 res == -ECANCELED ? "timed out" : strerror(-res));
+	uint32_t *fails = server_fails(sh, s, (unsigned)s->server);
+	if (fails)
+		__atomic_fetch_add(fails, 1, __ATOMIC_RELAXED);
+	close(s->ufd);
+	s->ufd = -1;
+	connect_next(sh, s);
+}
+
+void sp_session_on_connect_timeout(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	sp_session_t *s = &sh->sessions[slot];
+	(void)op;
+	(void)res;
+	(void)flags;
+	s->inflight--;
+	sp_session_op_done(sh, s);
+}
+
+void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	sp_session_t *s = &sh->sessions[slot];
+	unsigned rel = op - SP_OP_RECV;
+
+	if (!(flags & IORING_CQE_F_MORE))
+		s->inflight--;
+	sh->engine->on_cqe(sh, s, SP_OP_RECV + (rel & ~1u), (int)(rel & 1u), res, flags);
+	sp_session_op_done(sh, s);
+}
+
+/* ---- peek: PROXY header and TLS ClientHello ------------------------------------ */
+
+/* How often to look again when the bytes a route needs arrived only in part:
+ * the socket stays readable, so waiting on a poll would spin. */
+#define PEEK_RETRY_MS 5
+#define PEEK_MAX 16384
+
+static bool needs_peek(const sp_listener_t *l)
+{
+	return l->accept_proxy_protocol || sp_route_needs_sni(l);
+}
+
+static void arm_peek(sp_shard_t *sh, sp_session_t *s)
+{
+	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_PEEK);
+	io_uring_prep_poll_add(sqe, s->cfd, POLLIN);
+}
+
+static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
+{
+	const sp_listener_t *l = &sh->conf->listeners[s->listener];
+	int r = sp_route_pick(l, (struct sockaddr *)&s->client, sni);
+	if (r < 0) {
+		s->route = UINT16_MAX;
+		stat_add(&sh->args->stats->no_route, 1);
+		sp_session_fail(sh, s, SP_END_NO_ROUTE);
+		return;
+	}
+	s->route = (uint16_t)r;
+	s->upstream = (uint16_t)l->routes[r].upstream;
+	connect_next(sh, s);
+}
+
+static void peek_wait_more(sp_shard_t *sh, sp_session_t *s)
+{
+	uint64_t at = sh->now_ms + PEEK_RETRY_MS;
+	sp_timer_arm(&sh->timers, &s->timer, at < s->peek_deadline ? at : s->peek_deadline);
+}
+
+/* Look at what the client sent so far without taking it off the socket
+ * (MSG_PEEK): only a PROXY header is consumed; a ClientHello travels on. */
+static void do_peek(sp_shard_t *sh, sp_session_t *s)
+{
+	const sp_listener_t *l = &sh->conf->listeners[s->listener];
+	uint8_t buf[PEEK_MAX];
+	char sni[256];
+	bool have_sni = false;
+
+	ssize_t n = recv(s->cfd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+		arm_peek(sh, s);
+		return;
+	}
+	if (n <= 0) {
+		sp_session_fail(sh, s, SP_END_CLIENT_RESET);
+		return;
+	}
+	if (l->accept_proxy_protocol && !s->proxy_done) {
+		struct sockaddr_storage src, dst;
+		bool local = false;
+		size_t hlen = 0;
+		switch (sp_proxyproto_parse(buf, (size_t)n, &hlen, &src, &dst, &local)) {
+		case SP_PARSE_INCOMPLETE:
+			if ((size_t)n < sizeof(buf)) {
+				peek_wait_more(sh, s);
+				return;
+			}
+			/* a full peek buffer and still no header end */
+			__attribute__((fallthrough));
+		case SP_PARSE_INVALID:
+			sp_session_fail(sh, s, SP_END_BAD_HEADER);
+			return;
+		case SP_PARSE_OK:
+			break;
+		}
+		if (recv(s->cfd, buf, hlen, MSG_DONTWAIT) != (ssize_t)hlen) {
+			sp_session_fail(sh, s, SP_END_CLIENT_RESET);
+			return;
+		}
+		s->proxy_done = true;
+		if (!local) {
+			s->client = src;
+			s->local = dst;
+		}
+		n -= (ssize_t)hlen;
+		memmove(buf, buf + hlen, (size_t)n);
+		if (n == 0 && sp_route_needs_sni(l)) {
+			arm_peek(sh, s); /* nothing more yet: a poll will not spin */
+			return;
+		}
+	}
+	if (sp_route_needs_sni(l)) {
+		switch (sp_tls_sni_parse(buf, (size_t)n, sni, sizeof(sni))) {
+		case SP_PARSE_OK:
+			have_sni = sni[0] != '\0';
+			break;
+		case SP_PARSE_INCOMPLETE:
+			if ((size_t)n < sizeof(buf)) {
+				peek_wait_more(sh, s);
+				return;
+			}
+			break; /* route as if there were no server name */
+		case SP_PARSE_INVALID:
+			break; /* not TLS: only routes without sni can match */
+		}
+	}
+	sp_timer_disarm(&sh->timers, &s->timer);
+	route_and_connect(sh, s, have_sni ? sni : NULL);
+}
+
+void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	sp_session_t *s = &sh->sessions[slot];
+	(void)op;
+	(void)flags;
+
+	s->inflight--;
+	if (s->state != SS_PEEK) {
+		sp_session_op_done(sh, s);
+		return;
+	}
+	if (res < 0) {
+		sp_session_fail(sh, s, SP_END_CLIENT_RESET);
+		return;
+	}
+	do_peek(sh, s);
+}
+
+/* The session timer in SS_PEEK: either the deadline or a look-again. */
+static void on_peek_timer(sp_shard_t *sh, sp_session_t *s)
+{
+	if (sh->now_ms >= s->peek_deadline) {
+		sp_session_fail(sh, s, SP_END_PEEK_TIMEOUT);
+		return;
+	}
+	if (s->inflight == 0)
+		do_peek(sh, s);
+	else
+		sp_timer_arm(&sh->timers, &s->timer, s->peek_deadline);
+}
+
+void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
+{
+	sp_session_t *s = sh->free_list;
+	const sp_listener_t *l = &sh->conf->listeners[sh->accepts[accept_idx].listener];
+	socklen_t alen = sizeof(s->client);
+
+	if (!s) {
+		/* Only reachable in the moment between hitting the limit and the
+		 * accept cancel landing; the pool has slack for that. */
+		stat_add(&sh->args->stats->refused, 1);
+		close(fd);
+		return;
+	}
+	sh->free_list = s->next_free;
+	uint32_t idx = s->idx;
+	memset(s, 0, sizeof(*s));
+	s->idx = idx;
+	s->cfd = fd;
+	s->ufd = -1;
+	s->server = -1;
+	for (int d = 0; d < 2; d++)
+		s->dir[d].pipe[0] = s->dir[d].pipe[1] = -1;
+	s->listener = sh->accepts[accept_idx].listener;
+	s->start_ms = s->last_active_ms = sh->now_ms;
+	sp_timer_setup(&s->timer, on_session_timer, sh);
+	if (getpeername(fd, (struct sockaddr *)&s->client, &alen) < 0)
+		s->client.ss_family = AF_UNSPEC;
+	alen = sizeof(s->local);
+	if (getsockname(fd, (struct sockaddr *)&s->local, &alen) < 0)
+		s->local.ss_family = AF_UNSPEC;
+	set_nodelay(fd);
+
+	sh->active++;
+	stat_add(&sh->args->stats->accepted, 1);
+	stat_add(&sh->args->stats->active, 1);
+	if (sh->args->steer_load)
+		__atomic_fetch_add(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
+
+	if (needs_peek(l)) {
+		s->state = SS_PEEK;
+		s->peek_deadline = sh->now_ms + l->peek_timeout_ms;
+		sp_timer_arm(&sh->timers, &s->timer, s->peek_deadline);
+		arm_peek(sh, s);
+		return;
+	}
+	s->state = SS_CONNECTING;
+	route_and_connect(sh, s, NULL);
+}
+
+void sp_session_close_all(sp_shard_t *sh, sp_end_t why)
+{
+	for (uint32_t i = 0; i < sh->nsessions; i++) {
+		sp_session_t *s = &sh->sessions[i];
+		if (s->state == SS_CONNECTING || s->state == SS_RELAY)
+			sp_session_fail(sh, s, why);
+	}
+}

@@ -1,0 +1,419 @@
+/* shard: one worker's loop. It arms a multishot accept per listening socket,
+ * turns each accepted connection into a session, and on SIGTERM stops
+ * accepting, lets its sessions finish (up to drain_timeout_ms) and returns.
+ * Lifecycle hooks read in order: shard_init -> arm -> loop -> drain -> exit. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/log.h"
+#include "shard/internal.h"
+
+#define ACCEPT_PAUSE_MS 100
+#define RING_ENTRIES 4096
+#define BUF_GROUP 0
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- accepting ---------------------------------------------------------- */
+
+static void arm_accept(sp_shard_t *sh, unsigned i)
+{
+	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_ACCEPT, i, 0);
+	io_uring_prep_multishot_accept(sqe, sh->accepts[i].fd, NULL, NULL,
+				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	sh->accepts[i].armed = true;
+}
+
+static void rearm_accepts(sp_shard_t *sh)
+{
+	if (sh->draining || sh->accept_paused || sh->at_limit)
+		return;
+	for (unsigned i = 0; i < sh->naccepts; i++)
+		if (!sh->accepts[i].armed)
+			arm_accept(sh, i);
+}
+
+static void stop_accepts(sp_shard_t *sh)
+{
+	for (unsigned i = 0; i < sh->naccepts; i++) {
+		if (!sh->accepts[i].armed)
+			continue;
+		struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
+		io_uring_prep_cancel64(sqe, sp_udata_pack(SP_OP_ACCEPT, i, 0), 0);
+	}
+}
+
+static void on_accept_timer(sp_timer_t *t, void *arg)
+{
+	sp_shard_t *sh = arg;
+	(void)t;
+	sh->accept_paused = false;
+	rearm_accepts(sh);
+}
+
+/* Out of descriptors or memory: stop taking connections for a moment rather
+ * than spin on an accept that fails at once. Connections wait in the
+ * listen backlog meanwhile; none is refused. */
+static void pause_accepts(sp_shard_t *sh, int err)
+{
+	if (sh->accept_paused)
+		return;
+	sp_warn("accept: %s: pausing accepts for %d ms (%u sessions open)", strerror(err),
+		ACCEPT_PAUSE_MS, sh->active);
+	sh->accept_paused = true;
+	stop_accepts(sh);
+	sp_timer_arm(&sh->timers, &sh->accept_timer, sh->now_ms + ACCEPT_PAUSE_MS);
+}
+
+static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	(void)op;
+
+	if (!(flags & IORING_CQE_F_MORE))
+		sh->accepts[i].armed = false;
+	if (res >= 0) {
+		sp_session_accepted(sh, i, res);
+		if (sh->active >= sh->args->max_sessions && !sh->at_limit) {
+			sh->at_limit = true;
+			stop_accepts(sh);
+		}
+	} else if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+		pause_accepts(sh, -res);
+	} else if (res != -ECANCELED) {
+		sp_warn("listener %s: accept: %s",
+			sh->conf->listeners[sh->accepts[i].listener].name, strerror(-res));
+		pause_accepts(sh, -res);
+	}
+	if (!sh->accepts[i].armed)
+		rearm_accepts(sh);
+}
+
+void sp_shard_session_closed(sp_shard_t *sh)
+{
+	if (sh->at_limit && sh->active < sh->args->max_sessions) {
+		sh->at_limit = false;
+		rearm_accepts(sh);
+	}
+}
+
+/* ---- signals and draining ----------------------------------------------- */
+
+static void arm_signal(sp_shard_t *sh)
+{
+	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_SIGNAL, 0, 0);
+	io_uring_prep_read(sqe, sh->sigfd, &sh->siginfo, sizeof(sh->siginfo), 0);
+}
+
+static void on_drain_timer(sp_timer_t *t, void *arg)
+{
+	sp_shard_t *sh = arg;
+	(void)t;
+	if (sh->active)
+		sp_info("drain timeout: closing %u sessions", sh->active);
+	sp_session_close_all(sh, SP_END_DRAIN_TIMEOUT);
+}
+
+static void start_drain(sp_shard_t *sh)
+{
+	sh->draining = true;
+	stop_accepts(sh);
+	sp_timer_arm(&sh->timers, &sh->drain_timer, sh->now_ms + sh->conf->limits.drain_timeout_ms);
+}
+
+static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+{
+	sp_shard_t *sh = ctx;
+	(void)op;
+	(void)slot;
+	(void)flags;
+	if (res == (int)sizeof(sh->siginfo)) {
+		if (!sh->draining)
+			start_drain(sh);
+		else
+			sh->stopping = true; /* a second signal: stop at once */
+	}
+	if (!sh->stopping)
+		arm_signal(sh);
+}
+
+/* ---- access log ----------------------------------------------------------- */
+
+static void flush_log(sp_shard_t *sh)
+{
+	if (sh->loglen) {
+		sp_log_raw(sh->logbuf, sh->loglen);
+		sh->loglen = 0;
+	}
+}
+
+static const char *const end_names[] = {
+	[SP_END_DONE] = "done",
+	[SP_END_CLIENT_RESET] = "client_reset",
+	[SP_END_UPSTREAM_RESET] = "upstream_reset",
+	[SP_END_IDLE_TIMEOUT] = "idle_timeout",
+	[SP_END_CONNECT_FAILED] = "connect_failed",
+	[SP_END_NO_ROUTE] = "no_route",
+	[SP_END_PEEK_TIMEOUT] = "peek_timeout",
+	[SP_END_BAD_HEADER] = "bad_proxy_header",
+	[SP_END_DRAIN_TIMEOUT] = "drain_timeout",
+	[SP_END_ERROR] = "error",
+};
+
+static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
+	} else {
+		snprintf(buf, len, "-");
+	}
+}
+
+void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
+{
+	const sp_conf_t *c = sh->conf;
+	char client[64];
+	size_t room;
+	int n;
+
+	if (!c->log.access_log)
+		return;
+	if (sizeof(sh->logbuf) - sh->loglen < 1024)
+		flush_log(sh);
+	format_addr(&s->client, client, sizeof(client));
+	bool routed = s->route != UINT16_MAX;
+	const char *up = routed ? c->upstreams[s->upstream].name : "-";
+	const char *srv = routed && s->server >= 0
+				  ? c->upstreams[s->upstream].servers[s->server].addr.text
+				  : "-";
+	char route[16];
+	if (routed)
+		snprintf(route, sizeof(route), "%u", s->route);
+	else
+		snprintf(route, sizeof(route), c->log.format == SP_LOG_JSON ? "null" : "-");
+	room = sizeof(sh->logbuf) - sh->loglen;
+	const char *fmt = c->log.format == SP_LOG_JSON
+				  ? "{\"listener\":\"%s\",\"client\":\"%s\",\"route\":%s,"
+				    "\"upstream\":\"%s\",\"server\":\"%s\",\"shard\":%u,\"gen\":%u,"
+				    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%llu,"
+				    "\"end\":\"%s\"}\n"
+				  : "access listener=%s client=%s route=%s upstream=%s server=%s "
+				    "shard=%u gen=%u bytes_in=%llu bytes_out=%llu duration_ms=%llu "
+				    "end=%s\n";
+	n = snprintf(sh->logbuf + sh->loglen, room, fmt, c->listeners[s->listener].name, client,
+		     route, up, srv, sh->args->slot, sh->args->gen,
+		     (unsigned long long)s->dir[SP_UP].bytes,
+		     (unsigned long long)s->dir[SP_DOWN].bytes,
+		     (unsigned long long)(sh->now_ms - s->start_ms), end_names[s->end]);
+	if (n > 0 && (size_t)n < room)
+		sh->loglen += (size_t)n;
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static void notify(const sp_shard_args_t *a, uint32_t event, int err)
+{
+	sp_shard_msg_t m = {.slot = a->slot, .gen = a->gen, .event = event, .err = err};
+	if (a->notify_fd >= 0 && write(a->notify_fd, &m, sizeof(m)) != (ssize_t)sizeof(m))
+		sp_warn("notify supervisor: %s", strerror(errno));
+}
+
+static uint32_t pow2_clamp(uint64_t v, uint32_t lo, uint32_t hi)
+{
+	uint32_t p = lo;
+	while (p < v && p < hi)
+		p <<= 1;
+	return p;
+}
+
+static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
+{
+	char err[256];
+	sigset_t set;
+	int ret;
+
+	sh->args = a;
+	sh->conf = a->conf;
+	sh->now_ms = clock_ms();
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	sh->sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sh->sigfd < 0) {
+		sp_error("signalfd: %s", strerror(errno));
+		return -errno;
+	}
+
+	ret = sp_ring_init(&sh->ring, RING_ENTRIES, sh, err, sizeof(err));
+	if (ret < 0) {
+		sp_error("%s", err);
+		return ret;
+	}
+	/* Engines: copy unless the file asks for splice. "auto" is copy: on
+	 * the benchmark (docs/BENCHMARKS.md) copy wins small and mixed traffic. */
+	sh->engine = a->conf->relay == SP_RELAY_SPLICE ? &sp_relay_splice : &sp_relay_copy;
+	if (sh->engine == &sp_relay_copy) {
+		uint32_t nbufs = pow2_clamp((uint64_t)a->max_sessions * 2, 1024, 8192);
+		ret = sp_bufring_init(&sh->bufs, &sh->ring.uring, BUF_GROUP, nbufs,
+				      SP_COPY_BUF_SIZE);
+		if (ret < 0) {
+			sp_error("io_uring buffer ring (%u x %u bytes): %s", nbufs,
+				 SP_COPY_BUF_SIZE, strerror(-ret));
+			return ret;
+		}
+	} else {
+		ret = sp_pipepool_init(&sh->pipes, 256, 0);
+		if (ret < 0)
+			return ret;
+	}
+
+	uint32_t nsess = a->max_sessions + 64; /* slack: see sp_session_accepted */
+	if ((ret = sp_sessions_init(sh, nsess)) < 0 ||
+	    (ret = sp_timers_init(&sh->timers, nsess + 8)) < 0) {
+		sp_error("session pool of %u: %s", nsess, strerror(-ret));
+		return ret;
+	}
+	sh->balancers = calloc(a->conf->nupstreams, sizeof(*sh->balancers));
+	sh->health_base = calloc(a->conf->nupstreams, sizeof(*sh->health_base));
+	if (!sh->balancers || !sh->health_base)
+		return -ENOMEM;
+	for (size_t u = 1; u < a->conf->nupstreams; u++)
+		sh->health_base[u] = sh->health_base[u - 1] + (uint32_t)a->conf->upstreams[u - 1].nservers;
+	for (size_t u = 0; u < a->conf->nupstreams; u++) {
+		ret = sp_balancer_init(&sh->balancers[u], &a->conf->upstreams[u],
+				       ((uint64_t)getpid() << 20) ^ sh->now_ms ^ u);
+		if (ret < 0)
+			return ret;
+	}
+
+	sp_ring_on(&sh->ring, SP_OP_ACCEPT, on_accept, false);
+	sp_ring_on(&sh->ring, SP_OP_SIGNAL, on_signal, false);
+	sp_ring_on(&sh->ring, SP_OP_CONNECT, sp_session_on_connect, true);
+	sp_ring_on(&sh->ring, SP_OP_CONNECT_TIMEOUT, sp_session_on_connect_timeout, true);
+	sp_ring_on(&sh->ring, SP_OP_PEEK, sp_session_on_peek, true);
+	for (unsigned op = SP_OP_RECV; op < SP_OP_CANCEL; op++)
+		sp_ring_on(&sh->ring, op, sp_session_on_relay, true);
+
+	sp_timer_setup(&sh->accept_timer, on_accept_timer, sh);
+	sp_timer_setup(&sh->drain_timer, on_drain_timer, sh);
+
+	for (size_t l = 0; l < a->conf->nlisteners; l++)
+		for (unsigned k = 0; k < a->nlisten_fds[l]; k++) {
+			sh->accepts[sh->naccepts].fd = a->listen_fds[l][k];
+			sh->accepts[sh->naccepts].listener = (uint16_t)l;
+			sh->naccepts++;
+		}
+	return 0;
+}
+
+static void shard_exit(sp_shard_t *sh)
+{
+	flush_log(sh);
+	if (sh->balancers)
+		for (size_t u = 0; u < sh->conf->nupstreams; u++)
+			sp_balancer_free(&sh->balancers[u]);
+	free(sh->balancers);
+	free(sh->health_base);
+	sp_timers_free(&sh->timers);
+	sp_sessions_free(sh);
+	if (sh->bufs.br)
+		sp_bufring_free(&sh->bufs, &sh->ring.uring);
+	if (sh->pipes.fds)
+		sp_pipepool_free(&sh->pipes);
+	if (sh->ring.uring.ring_fd > 0)
+		sp_ring_exit(&sh->ring);
+	if (sh->sigfd >= 0)
+		close(sh->sigfd);
+}
+
+static bool accepts_idle(const sp_shard_t *sh)
+{
+	for (unsigned i = 0; i < sh->naccepts; i++)
+		if (sh->accepts[i].armed)
+			return false;
+	return true;
+}
+
+static void pin_cpu(int cpu)
+{
+	cpu_set_t set;
+	if (cpu < 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set) < 0)
+		sp_warn("pin to CPU %d: %s", cpu, strerror(errno));
+}
+
+int sp_shard_main(const sp_shard_args_t *a)
+{
+	sp_shard_t *sh = calloc(1, sizeof(*sh));
+	char who[64];
+	int ret;
+
+	if (!sh)
+		return 2;
+	sh->sigfd = -1;
+	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
+	sp_log_setup(who, (int)a->conf->log.level);
+	/* If the supervisor dies, drain and go rather than serve unsupervised. */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	pin_cpu(a->cpu);
+
+	ret = shard_init(sh, a);
+	if (ret < 0) {
+		notify(a, SP_SHARD_EV_FAILED, ret);
+		shard_exit(sh);
+		free(sh);
+		return 2;
+	}
+	arm_signal(sh);
+	rearm_accepts(sh);
+	io_uring_submit(&sh->ring.uring);
+	notify(a, SP_SHARD_EV_READY, 0);
+
+	while (!sh->stopping) {
+		uint64_t next = sp_timers_next(&sh->timers);
+		int timeout = next == UINT64_MAX ? -1
+			      : next <= sh->now_ms ? 0
+						   : (int)(next - sh->now_ms);
+		ret = sp_ring_run_once(&sh->ring, timeout);
+		if (ret < 0) {
+			sp_error("io_uring_enter: %s", strerror(-ret));
+			break;
+		}
+		sh->now_ms = clock_ms();
+		sp_timers_run(&sh->timers, sh->now_ms);
+		if (sh->engine->resume)
+			sh->engine->resume(sh);
+		flush_log(sh);
+		if (sh->draining && sh->active == 0 && accepts_idle(sh))
+			break;
+	}
+	shard_exit(sh);
+	free(sh);
+	return ret < 0 ? 1 : 0;
+}
