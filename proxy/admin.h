@@ -1,0 +1,28 @@
+/* admin: the supervisor's small HTTP/1.0 endpoint (SPEC §6): GET /stats
+ * (JSON), /metrics (Prometheus text), /healthz. It runs inside the
+ * supervisor's poll loop, non-blocking, never on the data path. */
+#ifndef SP_ADMIN_H
+#define SP_ADMIN_H
+
+#include <poll.h>
+#include <stddef.h>
+
+#include "conf/conf.h"
+
+#define SP_ADMIN_MAX_CLIENTS 16
+
+/* Fill *body (malloc'd, caller frees) for path; return the HTTP status. */
+typedef int (*sp_admin_render_fn)(void *ctx, const char *path, char **body, size_t *len,
+				  const char **content_type);
+
+typedef struct sp_admin sp_admin_t;
+
+int sp_admin_open(sp_admin_t **out, const sp_addr_t *addr, char *err, size_t errlen);
+void sp_admin_close(sp_admin_t *a);
+/* The descriptors to poll (listener first); returns how many were written. */
+int sp_admin_pollfds(const sp_admin_t *a, struct pollfd *pfds, int max);
+/* Serve whatever the poll found ready; drop clients past their deadline. */
+void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_render_fn render,
+		    void *ctx);
+
+#endif

@@ -1,0 +1,199 @@
+/* health: non-blocking connect checks with rise/fall hysteresis (see health.h).
+ * A server goes down after `fall` failed checks in a row, or `fall`
+ * connection failures in a row reported by shards from live traffic; it comes
+ * back after `rise` successful checks in a row. Servers start up. */
+#include "proxy/health.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/log.h"
+
+typedef struct {
+	const sp_upstream_t *up;
+	const sp_server_t *srv;
+	uint32_t idx; /* global server index */
+	int fd;       /* check in flight, or -1 */
+	uint64_t due; /* next check start, or timeout of the one in flight */
+	uint32_t ok_streak, fail_streak;
+} check_t;
+
+struct sp_health {
+	check_t *checks;
+	size_t n;
+	uint8_t *down;
+	uint32_t *fails;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream)
+{
+	uint32_t idx = 0;
+	for (size_t u = 0; u < upstream; u++)
+		idx += (uint32_t)conf->upstreams[u].nservers;
+	return idx;
+}
+
+sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails)
+{
+	sp_health_t *h = calloc(1, sizeof(*h));
+	size_t total = 0;
+	if (!h)
+		return NULL;
+	h->down = down;
+	h->fails = fails;
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		total += conf->upstreams[u].nservers;
+	if (total > SP_HEALTH_MAX_SERVERS)
+		total = SP_HEALTH_MAX_SERVERS;
+	memset(down, 0, total);
+	memset(fails, 0, total * sizeof(*fails));
+	h->checks = calloc(total ? total : 1, sizeof(*h->checks));
+	if (!h->checks) {
+		free(h);
+		return NULL;
+	}
+	uint64_t now = mono_ms();
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		const sp_upstream_t *up = &conf->upstreams[u];
+		uint32_t base = sp_health_index(conf, u);
+		for (size_t k = 0; k < up->nservers && base + k < total; k++) {
+			if (!up->health_check.enabled)
+				continue;
+			check_t *c = &h->checks[h->n++];
+			c->up = up;
+			c->srv = &up->servers[k];
+			c->idx = base + (uint32_t)k;
+			c->fd = -1;
+			/* Spread first checks over one interval, not all at once. */
+			c->due = now + (up->health_check.interval_ms * k) / up->nservers;
+		}
+	}
+	return h;
+}
+
+void sp_health_free(sp_health_t *h)
+{
+	if (!h)
+		return;
+	for (size_t i = 0; i < h->n; i++)
+		if (h->checks[i].fd >= 0)
+			close(h->checks[i].fd);
+	free(h->checks);
+	free(h);
+}
+
+static void verdict(sp_health_t *h, check_t *c, bool ok, const char *why)
+{
+	const sp_health_check_t *hc = &c->up->health_check;
+	if (ok) {
+		c->fail_streak = 0;
+		c->ok_streak++;
+		if (h->down[c->idx] && c->ok_streak >= hc->rise) {
+			__atomic_store_n(&h->down[c->idx], 0, __ATOMIC_RELAXED);
+			__atomic_store_n(&h->fails[c->idx], 0, __ATOMIC_RELAXED);
+			sp_info("upstream %s server %s is up (%u checks passed)", c->up->name,
+				c->srv->addr.text, c->ok_streak);
+		}
+		return;
+	}
+	c->ok_streak = 0;
+	c->fail_streak++;
+	if (!h->down[c->idx] && c->fail_streak >= hc->fall) {
+		__atomic_store_n(&h->down[c->idx], 1, __ATOMIC_RELAXED);
+		sp_warn("upstream %s server %s is down (%u checks failed: %s)", c->up->name,
+			c->srv->addr.text, c->fail_streak, why);
+	}
+}
+
+static void finish(sp_health_t *h, check_t *c, bool ok, const char *why, uint64_t now)
+{
+	close(c->fd);
+	c->fd = -1;
+	c->due = now + c->up->health_check.interval_ms;
+	verdict(h, c, ok, why);
+}
+
+static void start(sp_health_t *h, check_t *c, uint64_t now)
+{
+	const sp_addr_t *a = &c->srv->addr;
+	c->fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		/* Our own problem (descriptors), not the server's: try later. */
+		c->due = now + c->up->health_check.interval_ms;
+		return;
+	}
+	c->due = now + c->up->health_check.timeout_ms;
+	if (connect(c->fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+		finish(h, c, true, NULL, now);
+	else if (errno != EINPROGRESS)
+		finish(h, c, false, strerror(errno), now);
+}
+
+int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max)
+{
+	int n = 0;
+	for (size_t i = 0; i < h->n && n < max; i++)
+		if (h->checks[i].fd >= 0)
+			pfds[n++] = (struct pollfd){.fd = h->checks[i].fd, .events = POLLOUT};
+	return n;
+}
+
+int sp_health_timeout(const sp_health_t *h)
+{
+	uint64_t now = mono_ms(), next = UINT64_MAX;
+	for (size_t i = 0; i < h->n; i++)
+		if (h->checks[i].due < next)
+			next = h->checks[i].due;
+	if (next == UINT64_MAX)
+		return -1;
+	return next <= now ? 0 : (int)(next - now);
+}
+
+void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n)
+{
+	uint64_t now = mono_ms();
+	for (int k = 0; k < n; k++) {
+		if (!pfds[k].revents)
+			continue;
+		for (size_t i = 0; i < h->n; i++) {
+			check_t *c = &h->checks[i];
+			if (c->fd != pfds[k].fd)
+				continue;
+			int err = 0;
+			socklen_t len = sizeof(err);
+			getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+			finish(h, c, err == 0, err ? strerror(err) : NULL, now);
+			break;
+		}
+	}
+	for (size_t i = 0; i < h->n; i++) {
+		check_t *c = &h->checks[i];
+		const sp_health_check_t *hc = &c->up->health_check;
+		/* Passive: shards count connect failures from live traffic. */
+		uint32_t passive = __atomic_load_n(&h->fails[c->idx], __ATOMIC_RELAXED);
+		if (!h->down[c->idx] && passive >= hc->fall) {
+			__atomic_store_n(&h->down[c->idx], 1, __ATOMIC_RELAXED);
+			c->ok_streak = 0;
+			sp_warn("upstream %s server %s is down (%u connection failures from traffic)",
+				c->up->name, c->srv->addr.text, passive);
+		}
+		if (c->due > now)
+			continue;
+		if (c->fd >= 0)
+			finish(h, c, false, "timed out", now);
+		else
+			start(h, c, now);
+	}
+}

@@ -1,0 +1,30 @@
+/* health: active TCP connect checks of upstream servers, run by the
+ * supervisor (never by shards), plus the passive signal shards give: their
+ * consecutive connect failures. The verdict lives in shared memory that the
+ * shards' balancers read: one byte per server, 1 = down. */
+#ifndef SP_HEALTH_H
+#define SP_HEALTH_H
+
+#include <poll.h>
+#include <stdint.h>
+
+#include "conf/conf.h"
+
+/* Servers are numbered across upstreams: upstream u's server k is
+ * sp_health_index(conf, u) + k. */
+#define SP_HEALTH_MAX_SERVERS 65536
+
+typedef struct sp_health sp_health_t;
+
+/* down and fails are shared-memory arrays of SP_HEALTH_MAX_SERVERS entries. */
+sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails);
+void sp_health_free(sp_health_t *h);
+uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream);
+/* Check sockets in flight, to poll for POLLOUT; returns how many written. */
+int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max);
+/* Milliseconds until the next check is due or times out; -1 if none. */
+int sp_health_timeout(const sp_health_t *h);
+/* Finish checks the poll found ready or that timed out, start due ones. */
+void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n);
+
+#endif

@@ -1,0 +1,146 @@
+/* shardproxy: command line (SPEC §2). Parses options, loads and checks the
+ * configuration, and hands over to the supervisor.
+ *
+ *   shardproxy -c conf/shardproxy.json          run in the foreground
+ *   shardproxy -t -c conf/shardproxy.json       check the file, print "ok" or the errors
+ *   shardproxy -V                               version and kernel features
+ *   kill -HUP $(cat run.pid)                    reload without dropping a connection
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "bpf/steer.h"
+#include "conf/conf.h"
+#include "proxy/supervisor.h"
+#include "runtime/ring.h"
+
+#define SP_VERSION "0.1.0"
+#define DEFAULT_CONF "conf/shardproxy.json"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: shardproxy [-c FILE] [-t] [-w N] [--pidfile FILE] [-V] [-h]\n"
+		"  -c, --config FILE   configuration file (default: %s)\n"
+		"  -t, --check         validate the configuration, print \"ok\" or the errors\n"
+		"  -w, --workers N     number of shards (overrides \"workers\" in the file)\n"
+		"      --pidfile FILE  write the supervisor's pid there\n"
+		"  -V, --version       print the version and the kernel features found\n"
+		"  -h, --help          this text\n",
+		DEFAULT_CONF);
+}
+
+/* -V: what this kernel offers, and what steering the configuration would get. */
+static int version(const char *conf_path)
+{
+	struct utsname u;
+	sp_ring_features_t f;
+	char buf[512];
+
+	printf("shardproxy %s\n", SP_VERSION);
+	if (uname(&u) == 0)
+		printf("kernel: %s %s %s\n", u.sysname, u.release, u.machine);
+	if (sp_ring_probe(&f, buf, sizeof(buf)) == 0) {
+		sp_ring_features_describe(&f, buf, sizeof(buf));
+		printf("%s\n", buf);
+	} else {
+		printf("io_uring: unavailable: %s\n", buf);
+	}
+
+	sp_conf_errors_t errs = {0};
+	sp_conf_t *conf = sp_conf_load(conf_path, &errs);
+	sp_steering_t want = conf ? conf->steering : SP_STEER_HASH;
+	const char *src = conf ? conf_path : "default";
+	sp_conf_errors_free(&errs);
+	if (want == SP_STEER_NONE) {
+		printf("steering: none (as configured in %s)\n", src);
+	} else {
+		sp_steer_t *st = NULL;
+		int pol = want == SP_STEER_CPU	       ? SP_STEER_POL_CPU
+			  : want == SP_STEER_LEAST_CONN ? SP_STEER_POL_LEAST_CONN
+							: SP_STEER_POL_HASH;
+		if (sp_steer_open(&st, pol, 2, buf, sizeof(buf)) == 0) {
+			printf("steering: %s (bpf%s; from %s)\n", sp_conf_steering_name(want),
+			       sp_steer_migrate_supported(st) ? ", select_or_migrate" : "", src);
+			sp_steer_close(st);
+		} else {
+			printf("steering: none (BPF unavailable: %s; %s requested in %s)\n", buf,
+			       sp_conf_steering_name(want), src);
+		}
+	}
+	sp_conf_free(conf);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 't'},
+		{"workers", required_argument, NULL, 'w'}, {"pidfile", required_argument, NULL, 'p'},
+		{"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	sp_supervisor_opts_t so = {.conf_path = DEFAULT_CONF};
+	bool check = false, show_version = false;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:tw:Vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			so.conf_path = optarg;
+			break;
+		case 't':
+			check = true;
+			break;
+		case 'w': {
+			char *end;
+			long n = strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || n < 1 || n > SP_CONF_MAX_WORKERS) {
+				fprintf(stderr, "shardproxy: -w %s: expected a number of shards "
+						"from 1 to %d\n",
+					optarg, SP_CONF_MAX_WORKERS);
+				return 1;
+			}
+			so.workers_override = (int)n;
+			break;
+		}
+		case 'p':
+			so.pidfile = optarg;
+			break;
+		case 'V':
+			show_version = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "shardproxy: unexpected argument \"%s\"\n", argv[optind]);
+		usage(stderr);
+		return 1;
+	}
+	if (show_version)
+		return version(so.conf_path);
+
+	sp_conf_errors_t errs = {0};
+	sp_conf_t *conf = sp_conf_load(so.conf_path, &errs);
+	if (!conf) {
+		sp_conf_errors_print(&errs, check ? stdout : stderr);
+		sp_conf_errors_free(&errs);
+		return 1;
+	}
+	if (check) {
+		printf("ok\n");
+		sp_conf_free(conf);
+		return 0;
+	}
+	return sp_supervisor_run(&so, conf);
+}
