@@ -61,6 +61,7 @@ typedef struct {
 	unsigned ngroups;
 	sp_gen_t gens[2];
 	sp_gen_t *cur, *old;
+	sp_gen_t *starting; /* being started by start_gen(), not yet cur */
 	uint32_t next_gen;
 	int cpus[SP_MAX_SLOTS];
 	unsigned ncpus;
@@ -325,6 +326,12 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 			if (a.nlisten_fds[l] < SP_SHARD_MAX_FDS_PER_LISTENER)
 				a.listen_fds[l][a.nlisten_fds[l]++] = grp->fds[s];
 	}
+	/* A listener removed by the reload that made this generation must be
+	 * closed once the old generation has drained: no copy of it here. */
+	for (unsigned i = 0; i < sup->ngroups; i++)
+		if (sup->groups[i].retiring)
+			for (unsigned s = 0; s < sup->groups[i].nfds; s++)
+				close(sup->groups[i].fds[s]);
 	exit(sp_shard_main(&a));
 }
 
@@ -351,6 +358,8 @@ static sp_gen_t *gen_by_id(sp_sup_t *sup, uint32_t id)
 		return sup->cur;
 	if (sup->old && sup->old->id == id)
 		return sup->old;
+	if (sup->starting && sup->starting->id == id)
+		return sup->starting;
 	return NULL;
 }
 
@@ -423,6 +432,7 @@ static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 		sp_error("generation %u: health checks: out of memory", g->id);
 		return -1;
 	}
+	sup->starting = g;
 	for (unsigned i = 0; i < g->nslots; i++)
 		if (spawn(sup, g, i) < 0)
 			goto fail;
@@ -453,8 +463,10 @@ static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 			}
 		}
 	}
+	sup->starting = NULL;
 	return 0;
 fail:
+	sup->starting = NULL;
 	signal_gen(g, SIGKILL);
 	reap_now(g);
 	sp_health_free(g->health);
@@ -544,6 +556,8 @@ static void reload(sp_sup_t *sup)
 	sup->old = sup->cur;
 	sup->cur = g;
 	begin_drain(sup->old);
+	for (unsigned i = 0; i < g->nslots; i++)
+		steer_live(sup, i, true);
 	for (unsigned i = g->nslots; i < sup->old->nslots; i++)
 		steer_live(sup, i, false);
 	sup->reloads_ok++;

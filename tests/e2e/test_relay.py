@@ -1,0 +1,180 @@
+"""Relay semantics (SPEC §5): every byte arrives intact both ways, for both
+engines, large and small, many at once; half-close in each direction;
+the access log accounts for the bytes."""
+
+import json
+import random
+import socket
+
+import lib
+from lib import MiB, check
+
+SIZES = [1, 1000, 65536, MiB + 7, 64 * MiB]
+
+
+def _echo_proxy(t, relay, **kw):
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.config([lib.listener("l", port, "echo")],
+                           [lib.upstream("echo", [up.address])], relay=relay, **kw))
+    return up, port, p
+
+
+def _payload_sizes(t, relay):
+    up, port, _ = _echo_proxy(t, relay)
+    for i, n in enumerate(SIZES):
+        data = lib.payload(n, seed=1000 + i)
+        lib.check_echo(port, data, up, what="%s, %d bytes:" % (relay, n), timeout_s=60)
+
+
+@lib.timeout(90)
+def test_relay_copy_random_payloads_sha256_both_ways(t):
+    _payload_sizes(t, "copy")
+
+
+@lib.timeout(90)
+def test_relay_splice_random_payloads_sha256_both_ways(t):
+    _payload_sizes(t, "splice")
+
+
+def _concurrent(t, relay, sessions=200):
+    up, port, _ = _echo_proxy(t, relay)
+    rnd = random.Random(7)
+    datas = [lib.payload(rnd.randint(1, 256 * 1024), seed=5000 + i) for i in range(sessions)]
+    # connect all first, so the sessions really overlap
+    socks = [lib.connect(port) for _ in range(sessions)]
+
+    def one(i):
+        return lib.echo_transfer(port, datas[i], sock=socks[i], timeout_s=60)
+
+    results = lib.run_threads(one, [(i,) for i in range(sessions)], timeout_s=90)
+    bad = []
+    for i, r in enumerate(results):
+        if isinstance(r, BaseException):
+            bad.append("session %d: %r" % (i, r))
+        elif r["sha"] != lib.sha(datas[i]) or r["received"] != len(datas[i]):
+            bad.append("session %d: sent %d got %d back (end=%s %s)"
+                       % (i, len(datas[i]), r["received"], r["end"], r["error"]))
+        elif not up.has_record(lib.sha(datas[i]), timeout_s=5):
+            bad.append("session %d: upstream never received its %d bytes intact" % (i, len(datas[i])))
+    check(not bad, "%s: %d of %d sessions broken: %s" % (relay, len(bad), sessions, "; ".join(bad[:5])))
+
+
+@lib.timeout(120)
+def test_relay_copy_200_concurrent_sessions_sha256_both_ways(t):
+    _concurrent(t, "copy")
+
+
+@lib.timeout(120)
+def test_relay_splice_200_concurrent_sessions_sha256_both_ways(t):
+    _concurrent(t, "splice")
+
+
+def _half_close_client_first(t, relay):
+    extra = lib.payload(2 * MiB, seed=11)
+    up = t.server(lib.ReplyAfterEofServer, extra=extra, name="reply-after-eof")
+    port = lib.free_port()
+    t.proxy(lib.config([lib.listener("l", port, "u")], [lib.upstream("u", [up.address])], relay=relay))
+    data = lib.payload(3 * MiB + 5, seed=12)
+    s = lib.connect(port)
+    s.settimeout(30)
+    lib.send_all(s, data)
+    s.shutdown(socket.SHUT_WR)  # client is done sending; upstream only answers after our FIN
+    got, how = lib.recv_all(s)
+    s.close()
+    want = lib.sha(data).encode() + extra
+    check(how == "eof", "%s: session was reset after the client's half-close (got %d bytes)" % (relay, len(got)))
+    check(got[:64] == want[:64], "%s: upstream did not receive the client's bytes intact before its FIN "
+          "(upstream saw sha %r)" % (relay, got[:64]))
+    check(len(got) == len(want) and got == want,
+          "%s: reply after half-close: got %d of %d bytes%s" % (relay, len(got), len(want),
+                                                              "" if len(got) != len(want) else " (corrupt)"))
+
+
+def test_half_close_client_to_upstream_copy_reply_still_delivered(t):
+    _half_close_client_first(t, "copy")
+
+
+def test_half_close_client_to_upstream_splice_reply_still_delivered(t):
+    _half_close_client_first(t, "splice")
+
+
+def _half_close_upstream_first(t, relay):
+    first = lib.payload(MiB + 3, seed=21)
+    up = t.server(lib.HalfCloseFirstServer, first=first, name="half-close-first")
+    port = lib.free_port()
+    t.proxy(lib.config([lib.listener("l", port, "u")], [lib.upstream("u", [up.address])], relay=relay))
+    s = lib.connect(port)
+    s.settimeout(30)
+    # read everything up to the upstream's FIN
+    got, how = lib.recv_all(s)
+    check(how == "eof" and got == first,
+          "%s: upstream->client before its FIN: got %d of %d bytes (%s)%s"
+          % (relay, len(got), len(first), how, ", content differs" if len(got) == len(first) else ""))
+    # the other direction is still open: send after having seen the FIN
+    data = lib.payload(2 * MiB + 9, seed=22)
+    try:
+        lib.send_all(s, data)
+        s.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        lib.fail("%s: client could not send after the upstream's half-close: %r" % (relay, e))
+    rest, how = lib.recv_all(s)
+    s.close()
+    ok = lib.wait_until(lambda: any(r["sha"] == lib.sha(data) for r in up.records), 10)
+    check(ok, "%s: upstream did not receive the %d bytes sent after its half-close (records %s)"
+          % (relay, len(data), up.records))
+    check(rest == b"", "%s: unexpected bytes after the upstream's FIN" % relay)
+
+
+def test_half_close_upstream_to_client_copy_client_can_still_send(t):
+    _half_close_upstream_first(t, "copy")
+
+
+def test_half_close_upstream_to_client_splice_client_can_still_send(t):
+    _half_close_upstream_first(t, "splice")
+
+
+def test_access_log_text_line_per_connection_with_bytes_each_way(t):
+    greeting = b"hi-there\n"
+    up = t.echo(greeting=greeting)
+    port = lib.free_port()
+    p = t.proxy(lib.config([lib.listener("front", port, "echo")], [lib.upstream("echo", [up.address])]))
+    data = lib.payload(12345, seed=31)
+    s = lib.connect(port)
+    cport = s.getsockname()[1]
+    r = lib.echo_transfer(port, data, sock=s)
+    check(r["received"] == len(data) + len(greeting), "relay broken: %r" % r)
+    e = p.access_by_client_port([cport])[cport]
+    want = {"listener": "front", "upstream": "echo", "server": up.address, "client": "127.0.0.1:%d" % cport,
+            "bytes_in": str(len(data)), "bytes_out": str(len(data) + len(greeting)), "end": "done"}
+    bad = {k: (e.get(k), v) for k, v in want.items() if e.get(k) != v}
+    check(not bad, "access log fields (got, want): %s; line: %s" % (bad, e))
+    for k in ("route", "shard", "gen", "duration_ms"):
+        check(k in e, "access log line lacks %s=: %s" % (k, e))
+
+
+def test_access_log_json_one_object_per_connection(t):
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.config([lib.listener("front", port, "echo")], [lib.upstream("echo", [up.address])],
+                           log_format="json"))
+    ports = []
+    for i in range(3):
+        s = lib.connect(port)
+        ports.append(s.getsockname()[1])
+        lib.echo_transfer(port, b"x" * (i + 1), sock=s)
+    found = p.access_by_client_port(ports)
+    keys = {"listener", "client", "route", "upstream", "server", "shard", "gen", "bytes_in", "bytes_out",
+            "duration_ms", "end"}
+    for i, cp in enumerate(ports):
+        e = found[cp]
+        check(keys <= set(e), "json access line lacks %s: %s" % (keys - set(e), e))
+        check(e["bytes_in"] == str(i + 1) and e["bytes_out"] == str(i + 1) and e["end"] == "done",
+              "json access line: %s" % e)
+    # each is a whole JSON object on its own line
+    lines = [l for l in p.lines() if '"listener"' in l]
+    for l in lines:
+        try:
+            json.loads(l[l.index("{"):])
+        except ValueError:
+            lib.fail("access log line is not one JSON object: %r" % l)
