@@ -204,6 +204,9 @@ int sp_ring_run_once(sp_ring_t *r, int timeout_ms)
 	if (*r->uring.sq.kflags & IORING_SQ_CQ_OVERFLOW)
 		r->cq_overflows++;
 
+	if (r->on_wake)
+		r->on_wake(r->ctx);
+
 	unsigned n = 0, head;
 	/* Handlers may queue SQEs but never reap, so iterating in place is safe;
 	 * advance once for the whole batch. */

@@ -44,6 +44,10 @@ typedef struct sp_ring {
 	/* A dropped completion that consumed a provided buffer must give it
 	 * back; the owner of the buffer ring says how. */
 	void (*drop_buffer)(void *ctx, uint16_t bid);
+	/* Called once per turn after the wait, before any completion is
+	 * dispatched (optional): the owner refreshes its clock there, so
+	 * handlers never see the time from before a long sleep. */
+	void (*on_wake)(void *ctx);
 	uint64_t stale_drops;
 	uint64_t cq_overflows;
 } sp_ring_t;

@@ -28,6 +28,12 @@ static uint64_t clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void on_wake(void *ctx)
+{
+	sp_shard_t *sh = ctx;
+	sh->now_ms = clock_ms();
+}
+
 /* ---- accepting ---------------------------------------------------------- */
 
 static void arm_accept(sp_shard_t *sh, unsigned i)
@@ -272,6 +278,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		sp_error("%s", err);
 		return ret;
 	}
+	sh->ring.on_wake = on_wake;
 	/* Engines: copy unless the file asks for splice. "auto" is copy: on
 	 * the benchmark (docs/BENCHMARKS.md) copy wins small and mixed traffic. */
 	sh->engine = a->conf->relay == SP_RELAY_SPLICE ? &sp_relay_splice : &sp_relay_copy;
@@ -400,12 +407,11 @@ int sp_shard_main(const sp_shard_args_t *a)
 		int timeout = next == UINT64_MAX ? -1
 			      : next <= sh->now_ms ? 0
 						   : (int)(next - sh->now_ms);
-		ret = sp_ring_run_once(&sh->ring, timeout);
+		ret = sp_ring_run_once(&sh->ring, timeout); /* on_wake: now_ms */
 		if (ret < 0) {
 			sp_error("io_uring_enter: %s", strerror(-ret));
 			break;
 		}
-		sh->now_ms = clock_ms();
 		sp_timers_run(&sh->timers, sh->now_ms);
 		if (sh->engine->resume)
 			sh->engine->resume(sh);
