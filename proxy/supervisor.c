@@ -584,6 +584,24 @@ fail:
 
 /* ---- children --------------------------------------------------------------------- */
 
+/* A shard that exited (crash, SIGKILL, drain timeout) took its sessions
+ * with it: take them out of least_conn's shared load counter too, or its
+ * slot would look busy for ever. */
+static void forget_sessions(sp_sup_t *sup, const sp_gen_t *g, unsigned slot)
+{
+	sp_shard_stats_t *st = stats_of(sup, g, slot);
+	uint64_t gone = __atomic_exchange_n(&st->active, 0, __ATOMIC_RELAXED);
+	if (!sup->steer || !gone)
+		return;
+	uint32_t *load = &sp_steer_counters(sup->steer)[slot];
+	uint32_t cur = __atomic_load_n(load, __ATOMIC_RELAXED);
+	uint32_t next;
+	do
+		next = cur > gone ? cur - (uint32_t)gone : 0;
+	while (!__atomic_compare_exchange_n(load, &cur, next, false, __ATOMIC_RELAXED,
+					    __ATOMIC_RELAXED));
+}
+
 static void describe_status(int status, char *buf, size_t len)
 {
 	if (WIFSIGNALED(status))
@@ -605,6 +623,7 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 				continue;
 			bool expected = p->state == PROC_DRAINING || sup->stopping;
 			p->state = PROC_NONE;
+			forget_sessions(sup, g, i);
 			if (expected)
 				return;
 			char how[96];
