@@ -1049,6 +1049,27 @@ def require_cpus(n):
 
 # ---- the context a test gets ---------------------------------------------------
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sanitizer_reports(tmpdir):
+    """First lines of ASan/LSan/UBSan reports in the logs a test left."""
+    found = []
+    for root, _, files in os.walk(tmpdir):
+        for fn in files:
+            if not (fn.endswith(".stderr") or fn.endswith(".log")):
+                continue
+            try:
+                with open(os.path.join(root, fn), errors="replace") as f:
+                    for line in f:
+                        if any(m in line for m in SANITIZER_MARKERS):
+                            found.append("%s: %s" % (fn, line.strip()[:300]))
+                            break
+            except OSError:
+                pass
+    return found
+
+
 
 class Ctx:
     def __init__(self, build, name):
@@ -1069,6 +1090,7 @@ class Ctx:
                 fn()
             except Exception as e:  # teardown must go on
                 sys.stderr.write("cleanup error: %r\n" % e)
+        self.sanitizer_reports = sanitizer_reports(self.tmpdir)
         if not keep_tmp:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 

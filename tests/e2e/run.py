@@ -88,6 +88,8 @@ def run_one(build, modname, name, result_path):
         elapsed = time.monotonic() - t0
         keep = status == "FAIL" and os.environ.get("E2E_KEEP") == "1"
         ctx.cleanup(keep_tmp=keep)
+        if ctx.sanitizer_reports and status != "FAIL":
+            status, reason = "FAIL", "sanitizer report: " + "; ".join(ctx.sanitizer_reports)
         if keep:
             reason += " (kept %s)" % ctx.tmpdir
         with open(result_path, "w") as f:
