@@ -4,6 +4,7 @@
 #   make run      start the demo upstream and the proxy on conf/shardproxy.json
 #   make test     unit tests (cmocka) + end-to-end tests on the real binary
 #   make test SANITIZE=1   the same, built with ASan + UBSan (in build/san)
+#   make fuzz     each libFuzzer target for FUZZ_SECONDS (default 30)
 #   make bench    shardproxy vs HAProxy vs nginx stream vs direct -> docs/BENCHMARKS.md
 #   make format / make lint / make clean
 
@@ -40,7 +41,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEMO_BIN := $(BUILD)/demo-upstream
 
-.PHONY: all deps run test unit e2e bench clean format lint
+.PHONY: all deps run test unit e2e bench fuzz clean format lint
 
 all: $(BUILD)/shardproxy $(DEMO_BIN)
 
@@ -88,6 +89,34 @@ $(DEMO_BIN): tests/demo/demo_upstream.c | deps
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libshardproxy.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libshardproxy.a $(LDLIBS) -lcmocka
+
+# libFuzzer targets, each run for FUZZ_SECONDS (CI: 30).
+FUZZ_SECONDS ?= 30
+FUZZ_DIR := build/fuzz
+FUZZ_FLAGS := -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I.
+FUZZ_BIN := $(FUZZ_DIR)/fuzz_proxyproto $(FUZZ_DIR)/fuzz_tls_sni $(FUZZ_DIR)/fuzz_conf
+
+$(FUZZ_DIR)/fuzz_proxyproto: tests/fuzz/fuzz_proxyproto.c shard/proxyproto.c | deps
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(FUZZ_DIR)/fuzz_tls_sni: tests/fuzz/fuzz_tls_sni.c shard/tls_sni.c | deps
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -o $@ $^
+$(FUZZ_DIR)/fuzz_conf: tests/fuzz/fuzz_conf.c conf/conf.c conf/json_pos.c | deps
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -DSP_CONF_NUMERIC_ONLY -o $@ $^ -ljansson
+
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do \
+		name=$$(basename $$f); corpus=tests/fuzz/corpus/$${name#fuzz_}; \
+		work=$(FUZZ_DIR)/corpus-$${name#fuzz_}; mkdir -p $$work; \
+		dict=""; [ -f tests/fuzz/$${name#fuzz_}.dict ] && dict=-dict=tests/fuzz/$${name#fuzz_}.dict; \
+		echo "== $$name for $(FUZZ_SECONDS) s"; \
+		$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $$dict \
+			-artifact_prefix=$(FUZZ_DIR)/$$name- $$work $$corpus > $(FUZZ_DIR)/$$name.log 2>&1 \
+			|| { tail -n 40 $(FUZZ_DIR)/$$name.log; echo "$$name: FAILED"; exit 1; }; \
+		tail -n 1 $(FUZZ_DIR)/$$name.log; \
+	done
 
 run: all
 	@./tests/demo/run-demo.sh $(BUILD)

@@ -333,6 +333,9 @@ static int set_addr(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, voi
 				 .ai_flags = AI_NUMERICSERV | (v6 ? AI_NUMERICHOST : 0) |
 					     (f->passive ? AI_PASSIVE : 0)};
 	struct addrinfo *res = NULL, *pick = NULL;
+#ifdef SP_CONF_NUMERIC_ONLY /* the fuzzer: never ask a resolver */
+	hints.ai_flags |= AI_NUMERICHOST;
+#endif
 	int rc = getaddrinfo(host, port, &hints, &res);
 	if (rc)
 		return err_at(c, node, "cannot resolve %s: %s", quote(host, q, sizeof(q)),
