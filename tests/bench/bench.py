@@ -1,0 +1,1406 @@
+#!/usr/bin/env python3
+"""make bench: shardproxy against HAProxy `mode tcp`, nginx `stream` and a
+direct connection, on loopback, side by side, written to docs/BENCHMARKS.md.
+
+Python 3 standard library only. Usage:
+
+    python3 tests/bench/bench.py --build build --out docs/BENCHMARKS.md
+    BENCH_QUICK=1 python3 tests/bench/bench.py ...     # or --quick: < 2 min
+    ... --only shardproxy-copy,haproxy --repeats 5 --duration 10
+
+What runs (see METHOD below, which is also written into the report):
+  - one HTTP backend shared by every variant: build/demo-upstream
+    (-w = workers), or nginx `http` when demo-upstream is absent;
+  - variants: direct (wrk straight to the backend), haproxy (mode tcp,
+    nbthread = workers), nginx (stream, worker_processes = workers,
+    reuseport), shardproxy-copy / shardproxy-splice (steering hash),
+    shardproxy-copy-none (steering none); shardproxy-auto,
+    shardproxy-copy-cpu and shardproxy-copy-lc on request (--only);
+  - per repeat, for each variant in turn (A B C A B C ...), a fresh proxy
+    runs: keep-alive (wrk -t2 -c50 --latency), new connection per request
+    (wrk -t2 -c50 -H 'Connection: close'), bulk (wrk -t1 -c4 on
+    /bytes/10000000), then idle connections held open by client processes;
+  - from /proc: CPU (utime+stime) of every proxy process over each wrk run,
+    PSS (smaps_rollup) before and with the idle connections, io-wq worker
+    threads (iou-wrk-*) sampled during the runs; from shardproxy's admin
+    /stats: per-shard accepted/active counts.
+
+Everything started runs in its own process group and is killed at exit
+(try/finally, atexit, SIGINT/SIGTERM handlers). Ports are chosen at runtime.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BULK_BYTES = 10_000_000
+
+ALL_VARIANTS = [
+    "direct",
+    "haproxy",
+    "nginx",
+    "shardproxy-copy",
+    "shardproxy-splice",
+    "shardproxy-copy-none",
+    "shardproxy-auto",
+    "shardproxy-copy-cpu",
+    "shardproxy-copy-lc",
+]
+DEFAULT_VARIANTS = ALL_VARIANTS[:6]
+SHARDPROXY_VARIANTS = {
+    # name: (relay, steering)
+    "shardproxy-copy": ("copy", "hash"),
+    "shardproxy-splice": ("splice", "hash"),
+    "shardproxy-copy-none": ("copy", "none"),
+    "shardproxy-auto": ("auto", "hash"),
+    "shardproxy-copy-cpu": ("copy", "cpu"),
+    "shardproxy-copy-lc": ("copy", "least_conn"),
+}
+
+
+def say(msg):
+    sys.stderr.write("bench: %s\n" % msg)
+    sys.stderr.flush()
+
+
+# ---- process bookkeeping ------------------------------------------------------
+
+_children = []  # Popen objects, each the leader of its own process group
+_tmpdirs = []
+
+
+def spawn(argv, stdout=None, stderr=None, stdin=subprocess.DEVNULL, env=None, cwd=None):
+    """Start argv in a new session (so its group can be killed as a whole)."""
+    p = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=stdin, env=env, cwd=cwd,
+                         start_new_session=True)
+    _children.append(p)
+    return p
+
+
+def kill_group(p, grace=3.0):
+    """SIGTERM the group, wait up to grace seconds, then SIGKILL it. Returns the
+    leader's exit status (None if it had to be killed)."""
+    if p is None:
+        return None
+    rc = p.poll()
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if rc is None:
+        try:
+            rc = p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            rc = None
+    # Whatever is left of the group (children of a leader that exited) goes too.
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
+    if p in _children:
+        _children.remove(p)
+    return rc
+
+
+def cleanup():
+    for p in list(_children):
+        kill_group(p, grace=1.0)
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)
+    _tmpdirs.clear()
+
+
+def _on_signal(signo, _frame):
+    raise SystemExit(128 + signo)
+
+
+def free_port():
+    """A port free now on 127.0.0.1 (bound and released; the kernel does not hand
+    it out again soon). Tried for a listen right after, with retries by callers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def http_get(port, path="/", timeout=2.0):
+    """One GET over a fresh connection: (status, body) or (None, error text)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(("GET %s HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n" % path).encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        m = re.match(rb"HTTP/1\.[01] (\d+)", head)
+        return (int(m.group(1)) if m else None), body
+    except OSError as e:
+        return None, str(e).encode()
+
+
+def wait_http(port, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st, _ = http_get(port)
+        if st == 200:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# ---- /proc --------------------------------------------------------------------
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_stat(pid):
+    """(ppid, pgrp, cpu_ticks) of pid, or None."""
+    s = read("/proc/%d/stat" % pid)
+    if not s:
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    return int(rest[1]), int(rest[2]), int(rest[11]) + int(rest[12])
+
+
+def group_pids(root):
+    """Every live process in root's process group or descending from root."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st:
+                stats[int(name)] = st
+    pids = {p for p, (_pp, pg, _c) in stats.items() if pg == root}
+    if root in stats:
+        pids.add(root)
+    grew = True
+    while grew:
+        grew = False
+        for p, (pp, _pg, _c) in stats.items():
+            if pp in pids and p not in pids:
+                pids.add(p)
+                grew = True
+    return sorted(pids)
+
+
+def cpu_ticks(pids):
+    out = {}
+    for p in pids:
+        st = proc_stat(p)
+        if st:
+            out[p] = st[2]
+    return out
+
+
+def cpu_delta_s(before, after):
+    return sum(after[p] - before.get(p, 0) for p in after) / CLK_TCK
+
+
+def pss_kib(pids):
+    total = 0
+    for p in pids:
+        s = read("/proc/%d/smaps_rollup" % p)
+        if s:
+            m = re.search(r"^Pss:\s+(\d+) kB", s, re.M)
+            if m:
+                total += int(m.group(1))
+    return total
+
+
+def iowq_threads(pids):
+    n = 0
+    for p in pids:
+        try:
+            tids = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for t in tids:
+            comm = read("/proc/%d/task/%s/comm" % (p, t))
+            if comm and comm.startswith("iou-wrk"):
+                n += 1
+    return n
+
+
+class Sampler(threading.Thread):
+    """Counts io-wq worker threads of a process group every `every` seconds."""
+
+    def __init__(self, root, every=0.25):
+        super().__init__(daemon=True)
+        self.root, self.every = root, every
+        self.stop_ev = threading.Event()
+        self.max_iowq = 0
+        self.samples = 0
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            pids = group_pids(self.root)
+            self.max_iowq = max(self.max_iowq, iowq_threads(pids))
+            self.samples += 1
+            self.stop_ev.wait(self.every)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join(timeout=5)
+
+
+# ---- wrk ----------------------------------------------------------------------
+
+UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+TIME_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def parse_wrk(text):
+    """What matters of wrk's output: req/s, bytes/s, requests, latency
+    percentiles (µs), socket errors, non-2xx responses."""
+    r = {"rps": None, "bps": None, "requests": None, "lat": {}, "errors": 0,
+         "socket_errors": {}, "non2xx": 0}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^Transfer/sec:\s+([\d.]+)\s*([KMGT]?B)", text, re.M)
+    if m:
+        r["bps"] = float(m.group(1)) * UNITS[m.group(2)]
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", text, re.M)
+    if m:
+        r["requests"] = int(m.group(1))
+    for m in re.finditer(r"^\s+(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M):
+        r["lat"][int(m.group(1))] = float(m.group(2)) * TIME_UNITS[m.group(3)]
+    m = re.search(r"Socket errors:\s*connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        r["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
+                                      (int(x) for x in m.groups())))
+    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    r["errors"] = sum(r["socket_errors"].values()) + r["non2xx"]
+    return r
+
+
+def run_wrk(args, url, duration, extra=(), threads=2, conns=50):
+    argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
+            *extra, url]
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = p.communicate(timeout=duration + 20)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        return {"rps": None, "bps": None, "requests": None, "lat": {}, "errors": 1,
+                "socket_errors": {}, "non2xx": 0, "raw": "wrk timed out"}
+    kill_group(p, grace=0.1)
+    text = out.decode(errors="replace")
+    r = parse_wrk(text)
+    r["raw"] = text
+    if p.returncode != 0 or r["rps"] is None:
+        say("wrk %s failed (rc %s):\n%s" % (url, p.returncode, text))
+    return r
+
+
+# ---- idle-connection client (a separate process: its own RLIMIT_NOFILE) -----
+
+
+def idle_client_main(port, count):
+    """Open `count` connections to port, send one GET on each and read its
+    response, print 'READY ok failed', then hold them until stdin closes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    sel = selectors.DefaultSelector()
+    held, failed = [], 0
+    pending = 0
+    started = 0
+    deadline = time.monotonic() + 90
+    buf = {}
+    inflight_max = 128
+
+    def start_one():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect((HOST, port))
+        except BlockingIOError:
+            pass
+        except OSError:
+            s.close()
+            return False
+        sel.register(s, selectors.EVENT_WRITE, "connect")
+        return True
+
+    while (started < count or pending) and time.monotonic() < deadline:
+        while started < count and pending < inflight_max:
+            started += 1
+            if start_one():
+                pending += 1
+            else:
+                failed += 1
+        for key, _ev in sel.select(timeout=1.0):
+            s = key.fileobj
+            if key.data == "connect":
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    sel.unregister(s)
+                    s.close()
+                    failed += 1
+                    pending -= 1
+                    continue
+                try:
+                    s.send(req)
+                except OSError:
+                    sel.unregister(s)
+                    s.close()
+                    failed += 1
+                    pending -= 1
+                    continue
+                buf[s] = b""
+                sel.modify(s, selectors.EVENT_READ, "response")
+            else:
+                try:
+                    chunk = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(s)
+                    s.close()
+                    buf.pop(s, None)
+                    failed += 1
+                    pending -= 1
+                    continue
+                data = buf[s] + chunk
+                head, sep, body = data.partition(b"\r\n\r\n")
+                m = re.search(rb"Content-Length:\s*(\d+)", head, re.I)
+                if sep and m and len(body) >= int(m.group(1)):
+                    sel.unregister(s)
+                    del buf[s]
+                    held.append(s)
+                    pending -= 1
+                else:
+                    buf[s] = data
+    failed += pending
+    sys.stdout.write("READY %d %d\n" % (len(held), failed))
+    sys.stdout.flush()
+    sys.stdin.read()  # hold until the parent closes our stdin
+    for s in held:
+        s.close()
+
+
+def hold_idle(port, total, nclients):
+    """Start nclients idle-client processes for total connections; returns
+    (procs, ok, failed)."""
+    per = [total // nclients + (1 if i < total % nclients else 0) for i in range(nclients)]
+    procs = []
+    for n in per:
+        if n:
+            procs.append(spawn([sys.executable, os.path.abspath(__file__), "--idle-client",
+                                str(port), str(n)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE))
+    ok = failed = 0
+    for p in procs:
+        line = b""
+        # READY arrives within the client's own 90 s deadline.
+        t = threading.Timer(120, lambda p=p: kill_group(p, 0))
+        t.start()
+        line = p.stdout.readline()
+        t.cancel()
+        m = re.match(rb"READY (\d+) (\d+)", line)
+        if m:
+            ok += int(m.group(1))
+            failed += int(m.group(2))
+        else:
+            failed += per[procs.index(p)]
+    return procs, ok, failed
+
+
+def release_idle(procs):
+    for p in procs:
+        try:
+            p.stdin.close()
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(p, grace=0.5)
+
+
+# ---- backends and proxies -----------------------------------------------------
+
+
+class Server:
+    """A started program (its own process group) with its log and temp dir."""
+
+    def __init__(self, name, port, proc, logpath, admin_port=None):
+        self.name, self.port, self.proc = name, port, proc
+        self.logpath, self.admin_port = logpath, admin_port
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self):
+        return group_pids(self.proc.pid) if self.proc else []
+
+    def log_tail(self, n=20):
+        if not self.logpath:
+            return ""
+        s = read(self.logpath) or ""
+        return "\n".join(s.splitlines()[-n:])
+
+    def stop(self):
+        return kill_group(self.proc)
+
+
+def mktmp(tag):
+    d = tempfile.mkdtemp(prefix="shardproxy-bench-%s-" % tag)
+    _tmpdirs.append(d)
+    return d
+
+
+def start_demo_backend(binpath, workers):
+    for _attempt in range(5):
+        port = free_port()
+        d = mktmp("backend")
+        logp = os.path.join(d, "backend.log")
+        lf = open(logp, "w")
+        p = spawn([binpath, "-l", "%s:%d" % (HOST, port), "-w", str(workers)], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_http(port, 10):
+            return Server("demo-upstream", port, p, logp)
+        kill_group(p)
+    raise SystemExit("bench: demo-upstream did not start; log:\n%s" % (read(logp) or ""))
+
+
+def start_nginx_backend(workers):
+    """Fallback backend: nginx http with a small body at / and a 10 MB file."""
+    for _attempt in range(5):
+        port = free_port()
+        d = mktmp("nginx-backend")
+        os.makedirs(os.path.join(d, "html", "bytes"))
+        with open(os.path.join(d, "html", "index.html"), "w") as f:
+            f.write("hello from nginx backend\n")
+        with open(os.path.join(d, "html", "bytes", str(BULK_BYTES)), "wb") as f:
+            f.write(b"x" * BULK_BYTES)
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""worker_processes %d;
+worker_rlimit_nofile %d;
+error_log %s/error.log warn;
+pid %s/nginx.pid;
+events { worker_connections %d; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen %s:%d reuseport backlog=65535;
+    root %s/html;
+    location = / { default_type text/plain; }
+    location /bytes/ { default_type application/octet-stream; sendfile on; }
+  }
+}
+""" % (workers, hard_nofile(), d, d, min(hard_nofile() - 100, 16384), HOST, port, d))
+        logp = os.path.join(d, "stderr.log")
+        lf = open(logp, "w")
+        p = spawn(["nginx", "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf, "-g",
+                   "daemon off;"], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_http(port, 10):
+            return Server("nginx-http", port, p, logp)
+        kill_group(p)
+    raise SystemExit("bench: nginx backend did not start")
+
+
+def hard_nofile():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def start_haproxy(workers, backend_port):
+    hard = hard_nofile()
+    maxconn = max(1000, (hard - 200) // 2)
+    for _attempt in range(5):
+        port = free_port()
+        d = mktmp("haproxy")
+        cfg = os.path.join(d, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("""global
+    nbthread %d
+    maxconn %d
+
+defaults
+    mode tcp
+    maxconn %d
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend fe
+    bind %s:%d
+    default_backend be
+
+backend be
+    server s1 %s:%d
+""" % (workers, maxconn, maxconn, HOST, port, HOST, backend_port))
+        logp = os.path.join(d, "haproxy.log")
+        lf = open(logp, "w")
+        p = spawn(["haproxy", "-f", cfg, "-db"], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_http(port, 10):
+            return Server("haproxy", port, p, logp)
+        say("haproxy did not start:\n%s" % (read(logp) or ""))
+        kill_group(p)
+    return None
+
+
+def nginx_stream_module():
+    out = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    if "--with-stream=dynamic" in out or "--with-stream " not in out + " ":
+        for path in ("/usr/lib/nginx/modules/ngx_stream_module.so",
+                     "/usr/share/nginx/modules/ngx_stream_module.so"):
+            if os.path.exists(path):
+                return "load_module %s;\n" % path
+    return ""
+
+
+def start_nginx_stream(workers, backend_port):
+    hard = hard_nofile()
+    for _attempt in range(5):
+        port = free_port()
+        d = mktmp("nginx")
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""%sworker_processes %d;
+worker_rlimit_nofile %d;
+error_log %s/error.log warn;
+pid %s/nginx.pid;
+events { worker_connections %d; }
+stream {
+  upstream be { server %s:%d; }
+  server {
+    listen %s:%d reuseport;
+    proxy_pass be;
+    proxy_timeout 300s;
+  }
+}
+""" % (nginx_stream_module(), workers, hard, d, d, hard - 100, HOST, backend_port, HOST, port))
+        logp = os.path.join(d, "stderr.log")
+        lf = open(logp, "w")
+        p = spawn(["nginx", "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf, "-g",
+                   "daemon off;"], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_http(port, 10):
+            s = Server("nginx", port, p, os.path.join(d, "error.log"))
+            return s
+        say("nginx stream did not start:\n%s\n%s" % (read(logp) or "",
+                                                     read(os.path.join(d, "error.log")) or ""))
+        kill_group(p)
+    return None
+
+
+def shardproxy_conf(workers, relay, steering, port, admin_port, backend_port, max_conns,
+                    level="warn"):
+    return {
+        "workers": workers,
+        "relay": relay,
+        "steering": steering,
+        "log": {"level": level, "access_log": False},
+        "admin": {"listen": "%s:%d" % (HOST, admin_port)},
+        "limits": {"max_connections": max_conns, "drain_timeout_ms": 1000},
+        "listeners": [{"name": "bench", "listen": "%s:%d" % (HOST, port),
+                       "routes": [{"upstream": "backend"}]}],
+        "upstreams": [{"name": "backend",
+                       "servers": [{"address": "%s:%d" % (HOST, backend_port)}]}],
+    }
+
+
+def start_shardproxy(binpath, workers, relay, steering, backend_port, max_conns, level="warn"):
+    for _attempt in range(5):
+        port, admin_port = free_port(), free_port()
+        if port == admin_port:
+            continue
+        d = mktmp("shardproxy")
+        cfg = os.path.join(d, "shardproxy.json")
+        with open(cfg, "w") as f:
+            json.dump(shardproxy_conf(workers, relay, steering, port, admin_port, backend_port,
+                                      max_conns, level), f, indent=1)
+        logp = os.path.join(d, "shardproxy.log")
+        lf = open(logp, "w")
+        p = spawn([binpath, "-c", cfg], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_http(port, 15):
+            s = Server("shardproxy", port, p, logp, admin_port)
+            # every shard ready?
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = admin_stats(s)
+                if st and sum(1 for sh in st["shards"] if sh["state"] == "ready") >= workers:
+                    break
+                time.sleep(0.1)
+            return s
+        say("shardproxy (%s/%s) did not start:\n%s" % (relay, steering, read(logp) or ""))
+        kill_group(p)
+    return None
+
+
+def admin_stats(server):
+    if not server or not server.admin_port:
+        return None
+    try:
+        with urllib.request.urlopen("http://%s:%d/stats" % (HOST, server.admin_port),
+                                    timeout=3) as r:
+            return json.loads(r.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def shard_counts(stats):
+    """{slot: (accepted, active, refused, connect_failed, pid)} of the current generation."""
+    if not stats:
+        return {}
+    gen = stats.get("generation")
+    return {sh["slot"]: (sh["accepted"], sh["active"], sh.get("refused", 0),
+                         sh.get("connect_failed", 0), sh["pid"])
+            for sh in stats["shards"] if sh.get("generation") == gen}
+
+
+# ---- one run of one variant ---------------------------------------------------
+
+
+def run_variant(ctx, name, rep):
+    """Start variant `name`, run every workload on it, stop it. Returns a dict
+    of figures (None where not applicable) and notes."""
+    a = ctx.args
+    res = {"variant": name, "repeat": rep, "notes": []}
+    backend = ctx.backend
+    server = None
+    if name == "direct":
+        port = backend.port
+    elif name == "haproxy":
+        server = start_haproxy(a.workers, backend.port)
+    elif name == "nginx":
+        server = start_nginx_stream(a.workers, backend.port)
+    else:
+        relay, steering = SHARDPROXY_VARIANTS[name]
+        server = start_shardproxy(ctx.shardproxy, a.workers, relay, steering, backend.port,
+                                  max(10000, a.idle + 2000))
+    if name != "direct":
+        if server is None:
+            res["notes"].append("did not start")
+            return res
+        port = server.port
+        time.sleep(0.3)
+    try:
+        root = server.pid if server else None
+        shard_pids0 = None
+        if server:
+            res["pss_fresh_kib"] = pss_kib(server.pids())
+        if server and server.admin_port:
+            shard_pids0 = {k: v[4] for k, v in shard_counts(admin_stats(server)).items()}
+        url = "http://%s:%d/" % (HOST, port)
+        workloads = [
+            ("keepalive", url, (), 2, 50),
+            ("close", url, ("-H", "Connection: close"), 2, 50),
+            ("bulk", "http://%s:%d/bytes/%d" % (HOST, port, BULK_BYTES), (), 1, 4),
+        ]
+        iowq_max = 0
+        for wname, wurl, extra, thr, conns in workloads:
+            if server and not server.alive():
+                res["notes"].append("%s: proxy exited (rc %s) before it; log: %s"
+                                    % (wname, server.proc.returncode, server.log_tail(5)))
+                break
+            st0 = admin_stats(server) if server and server.admin_port else None
+            pids0 = server.pids() if server else []
+            cpu0 = cpu_ticks(pids0)
+            sampler = Sampler(root) if root else None
+            if sampler:
+                sampler.start()
+            w = run_wrk(a, wurl, a.duration, extra, thr, conns)
+            if sampler:
+                sampler.stop()
+                iowq_max = max(iowq_max, sampler.max_iowq)
+                res["iowq_" + wname] = sampler.max_iowq
+            if server:
+                cpu1 = cpu_ticks(server.pids())
+                cpu = cpu_delta_s(cpu0, cpu1)
+            else:
+                cpu = None
+            res[wname] = {k: w[k] for k in ("rps", "bps", "requests", "lat", "errors",
+                                           "socket_errors", "non2xx")}
+            res[wname]["cpu_s"] = cpu
+            if w["errors"]:
+                res["notes"].append("%s: wrk errors %s, non-2xx %d"
+                                    % (wname, w["socket_errors"], w["non2xx"]))
+            if w["rps"] is None:
+                res["notes"].append("%s: wrk gave no result: %s" % (wname, w["raw"][-300:]))
+            if st0:
+                st1 = admin_stats(server)
+                c0, c1 = shard_counts(st0), shard_counts(st1)
+                res["shards_" + wname] = [c1[k][0] - c0.get(k, (0,))[0] for k in sorted(c1)]
+                for k in sorted(c1):
+                    b = c0.get(k, (0, 0, 0, 0, 0))
+                    if c1[k][2] > b[2] or c1[k][3] > b[3]:
+                        res["notes"].append("%s: shard %d refused +%d, connect_failed +%d"
+                                            % (wname, k, c1[k][2] - b[2], c1[k][3] - b[3]))
+            time.sleep(0.3)
+        res["iowq"] = iowq_max if root else None
+
+        # idle connections
+        if server and server.alive() and a.idle > 0:
+            time.sleep(0.5)
+            pids = server.pids()
+            pss0 = pss_kib(pids)
+            procs, ok, failed = hold_idle(port, a.idle, a.idle_clients)
+            try:
+                time.sleep(1.0)
+                pids = server.pids()
+                pss1 = pss_kib(pids)
+                res["idle"] = {"ok": ok, "failed": failed, "pss0_kib": pss0, "pss1_kib": pss1,
+                               "per_conn_kib": (pss1 - pss0) / ok if ok else None,
+                               "nprocs": len(pids)}
+                if failed:
+                    res["notes"].append("idle: %d of %d connections failed" % (failed, a.idle))
+                if server.admin_port:
+                    res["shards_idle_active"] = [v[1] for k, v in
+                                                 sorted(shard_counts(admin_stats(server)).items())]
+            finally:
+                release_idle(procs)
+        if server and server.admin_port:
+            st = shard_counts(admin_stats(server))
+            pids1 = {k: v[4] for k, v in st.items()}
+            if shard_pids0 and pids1 != shard_pids0:
+                res["notes"].append("shard pids changed during the run (a shard restarted): %s -> %s"
+                                    % (shard_pids0, pids1))
+    finally:
+        if server:
+            alive = server.alive()
+            rc = server.stop()
+            if not alive:
+                res["notes"].append("proxy had exited (rc %s)" % server.proc.returncode)
+            elif name.startswith("shardproxy") and rc not in (0, None):
+                res["notes"].append("exit status %s after SIGTERM" % rc)
+            elif name.startswith("shardproxy") and rc is None:
+                res["notes"].append("did not stop within 3 s of SIGTERM (killed)")
+            log = read(server.logpath) or ""
+            bad = [l for l in log.splitlines()
+                   if re.search(r"error|warn|alert|emerg|crit|abort|assert|sanitizer", l, re.I)
+                   and "RLIMIT_NOFILE" not in l]
+            if bad:
+                res["log_lines"] = bad[:10]
+                res["notes"].append("log: %d warning/error lines, e.g. %s" % (len(bad), bad[0][:200]))
+    return res
+
+
+# ---- summary ------------------------------------------------------------------
+
+
+def med_range(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+METRICS = [
+    # key, label, unit, extractor, higher_is_better, fmt
+    ("ka_rps", "keep-alive req/s", "req/s",
+     lambda r: r.get("keepalive", {}).get("rps"), True, "{:,.0f}"),
+    ("ka_p50", "keep-alive p50 latency", "ms",
+     lambda r: ms(r.get("keepalive", {}).get("lat", {}).get(50)), False, "{:.3f}"),
+    ("ka_p99", "keep-alive p99 latency", "ms",
+     lambda r: ms(r.get("keepalive", {}).get("lat", {}).get(99)), False, "{:.3f}"),
+    ("cl_rps", "new connection per request req/s", "req/s",
+     lambda r: r.get("close", {}).get("rps"), True, "{:,.0f}"),
+    ("bulk", "bulk transfer (10 MB bodies)", "MiB/s",
+     lambda r: mib(r.get("bulk", {}).get("bps")), True, "{:,.0f}"),
+    ("ka_cpu", "proxy CPU per 100k keep-alive req", "CPU s",
+     lambda r: per100k(r.get("keepalive")), False, "{:.2f}"),
+    ("cl_cpu", "proxy CPU per 100k new connections", "CPU s",
+     lambda r: per100k(r.get("close")), False, "{:.2f}"),
+    ("bulk_cpu", "proxy CPU per GiB bulk", "CPU s",
+     lambda r: per_gib(r.get("bulk")), False, "{:.2f}"),
+    ("idle_kib", "PSS per idle connection (delta)", "KiB",
+     lambda r: (r.get("idle") or {}).get("per_conn_kib"), False, "{:.2f}"),
+    ("idle_total", "proxy PSS with the idle connections", "MiB",
+     lambda r: (r.get("idle") or {}).get("pss1_kib", 0) / 1024 or None, False, "{:.1f}"),
+    ("iowq", "io-wq threads (max sampled)", "threads",
+     lambda r: r.get("iowq"), False, "{:.0f}"),
+]
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def mib(bps):
+    return None if bps is None else bps / (1 << 20)
+
+
+def per100k(w):
+    if not w or w.get("cpu_s") is None or not w.get("requests"):
+        return None
+    return w["cpu_s"] / w["requests"] * 1e5
+
+
+def per_gib(w):
+    if not w or w.get("cpu_s") is None or not w.get("requests"):
+        return None
+    return w["cpu_s"] / (w["requests"] * BULK_BYTES / (1 << 30))
+
+
+def summarize(results, variants):
+    """{metric: {variant: (median, min, max, n)}}"""
+    out = {}
+    for key, _label, _unit, fn, _hib, _fmt in METRICS:
+        out[key] = {}
+        for v in variants:
+            vals = [fn(r) for r in results if r["variant"] == v]
+            vals = [x for x in vals if x is not None]
+            m, lo, hi = med_range(vals)
+            out[key][v] = (m, lo, hi, len(vals))
+    return out
+
+
+def fmt_ratio(x, ref):
+    if x is None or ref is None or ref == 0:
+        return "–"
+    if abs(x / ref) < 0.005:
+        return "≈0"
+    return "%.2f×" % (x / ref)
+
+
+def table_rows(summary, variants):
+    rows = []
+    for key, label, unit, _fn, _hib, fmt in METRICS:
+        for v in variants:
+            m, lo, hi, n = summary[key][v]
+            if m is None:
+                continue
+            ref_h = summary[key].get("haproxy", (None,))[0]
+            ref_d = summary[key].get("direct", (None,))[0]
+            rng = (fmt.format(lo) + "–" + fmt.format(hi)) if n > 1 else "(1 run)"
+            rows.append(["%s (%s)" % (label, unit), v, fmt.format(m), rng,
+                         fmt_ratio(m, ref_h), fmt_ratio(m, ref_d)])
+    return rows
+
+
+HEADER = ["figure", "variant", "median", "min–max", "× HAProxy", "× direct"]
+
+
+def text_table(rows):
+    w = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    lines = ["  ".join(h.ljust(w[i]) for i, h in enumerate(HEADER)),
+             "  ".join("-" * w[i] for i in range(len(HEADER)))]
+    prev = None
+    for r in rows:
+        first = r[0] if r[0] != prev else ""
+        prev = r[0]
+        cells = [first] + r[1:]
+        lines.append("  ".join((c.ljust(w[i]) if i < 2 else c.rjust(w[i]))
+                               for i, c in enumerate(cells)))
+    return "\n".join(lines)
+
+
+def md_table(rows):
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---", "---", "---:", "---:", "---:", "---:"]) + "|"]
+    prev = None
+    for r in rows:
+        first = r[0] if r[0] != prev else ""
+        prev = r[0]
+        lines.append("| " + " | ".join([first] + r[1:]) + " |")
+    return "\n".join(lines)
+
+
+def memory_rows(results, variants):
+    """Median PSS (MiB) fresh, after the wrk runs, with the idle connections."""
+    rows = []
+    for v in variants:
+        rs = [r for r in results if r["variant"] == v and r.get("idle")]
+        if not rs:
+            continue
+        fresh = med_range([r.get("pss_fresh_kib") for r in rs])[0]
+        before = med_range([r["idle"]["pss0_kib"] for r in rs])[0]
+        with_ = med_range([r["idle"]["pss1_kib"] for r in rs])[0]
+        n = rs[0]["idle"]["ok"]
+        rows.append((v, fresh / 1024 if fresh else None, before / 1024, with_ / 1024, n,
+                     rs[0]["idle"]["nprocs"]))
+    return rows
+
+
+def shard_lines(results, variants):
+    """Per-shard connection counts of each shardproxy run."""
+    lines = []
+    for v in variants:
+        if not v.startswith("shardproxy"):
+            continue
+        for r in results:
+            if r["variant"] != v:
+                continue
+            parts = []
+            for key, label in (("shards_keepalive", "keep-alive"), ("shards_close", "new-conn"),
+                               ("shards_bulk", "bulk"), ("shards_idle_active", "idle (active)")):
+                c = r.get(key)
+                if c:
+                    tot = sum(c) or 1
+                    parts.append("%s %s (%s)" % (label, "/".join(str(x) for x in c),
+                                                 "/".join("%.0f%%" % (100.0 * x / tot) for x in c)))
+            lines.append((v, r["repeat"] + 1, "; ".join(parts) or "no data"))
+    return lines
+
+
+# ---- machine and tools --------------------------------------------------------
+
+
+def cmd_out(argv):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "unavailable (%s)" % e
+
+
+def machine_info(ctx):
+    cpu = "unknown"
+    for line in (read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    u = os.uname()
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": "%s %s %s" % (u.sysname, u.release, u.version),
+        "debian": (read("/etc/debian_version") or "not Debian").strip(),
+        "mem": "",
+        "haproxy": cmd_out(["haproxy", "-v"]).splitlines()[0] if shutil.which("haproxy") else "absent",
+        "nginx": cmd_out(["nginx", "-v"]) if shutil.which("nginx") else "absent",
+        "wrk": cmd_out(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "absent",
+        "python": platform.python_version(),
+        "shardproxy": cmd_out([ctx.shardproxy, "-V"]),
+        "git": cmd_out(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+        "nofile": "%d/%d" % resource.getrlimit(resource.RLIMIT_NOFILE),
+    }
+    m = re.search(r"MemTotal:\s+(\d+) kB", read("/proc/meminfo") or "")
+    if m:
+        info["mem"] = "%.1f GiB" % (int(m.group(1)) / (1 << 20))
+    return info
+
+
+# ---- report -------------------------------------------------------------------
+
+METHOD = """\
+- **Backend**: {backend}, on 127.0.0.1, the same process for every variant and
+  every repeat. `GET /` returns a small body (~40 bytes), `GET /bytes/10000000`
+  a 10,000,000-byte body.
+- **Variants**, each with {workers} workers (= `nproc`):
+  - `direct`: wrk straight to the backend (no proxy: the upper bound);
+  - `haproxy`: HAProxy `mode tcp`, `nbthread {workers}`, `maxconn` as high as
+    the descriptor limit allows, default buffers, no splicing, no logging;
+  - `nginx`: nginx `stream`, `worker_processes {workers}`, `listen ... reuseport`,
+    `proxy_pass` to the backend, no access log;
+  - `shardproxy-copy` / `shardproxy-splice`: `"relay": "copy"` / `"splice"`,
+    `"steering": "hash"`; `shardproxy-copy-none`: copy with `"steering": "none"`
+    (plain `SO_REUSEPORT`, no BPF); all with `"access_log": false`,
+    `"level": "warn"` (stderr to a file) and the admin endpoint on for `/stats`.
+- **Order**: {repeats} repeat(s); in each, every variant in turn (A B C … A B C …),
+  each time a freshly started proxy. Each figure is the **median** over the
+  repeats, with the min–max.
+- **Workloads** (each `wrk` run lasts {duration} s):
+  - keep-alive: `wrk -t2 -c50 -d{duration}s --latency URL/` → req/s, p50, p99;
+  - new connection per request: the same with `-H 'Connection: close'` → req/s
+    (client accept + upstream connect + steering for every request);
+  - bulk: `wrk -t1 -c4 -d{duration}s URL/bytes/10000000` → MiB/s from wrk's
+    `Transfer/sec` (wrk's units are powers of 1024);
+  - idle: {idle} connections opened by {idle_clients} Python client processes,
+    one `GET /` answered on each, then held open; PSS
+    (`/proc/PID/smaps_rollup`, summed over all of the proxy's processes) with
+    them minus PSS just before, divided by the connections; and the total PSS
+    with them, since a proxy that allocates its connection slots up front (as
+    shardproxy does, for `limits.max_connections`, default 10,000) shows a
+    delta near zero and pays in its baseline instead. {idle_note}
+- **CPU**: `utime + stime` (`/proc/PID/stat`, all threads, io-wq workers
+  included) of every process of the proxy (its process group and descendants:
+  supervisor + shards, nginx master + workers, HAProxy's one process), over each
+  wrk run, divided by the requests wrk completed × 100,000 (bulk: per GiB moved).
+  A proxy that is fast only because it leaves wrk and the backend more CPU shows
+  up here. The resolution is one clock tick ({tck} ms).
+- **io-wq threads**: `/proc/PID/task/*/comm` named `iou-wrk-*` under the proxy's
+  processes, sampled every 0.25 s during the wrk runs; the table gives the most
+  seen at once.
+- **Per-shard counts**: shardproxy's admin `/stats` (`shards[].accepted`, and
+  `active` while the idle connections are held), read before and after each
+  workload.
+- Nothing is pinned: wrk (2 threads), the backend ({backend_workers} worker(s))
+  and the proxy share the {nproc} CPUs, as they would on a small box. The machine
+  may be shared with other work, so absolute numbers are noisy; the ratios,
+  measured side by side and interleaved, are what to read.
+"""
+
+MEANING = """\
+- **req/s and latency** measure the whole loop (wrk + proxy + backend on the same
+  cores), so a proxy that uses less CPU per request also leaves more to wrk and
+  the backend; that is why the CPU-per-request rows matter as much as req/s.
+  `× direct` is how much of the no-proxy rate survives the extra hop.
+- **New connection per request** adds, per request, a client accept, an
+  upstream connect and two closes: it is dominated by the kernel's TCP
+  handshake work and by how a proxy accepts (multishot accept, steering).
+- **Bulk** is bounded by memory copies: a proxy that copies through user space
+  moves every byte twice more than `direct`; `splice` moves pages between
+  sockets through a pipe without copying them to user space.
+- **PSS per idle connection** is what the proxy's processes hold per connection
+  (buffers, session state), shared pages split between processes; kernel socket
+  memory (the same two sockets for every proxy) is not included.
+- **io-wq threads** are the kernel workers io_uring falls back to when an
+  operation cannot complete inline; a relay built on multishot recv and
+  non-blocking splice should need none.
+- **Per-shard counts** show how evenly steering spread connections; with the
+  ~50 keep-alive connections a few either way is chance, while the
+  new-connection run (tens of thousands of connections) and the idle
+  connections show the steady-state spread.
+- A ratio within the min–max spread of the runs is not a difference.
+"""
+
+
+def preserved_findings(path):
+    """The lead's `## Findings` section of an existing report, kept across reruns."""
+    old = read(path) if path else None
+    if not old:
+        return None
+    m = re.search(r"^## Findings\n(.*?)(?=^## |\Z)", old, re.M | re.S)
+    if not m:
+        return None
+    body = m.group(1).strip()
+    if not body or body.startswith("<!-- lead:"):
+        return None
+    return body
+
+
+def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, auto_relay):
+    a = ctx.args
+    findings = preserved_findings(path) or (
+        "<!-- lead: to be filled in. What the table shows, what was changed because of it,\n"
+        "     what perf/callgrind found, scaling projections. -->\n\n_To be written._")
+    idle_note = ctx.idle_note
+    md = []
+    md.append("# Benchmarks\n")
+    md.append("Generated by `make bench` (`tests/bench/bench.py`) on %s, in %.0f s%s. "
+              "Rerun it to check every figure; absolute numbers depend on the machine and on "
+              "what else runs on it, ratios measured in one run are what matter.\n"
+              % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), elapsed,
+                 " (quick mode)" if a.quick else ""))
+    md.append("## Machine and tools\n")
+    md.append("| | |\n|---|---|")
+    md.append("| CPUs (`nproc`) | %s |" % info["nproc"])
+    md.append("| CPU model | %s |" % info["cpu"])
+    md.append("| memory | %s |" % info["mem"])
+    md.append("| kernel | `%s` |" % info["kernel"])
+    md.append("| Debian | %s |" % info["debian"])
+    md.append("| RLIMIT_NOFILE (soft/hard) | %s |" % info["nofile"])
+    md.append("| HAProxy | %s |" % info["haproxy"])
+    md.append("| nginx | %s |" % info["nginx"])
+    md.append("| wrk | %s |" % info["wrk"])
+    md.append("| Python | %s |" % info["python"])
+    md.append("| shardproxy | `%s` (git `%s`) |" % (info["shardproxy"].splitlines()[0], info["git"]))
+    md.append("| backend | %s |" % ctx.backend_desc)
+    md.append("")
+    md.append("`shardproxy -V` on this machine:\n")
+    md.append("```\n%s\n```\n" % info["shardproxy"])
+    if auto_relay:
+        md.append("`\"relay\": \"auto\"` chose **%s** on this kernel.\n" % auto_relay)
+    md.append("## Results\n")
+    md.append("%d worker(s) per proxy, %d repeat(s), %d s per wrk run, %d idle connections. "
+              "Median over the repeats, min–max in the next column; `× HAProxy` and "
+              "`× direct` are ratios of medians (for latency, CPU and memory, lower is better).\n"
+              % (a.workers, a.repeats, a.duration, a.idle))
+    md.append(md_table(rows))
+    md.append("")
+    if mem_rows:
+        md.append("### Memory of the proxy's processes (PSS, MiB, median)\n")
+        md.append("Fresh = just started and answering; after load = after the three wrk "
+                  "runs, just before the idle connections; with idle = holding them.\n")
+        md.append("| variant | processes | fresh | after load | with idle | idle connections |\n"
+                  "|---|---:|---:|---:|---:|---:|")
+        for v, fresh, before, with_, n, nprocs in mem_rows:
+            md.append("| %s | %d | %s | %.1f | %.1f | %d |"
+                      % (v, nprocs, "%.1f" % fresh if fresh is not None else "–", before, with_, n))
+        md.append("")
+    if shard_info:
+        md.append("### Per-shard connections (shardproxy)\n")
+        md.append("Connections accepted by each shard during each workload, and open on each "
+                  "shard while the idle connections were held.\n")
+        md.append("| variant | repeat | per shard |\n|---|---:|---|")
+        for v, rep, text in shard_info:
+            md.append("| %s | %d | %s |" % (v, rep, text))
+        md.append("")
+    md.append("### Errors and anomalies seen during the runs\n")
+    if notes:
+        for n in notes:
+            md.append("- %s" % n)
+    else:
+        md.append("None: no wrk socket errors or non-2xx responses, no failed idle "
+                  "connections, no proxy exits, no warnings in the proxies' logs.")
+    md.append("")
+    md.append("## Method\n")
+    md.append(METHOD.format(backend=ctx.backend_desc, workers=a.workers, repeats=a.repeats,
+                            duration=a.duration, idle=a.idle, idle_clients=a.idle_clients,
+                            idle_note=idle_note, tck=1000 // CLK_TCK,
+                            backend_workers=a.backend_workers, nproc=info["nproc"]))
+    md.append("Rerun: `make bench` (default: 3 repeats, 5 s runs, under 10 minutes), "
+              "`BENCH_QUICK=1 make bench` (1 repeat, 2 s runs, 1,000 idle connections, under "
+              "2 minutes), or `python3 tests/bench/bench.py --build build --only "
+              "shardproxy-copy,haproxy --repeats 5 --duration 10`.\n")
+    md.append("## What the numbers mean\n")
+    md.append(MEANING)
+    md.append("## Findings\n")
+    md.append(findings)
+    md.append("")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(md))
+    os.replace(tmp, path)
+
+
+# ---- main ---------------------------------------------------------------------
+
+
+class Ctx:
+    pass
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build", help="build directory (default: build)")
+    ap.add_argument("--out", default=None, help="write the Markdown report here")
+    ap.add_argument("--json", default=None, help="write every raw result here")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 2 s runs (also BENCH_QUICK=1)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated variants, from: " + ", ".join(ALL_VARIANTS))
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--backend-workers", type=int, default=None,
+                    help="backend processes (default: workers)")
+    ap.add_argument("--idle", type=int, default=None, help="idle connections to hold")
+    ap.add_argument("--idle-clients", type=int, default=None)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="stop starting new repeats after this many seconds")
+    ap.add_argument("--idle-client", nargs=2, type=int, metavar=("PORT", "COUNT"),
+                    help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if os.environ.get("BENCH_QUICK") == "1":
+        a.quick = True
+    if a.repeats is None:
+        a.repeats = 1 if a.quick else 3
+    if a.duration is None:
+        a.duration = 2 if a.quick else 5
+    if a.backend_workers is None:
+        a.backend_workers = a.workers
+    if a.time_limit is None:
+        a.time_limit = 105 if a.quick else 540
+    return a
+
+
+def main(argv):
+    a = parse_args(argv)
+    if a.idle_client:
+        idle_client_main(*a.idle_client)
+        return 0
+
+    t_start = time.monotonic()
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+    variants = DEFAULT_VARIANTS if not a.only else [v.strip() for v in a.only.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown:
+        say("unknown variant(s) %s; known: %s" % (", ".join(unknown), ", ".join(ALL_VARIANTS)))
+        return 2
+
+    # Raise our own descriptor limit; children inherit it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    ctx = Ctx()
+    ctx.args = a
+    build = a.build if os.path.isabs(a.build) else os.path.join(REPO, a.build)
+    ctx.shardproxy = os.path.join(build, "shardproxy")
+    demo = os.path.join(build, "demo-upstream")
+
+    if not shutil.which("wrk"):
+        say("wrk is not installed (apt-get install wrk)")
+        return 2
+    for tool, vs in (("haproxy", ["haproxy"]), ("nginx", ["nginx"])):
+        if not shutil.which(tool) and any(v in variants for v in vs):
+            say("%s is not installed: its variant is skipped" % tool)
+            variants = [v for v in variants if v not in vs]
+    if any(v.startswith("shardproxy") for v in variants) and not os.access(ctx.shardproxy, os.X_OK):
+        say("%s is missing (make BUILD=%s all)" % (ctx.shardproxy, a.build))
+        return 2
+
+    # Idle connections: HAProxy is one process, so one process must hold two
+    # descriptors per connection (client + upstream) under the hard limit.
+    if a.idle is None:
+        want = 1000 if a.quick else 10000
+        cap = (hard - 300) // 2
+        if "haproxy" in variants and want > cap:
+            a.idle = 5000 if cap >= 5000 else max(100, cap)
+            ctx.idle_note = ("10,000 was the goal, but RLIMIT_NOFILE's hard limit here is %d per "
+                             "process and HAProxy keeps both sockets of each connection in its "
+                             "one process, so every proxy gets %d." % (hard, a.idle))
+        else:
+            a.idle = want
+            ctx.idle_note = ""
+    else:
+        ctx.idle_note = ""
+    if a.idle_clients is None:
+        a.idle_clients = max(1, -(-a.idle // 4000))
+
+    ctx.backend_desc = None
+    if os.access(demo, os.X_OK):
+        ctx.backend = start_demo_backend(demo, a.backend_workers)
+        ctx.backend_desc = "`demo-upstream -w %d` (tests/demo/demo_upstream.c: epoll, one " \
+                           "process per worker, SO_REUSEPORT)" % a.backend_workers
+    elif shutil.which("nginx"):
+        say("%s missing: using nginx http as the backend" % demo)
+        ctx.backend = start_nginx_backend(a.backend_workers)
+        ctx.backend_desc = "nginx `http` with %d worker(s), `sendfile on` (demo-upstream was " \
+                           "not built)" % a.backend_workers
+    else:
+        say("no backend: neither %s nor nginx" % demo)
+        return 2
+    say("backend %s on port %d; variants: %s; %d repeat(s) of %d s runs; %d idle connections"
+        % (ctx.backend.name, ctx.backend.port, ", ".join(variants), a.repeats, a.duration, a.idle))
+
+    info = machine_info(ctx)
+
+    # Which engine does relay auto pick? (one short start, read from the ready line)
+    auto_relay = None
+    if os.access(ctx.shardproxy, os.X_OK):
+        s = start_shardproxy(ctx.shardproxy, a.workers, "auto", "hash", ctx.backend.port, 10000,
+                             level="info")
+        if s:
+            m = re.findall(r"ready: .*relay (\w+)", read(s.logpath) or "")
+            s.stop()
+            auto_relay = m[-1] if m else None
+
+    results = []
+    notes = []
+    repeats_done = 0
+    per_repeat = None
+    for rep in range(a.repeats):
+        t_rep = time.monotonic()
+        elapsed = t_rep - t_start
+        if per_repeat and elapsed + per_repeat > a.time_limit:
+            notes.append("stopped after %d of %d repeats to stay within the %.0f s time limit"
+                         % (rep, a.repeats, a.time_limit))
+            say(notes[-1])
+            break
+        for v in variants:
+            say("repeat %d/%d: %s" % (rep + 1, a.repeats, v))
+            if not ctx.backend.alive():
+                raise SystemExit("bench: the backend exited; log:\n%s" % ctx.backend.log_tail())
+            r = run_variant(ctx, v, rep)
+            results.append(r)
+            brief = []
+            for w in ("keepalive", "close", "bulk"):
+                if r.get(w) and r[w].get("rps") is not None:
+                    brief.append("%s %.0f req/s" % (w, r[w]["rps"]))
+            if r.get("idle") and r["idle"].get("per_conn_kib") is not None:
+                brief.append("idle %.2f KiB/conn" % r["idle"]["per_conn_kib"])
+            say("  %s%s" % (", ".join(brief), ("; " + "; ".join(r["notes"])) if r["notes"] else ""))
+            for n in r["notes"]:
+                notes.append("%s (repeat %d): %s" % (v, rep + 1, n))
+        repeats_done += 1
+        per_repeat = time.monotonic() - t_rep
+    a.repeats = repeats_done
+
+    summary = summarize(results, variants)
+    rows = table_rows(summary, variants)
+    elapsed = time.monotonic() - t_start
+    print(text_table(rows))
+    shard_info = shard_lines(results, variants)
+    if shard_info:
+        print("\nper-shard connections (shardproxy):")
+        for v, rep, text in shard_info:
+            print("  %-22s #%d  %s" % (v, rep, text))
+    mem = memory_rows(results, variants)
+    if mem:
+        print("\nPSS (MiB): variant, fresh, after load, with %d idle" % a.idle)
+        for v, fresh, before, with_, _n, _np in mem:
+            print("  %-22s %8s %8.1f %8.1f" % (v, "%.1f" % fresh if fresh is not None else "-",
+                                               before, with_))
+    if notes:
+        print("\nnotes:")
+        for n in notes:
+            print("  - " + n)
+    print("\n%.0f s" % elapsed)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"info": info, "results": results}, f, indent=1, default=str)
+    if a.out:
+        out = a.out if os.path.isabs(a.out) else os.path.join(REPO, a.out)
+        write_report(ctx, out, info, rows, shard_info, memory_rows(results, variants), notes,
+                     elapsed, auto_relay)
+        say("wrote %s" % out)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        rc = main(sys.argv[1:])
+    finally:
+        cleanup()
+    sys.exit(rc)
