@@ -56,7 +56,9 @@ typedef enum {
 	SP_END_ERROR,
 } sp_end_t;
 
-#define SP_COPY_BUF_SIZE (16 * 1024)
+#define SP_COPY_BUF_SIZE (16 * 1024) /* < 64 KiB: lengths are kept in 16 bits */
+#define SP_COPY_NBUFS_MIN 256
+#define SP_COPY_NBUFS_MAX 1024
 /* Buffers queued per direction before the copy engine stops reading: the
  * per-session memory bound is 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE, plus what
  * one multishot round may land before the pause takes effect. */
@@ -74,17 +76,17 @@ typedef struct {
 	bool recv_paused;  /* backpressure: recv cancelled until the queue drains */
 	bool starved;      /* the buffer ring ran dry; re-arm when buffers return */
 	bool send_busy;    /* one send in flight keeps bytes in order */
-	uint16_t qhead, qn;
+	/* Buffers received and not yet sent, oldest first: a list linked
+	 * through the shard's per-buffer arrays (bufq_next, bufq_len), so a
+	 * session carries no queue storage of its own. */
+	uint16_t qhead, qtail, qn;
 	uint32_t qoff; /* bytes of the head buffer already sent */
-	uint16_t qbid[256]; /* SP_QCAP: room for what lands before a pause */
-	uint32_t qlen[256];
 	/* splice engine */
 	int pipe[2];
 	uint32_t in_pipe;
 	bool poll_in, poll_out;
 } sp_dir_t;
 
-#define SP_QCAP 256
 
 typedef struct sp_session {
 	uint32_t idx;
@@ -148,6 +150,9 @@ typedef struct sp_shard {
 	uint32_t nsessions;
 	uint32_t active;
 	sp_session_t *free_list;
+	uint32_t nfresh;       /* slots [0, nfresh) have been used at least once */
+	uint16_t *bufq_next;   /* copy: per buffer id, the next in its queue */
+	uint16_t *bufq_len;    /* copy: per buffer id, bytes received into it */
 	uint32_t nstarved;     /* copy: directions waiting for buffers */
 
 	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];

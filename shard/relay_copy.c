@@ -21,9 +21,9 @@ static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
-	uint8_t *p = sp_bufring_addr(&sh->bufs, dir->qbid[dir->qhead]) + dir->qoff;
+	uint8_t *p = sp_bufring_addr(&sh->bufs, dir->qhead) + dir->qoff;
 	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_SEND + (unsigned)d);
-	io_uring_prep_send(sqe, dir->dst, p, dir->qlen[dir->qhead] - dir->qoff, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, dir->dst, p, sh->bufq_len[dir->qhead] - dir->qoff, MSG_NOSIGNAL);
 	dir->send_busy = true;
 }
 
@@ -66,14 +66,12 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 		if (res <= 0 || s->state != SS_RELAY) {
 			sp_bufring_put(&sh->bufs, bid);
 		} else {
-			unsigned tail = (dir->qhead + dir->qn) % SP_QCAP;
-			if (dir->qn == SP_QCAP) { /* cannot happen: recv is paused far earlier */
-				sp_bufring_put(&sh->bufs, bid);
-				sp_session_fail(sh, s, SP_END_ERROR);
-				return;
-			}
-			dir->qbid[tail] = bid;
-			dir->qlen[tail] = (uint32_t)res;
+			sh->bufq_len[bid] = (uint16_t)res;
+			if (dir->qn)
+				sh->bufq_next[dir->qtail] = bid;
+			else
+				dir->qhead = bid;
+			dir->qtail = bid;
 			dir->qn++;
 		}
 	}
@@ -126,9 +124,10 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	__atomic_store_n(ctr, *ctr + (uint64_t)res, __ATOMIC_RELAXED);
 	sp_session_touch(sh, s);
 	dir->qoff += (uint32_t)res;
-	if (dir->qoff == dir->qlen[dir->qhead]) {
-		sp_bufring_put(&sh->bufs, dir->qbid[dir->qhead]);
-		dir->qhead = (uint16_t)((dir->qhead + 1) % SP_QCAP);
+	if (dir->qoff == sh->bufq_len[dir->qhead]) {
+		uint16_t done = dir->qhead;
+		dir->qhead = sh->bufq_next[done];
+		sp_bufring_put(&sh->bufs, done);
 		dir->qn--;
 		dir->qoff = 0;
 	}
@@ -159,8 +158,9 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 	for (int d = 0; d < 2; d++) {
 		sp_dir_t *dir = &s->dir[d];
 		while (dir->qn) {
-			sp_bufring_put(&sh->bufs, dir->qbid[dir->qhead]);
-			dir->qhead = (uint16_t)((dir->qhead + 1) % SP_QCAP);
+			uint16_t bid = dir->qhead;
+			dir->qhead = sh->bufq_next[bid];
+			sp_bufring_put(&sh->bufs, bid);
 			dir->qn--;
 		}
 		if (dir->starved) {
@@ -178,7 +178,7 @@ static void copy_resume(sp_shard_t *sh)
 {
 	if (!sh->nstarved || sh->bufs.nbufs - sh->bufs.out < sh->bufs.nbufs / 4)
 		return;
-	for (uint32_t i = 0; i < sh->nsessions && sh->nstarved; i++) {
+	for (uint32_t i = 0; i < sh->nfresh && sh->nstarved; i++) {
 		sp_session_t *s = &sh->sessions[i];
 		for (int d = 0; d < 2; d++) {
 			if (!s->dir[d].starved || s->state == SS_FREE)

@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "runtime/log.h"
@@ -24,13 +25,12 @@ int sp_sessions_init(sp_shard_t *sh, uint32_t n)
 	sh->gens = calloc(n, sizeof(*sh->gens));
 	if (!sh->sessions || !sh->gens)
 		return -ENOMEM;
+	/* Slots are handed out in order the first time (nfresh), then recycled
+	 * through free_list: pages of slots never used are never touched, so
+	 * a large max_connections costs no memory until it is used. */
 	sh->nsessions = n;
-	for (uint32_t i = n; i-- > 0;) {
-		sp_session_t *s = &sh->sessions[i];
-		s->idx = i;
-		s->next_free = sh->free_list;
-		sh->free_list = s;
-	}
+	sh->nfresh = 0;
+	sh->free_list = NULL;
 	sp_ring_set_gens(&sh->ring, sh->gens, n);
 	return 0;
 }
@@ -61,6 +61,52 @@ static void stat_add(uint64_t *c, int64_t d)
 	__atomic_store_n(c, *c + (uint64_t)d, __ATOMIC_RELAXED);
 }
 
+/* Per-listener and per-server detail, in the same slot (shard.h). */
+static sp_listener_stats_t *listener_stats(sp_shard_t *sh, const sp_session_t *s)
+{
+	return &sh->args->stats->listeners[s->listener];
+}
+
+static sp_server_stats_t *server_stats(sp_shard_t *sh, const sp_session_t *s)
+{
+	uint32_t i = sh->health_base[s->upstream] + (uint32_t)s->server;
+	return s->server >= 0 && i < SP_STATS_MAX_SERVERS ? &sh->args->stats->servers[i] : NULL;
+}
+
+static void count_connect_result(sp_shard_t *sh, const sp_session_t *s, int res)
+{
+	sp_server_stats_t *ss = server_stats(sh, s);
+	if (!ss)
+		return;
+	if (res == 0) {
+		stat_add(&ss->connected, 1);
+		stat_add(&ss->active, 1);
+		return;
+	}
+	int err = res == -ECANCELED ? ETIMEDOUT : -res; /* the linked timeout fired */
+	stat_add(err == ETIMEDOUT ? &ss->timeouts : &ss->failures, 1);
+	__atomic_store_n(&ss->last_fail, (uint64_t)time(NULL) << 16 | (uint64_t)(err & 0xffff),
+			 __ATOMIC_RELAXED);
+}
+
+static void count_finished(sp_shard_t *sh, const sp_session_t *s)
+{
+	sp_listener_stats_t *ls = listener_stats(sh, s);
+	sp_server_stats_t *ss = s->counted ? server_stats(sh, s) : NULL;
+	uint64_t in = s->dir[SP_UP].bytes, out = s->dir[SP_DOWN].bytes;
+
+	stat_add(&sh->args->stats->active, -1);
+	stat_add(&sh->args->stats->closed[s->end], 1);
+	stat_add(&ls->active, -1);
+	stat_add(&ls->bytes_in, (int64_t)in);
+	stat_add(&ls->bytes_out, (int64_t)out);
+	if (ss) {
+		stat_add(&ss->active, -1);
+		stat_add(&ss->bytes_in, (int64_t)in);
+		stat_add(&ss->bytes_out, (int64_t)out);
+	}
+}
+
 static void finish(sp_shard_t *sh, sp_session_t *s)
 {
 	sh->engine->release(sh, s);
@@ -75,8 +121,7 @@ static void finish(sp_shard_t *sh, sp_session_t *s)
 		sp_balancer_released(&sh->balancers[s->upstream], (unsigned)s->server);
 	sp_shard_access_log(sh, s);
 
-	sp_shard_stats_t *st = sh->args->stats;
-	stat_add(&st->active, -1);
+	count_finished(sh, s);
 	if (sh->args->steer_load)
 		__atomic_fetch_sub(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 
@@ -202,6 +247,8 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	sp_server_set_add(&s->tried, (unsigned)i);
 	s->server = (int16_t)i;
 	s->attempts++;
+	if (server_stats(sh, s))
+		stat_add(&server_stats(sh, s)->attempts, 1);
 
 	s->ufd = socket(srv->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->ufd < 0) {
@@ -255,6 +302,7 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint3
 		uint32_t *fails = server_fails(sh, s, (unsigned)s->server);
 		if (fails && __atomic_load_n(fails, __ATOMIC_RELAXED))
 			__atomic_store_n(fails, 0, __ATOMIC_RELAXED);
+		count_connect_result(sh, s, 0);
 		s->state = SS_RELAY;
 		s->counted = true;
 		sp_balancer_connected(&sh->balancers[s->upstream], (unsigned)s->server);
@@ -277,6 +325,7 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint3
 	uint32_t *fails = server_fails(sh, s, (unsigned)s->server);
 	if (fails)
 		__atomic_fetch_add(fails, 1, __ATOMIC_RELAXED);
+	count_connect_result(sh, s, res);
 	close(s->ufd);
 	s->ufd = -1;
 	connect_next(sh, s);
@@ -307,8 +356,10 @@ void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, int res, uint32_
 
 /* ---- peek: PROXY header and TLS ClientHello ------------------------------------ */
 
-/* How often to look again when the bytes a route needs arrived only in part:
- * the socket stays readable, so waiting on a poll would spin. */
+/* When the bytes a route needs arrived only in part, the socket stays
+ * readable, so a plain poll would spin: SO_RCVLOWAT makes it readable only
+ * once more bytes (or the FIN) arrive. Should that option fail, look again
+ * every PEEK_RETRY_MS instead. */
 #define PEEK_RETRY_MS 5
 #define PEEK_MAX 16384
 
@@ -330,6 +381,7 @@ static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
 	if (r < 0) {
 		s->route = UINT16_MAX;
 		stat_add(&sh->args->stats->no_route, 1);
+		stat_add(&listener_stats(sh, s)->no_route, 1);
 		sp_session_fail(sh, s, SP_END_NO_ROUTE);
 		return;
 	}
@@ -338,10 +390,28 @@ static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
 	connect_next(sh, s);
 }
 
-static void peek_wait_more(sp_shard_t *sh, sp_session_t *s)
+/* Wait until more than the `have` bytes peeked so far can be read. */
+static void peek_wait_more(sp_shard_t *sh, sp_session_t *s, size_t have)
 {
+	int lowat = (int)have + 1;
+	if (setsockopt(s->cfd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0) {
+		arm_peek(sh, s);
+		return;
+	}
 	uint64_t at = sh->now_ms + PEEK_RETRY_MS;
 	sp_timer_arm(&sh->timers, &s->timer, at < s->peek_deadline ? at : s->peek_deadline);
+}
+
+/* Has the client sent its FIN? Then what it sent is all there will be: a
+ * PROXY header or ClientHello still incomplete is truncated for good. */
+static bool client_finished(int fd)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return false;
+	return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_LAST_ACK ||
+	       ti.tcpi_state == TCP_CLOSING || ti.tcpi_state == TCP_CLOSE;
 }
 
 /* Look at what the client sent so far without taking it off the socket
@@ -368,11 +438,11 @@ static void do_peek(sp_shard_t *sh, sp_session_t *s)
 		size_t hlen = 0;
 		switch (sp_proxyproto_parse(buf, (size_t)n, &hlen, &src, &dst, &local)) {
 		case SP_PARSE_INCOMPLETE:
-			if ((size_t)n < sizeof(buf)) {
-				peek_wait_more(sh, s);
+			if ((size_t)n < sizeof(buf) && !client_finished(s->cfd)) {
+				peek_wait_more(sh, s, (size_t)n);
 				return;
 			}
-			/* a full peek buffer and still no header end */
+			/* a full peek buffer and still no header end, or truncated */
 			__attribute__((fallthrough));
 		case SP_PARSE_INVALID:
 			sp_session_fail(sh, s, SP_END_BAD_HEADER);
@@ -392,7 +462,7 @@ static void do_peek(sp_shard_t *sh, sp_session_t *s)
 		n -= (ssize_t)hlen;
 		memmove(buf, buf + hlen, (size_t)n);
 		if (n == 0 && sp_route_needs_sni(l)) {
-			arm_peek(sh, s); /* nothing more yet: a poll will not spin */
+			peek_wait_more(sh, s, 0); /* nothing more yet */
 			return;
 		}
 	}
@@ -402,16 +472,18 @@ static void do_peek(sp_shard_t *sh, sp_session_t *s)
 			have_sni = sni[0] != '\0';
 			break;
 		case SP_PARSE_INCOMPLETE:
-			if ((size_t)n < sizeof(buf)) {
-				peek_wait_more(sh, s);
+			if ((size_t)n < sizeof(buf) && !client_finished(s->cfd)) {
+				peek_wait_more(sh, s, (size_t)n);
 				return;
 			}
-			break; /* route as if there were no server name */
+			break; /* oversized or truncated: route as if there were no name */
 		case SP_PARSE_INVALID:
 			break; /* not TLS: only routes without sni can match */
 		}
 	}
 	sp_timer_disarm(&sh->timers, &s->timer);
+	int one = 1; /* the relay reads whatever arrives */
+	(void)setsockopt(s->cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 	route_and_connect(sh, s, have_sni ? sni : NULL);
 }
 
@@ -450,6 +522,10 @@ static void on_peek_timer(sp_shard_t *sh, sp_session_t *s)
 void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 {
 	sp_session_t *s = sh->free_list;
+	if (!s && sh->nfresh < sh->nsessions) {
+		s = &sh->sessions[sh->nfresh];
+		s->idx = sh->nfresh++;
+	}
 	const sp_listener_t *l = &sh->conf->listeners[sh->accepts[accept_idx].listener];
 	socklen_t alen = sizeof(s->client);
 
@@ -457,10 +533,12 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 		/* Only reachable in the moment between hitting the limit and the
 		 * accept cancel landing; the pool has slack for that. */
 		stat_add(&sh->args->stats->refused, 1);
+		stat_add(&sh->args->stats->listeners[sh->accepts[accept_idx].listener].refused, 1);
 		close(fd);
 		return;
 	}
-	sh->free_list = s->next_free;
+	if (s == sh->free_list)
+		sh->free_list = s->next_free;
 	uint32_t idx = s->idx;
 	memset(s, 0, sizeof(*s));
 	s->idx = idx;
@@ -482,6 +560,8 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	sh->active++;
 	stat_add(&sh->args->stats->accepted, 1);
 	stat_add(&sh->args->stats->active, 1);
+	stat_add(&listener_stats(sh, s)->accepted, 1);
+	stat_add(&listener_stats(sh, s)->active, 1);
 	if (sh->args->steer_load)
 		__atomic_fetch_add(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 
@@ -498,9 +578,9 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 
 void sp_session_close_all(sp_shard_t *sh, sp_end_t why)
 {
-	for (uint32_t i = 0; i < sh->nsessions; i++) {
+	for (uint32_t i = 0; i < sh->nfresh; i++) {
 		sp_session_t *s = &sh->sessions[i];
-		if (s->state == SS_CONNECTING || s->state == SS_RELAY)
+		if (s->state == SS_PEEK || s->state == SS_CONNECTING || s->state == SS_RELAY)
 			sp_session_fail(sh, s, why);
 	}
 }

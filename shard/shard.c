@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -159,13 +161,41 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t f
 
 /* ---- access log ----------------------------------------------------------- */
 
+/* Write what the log takes now; keep the rest for the next loop turn. The
+ * descriptor is non-blocking where it can be (shard_child gives each shard
+ * its own), so a stalled reader costs lines, counted in log_dropped, never
+ * the relay's time. Lines are never cut: a line that does not fit is dropped
+ * whole. */
 static void flush_log(sp_shard_t *sh)
 {
-	if (sh->loglen) {
-		sp_log_raw(sh->logbuf, sh->loglen);
-		sh->loglen = 0;
+	const sp_shard_args_t *a = sh->args;
+	size_t off = 0;
+
+	while (off < sh->loglen) {
+		ssize_t n = a->access_sock ? send(a->access_fd, sh->logbuf + off, sh->loglen - off,
+						  MSG_DONTWAIT | MSG_NOSIGNAL)
+					   : write(a->access_fd, sh->logbuf + off, sh->loglen - off);
+		if (n > 0) {
+			off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		/* Broken (a closed pipe, a full disk): what is left is lost. */
+		uint64_t lost = 0;
+		for (size_t i = off; i < sh->loglen; i++)
+			lost += sh->logbuf[i] == '\n';
+		__atomic_store_n(&a->stats->log_dropped, a->stats->log_dropped + lost,
+				 __ATOMIC_RELAXED);
+		off = sh->loglen;
 	}
+	memmove(sh->logbuf, sh->logbuf + off, sh->loglen - off);
+	sh->loglen -= off;
 }
+
+_Static_assert(SP_END_ERROR < SP_STATS_NEND, "sp_shard_stats_t.closed too small");
 
 static const char *const end_names[] = {
 	[SP_END_DONE] = "done",
@@ -179,6 +209,23 @@ static const char *const end_names[] = {
 	[SP_END_DRAIN_TIMEOUT] = "drain_timeout",
 	[SP_END_ERROR] = "error",
 };
+
+const char *sp_shard_end_name(unsigned end)
+{
+	return end < sizeof(end_names) / sizeof(end_names[0]) ? end_names[end] : NULL;
+}
+
+/* "2025-01-31T12:00:00.123Z": wall-clock time, UTC, for log lines. */
+static void format_time(char *buf, size_t len)
+{
+	struct timespec ts;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, len - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
 
 static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
@@ -199,7 +246,7 @@ static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len
 void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 {
 	const sp_conf_t *c = sh->conf;
-	char client[64];
+	char client[64], when[40];
 	size_t room;
 	int n;
 
@@ -208,6 +255,7 @@ void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 	if (sizeof(sh->logbuf) - sh->loglen < 1024)
 		flush_log(sh);
 	format_addr(&s->client, client, sizeof(client));
+	format_time(when, sizeof(when));
 	bool routed = s->route != UINT16_MAX;
 	const char *up = routed ? c->upstreams[s->upstream].name : "-";
 	const char *srv = routed && s->server >= 0
@@ -220,20 +268,23 @@ void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 		snprintf(route, sizeof(route), c->log.format == SP_LOG_JSON ? "null" : "-");
 	room = sizeof(sh->logbuf) - sh->loglen;
 	const char *fmt = c->log.format == SP_LOG_JSON
-				  ? "{\"listener\":\"%s\",\"client\":\"%s\",\"route\":%s,"
+				  ? "{\"time\":\"%s\",\"listener\":\"%s\",\"client\":\"%s\",\"route\":%s,"
 				    "\"upstream\":\"%s\",\"server\":\"%s\",\"shard\":%u,\"gen\":%u,"
 				    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%llu,"
 				    "\"end\":\"%s\"}\n"
-				  : "access listener=%s client=%s route=%s upstream=%s server=%s "
+				  : "%s access listener=%s client=%s route=%s upstream=%s server=%s "
 				    "shard=%u gen=%u bytes_in=%llu bytes_out=%llu duration_ms=%llu "
 				    "end=%s\n";
-	n = snprintf(sh->logbuf + sh->loglen, room, fmt, c->listeners[s->listener].name, client,
-		     route, up, srv, sh->args->slot, sh->args->gen,
+	n = snprintf(sh->logbuf + sh->loglen, room, fmt, when, c->listeners[s->listener].name,
+		     client, route, up, srv, sh->args->slot, sh->args->gen,
 		     (unsigned long long)s->dir[SP_UP].bytes,
 		     (unsigned long long)s->dir[SP_DOWN].bytes,
 		     (unsigned long long)(sh->now_ms - s->start_ms), end_names[s->end]);
 	if (n > 0 && (size_t)n < room)
 		sh->loglen += (size_t)n;
+	else /* the log is not keeping up: count the line rather than wait */
+		__atomic_store_n(&sh->args->stats->log_dropped, sh->args->stats->log_dropped + 1,
+				 __ATOMIC_RELAXED);
 }
 
 /* ---- lifecycle -------------------------------------------------------------- */
@@ -283,7 +334,16 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	 * the benchmark (docs/BENCHMARKS.md) copy wins small and mixed traffic. */
 	sh->engine = a->conf->relay == SP_RELAY_SPLICE ? &sp_relay_splice : &sp_relay_copy;
 	if (sh->engine == &sp_relay_copy) {
-		uint32_t nbufs = pow2_clamp((uint64_t)a->max_sessions * 2, 1024, 8192);
+		/* The ring is the shard's whole copy memory: it bounds what
+		 * all sessions together hold in flight (starved sessions wait
+		 * for buffers, see copy_resume), and every buffer is touched as
+		 * the ring cycles, so it is sized for throughput, not for the
+		 * number of sessions. */
+		uint32_t nbufs = pow2_clamp(a->max_sessions, SP_COPY_NBUFS_MIN, SP_COPY_NBUFS_MAX);
+		sh->bufq_next = calloc(nbufs, sizeof(*sh->bufq_next));
+		sh->bufq_len = calloc(nbufs, sizeof(*sh->bufq_len));
+		if (!sh->bufq_next || !sh->bufq_len)
+			return -ENOMEM;
 		ret = sp_bufring_init(&sh->bufs, &sh->ring.uring, BUF_GROUP, nbufs,
 				      SP_COPY_BUF_SIZE);
 		if (ret < 0) {
@@ -348,12 +408,51 @@ static void shard_exit(sp_shard_t *sh)
 	sp_sessions_free(sh);
 	if (sh->bufs.br)
 		sp_bufring_free(&sh->bufs, &sh->ring.uring);
+	free(sh->bufq_next);
+	free(sh->bufq_len);
 	if (sh->pipes.fds)
 		sp_pipepool_free(&sh->pipes);
 	if (sh->ring.uring.ring_fd > 0)
 		sp_ring_exit(&sh->ring);
 	if (sh->sigfd >= 0)
 		close(sh->sigfd);
+}
+
+/* user/group from the config: give up root once the ring and its buffers
+ * exist (as root they are not charged to RLIMIT_MEMLOCK) and before the
+ * first submission (so no io-wq worker is ever created with root's
+ * credentials). No supplementary group, no way back. */
+static int drop_privileges(const sp_shard_args_t *a)
+{
+	const sp_conf_t *c = a->conf;
+	gid_t gid = a->gid; /* "group", else the user's primary group */
+
+	if (!a->drop_user && !a->drop_group)
+		return 0;
+	if (setgroups(0, NULL) < 0) {
+		sp_error("%s %s: setgroups: %s", a->drop_user ? "user" : "group",
+			 a->drop_user ? c->user.name : c->group.name, strerror(errno));
+		return -errno;
+	}
+	if (setresgid(gid, gid, gid) < 0) {
+		sp_error("group %s (gid %u): setgid: %s", a->drop_group ? c->group.name : c->user.name,
+			 (unsigned)gid, strerror(errno));
+		return -errno;
+	}
+	if (a->drop_user) {
+		if (setresuid(a->uid, a->uid, a->uid) < 0) {
+			sp_error("user %s (uid %u): setuid: %s", c->user.name, (unsigned)a->uid,
+				 strerror(errno));
+			return -errno;
+		}
+		if (a->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+			sp_error("user %s: could regain root after dropping it", c->user.name);
+			return -EPERM;
+		}
+	}
+	/* A change of credentials clears the parent-death signal: set it again. */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	return 0;
 }
 
 static bool accepts_idle(const sp_shard_t *sh)
@@ -391,6 +490,8 @@ int sp_shard_main(const sp_shard_args_t *a)
 	pin_cpu(a->cpu);
 
 	ret = shard_init(sh, a);
+	if (ret == 0)
+		ret = drop_privileges(a);
 	if (ret < 0) {
 		notify(a, SP_SHARD_EV_FAILED, ret);
 		shard_exit(sh);
