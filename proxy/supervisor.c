@@ -16,6 +16,8 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +27,7 @@
 #include "proxy/health.h"
 #include "proxy/listen.h"
 #include "runtime/log.h"
+#include "runtime/sdnotify.h"
 #include "shard/shard.h"
 
 #define READY_TIMEOUT_MS 10000
@@ -51,9 +54,37 @@ typedef struct {
 	bool live;
 	uint64_t kill_at; /* draining: SIGKILL what is left at this time */
 	sp_health_t *health;
+	int access_fd; /* log.access_log's file, opened for this generation; -1: stderr */
 	int group_of[SP_SHARD_MAX_LISTENERS]; /* conf listener -> group index */
 	sp_proc_t procs[SP_MAX_SLOTS];
 } sp_gen_t;
+
+/* A shard slot's summed counters (the gauge "active" is not one). */
+typedef struct {
+	uint64_t accepted, refused, no_route, connect_failed, bytes_in, bytes_out, log_dropped;
+	uint64_t closed[SP_STATS_NEND];
+} slot_totals_t;
+
+/* Counters of shards that are gone, so the totals never go backwards: a
+ * dead shard's slot is folded in here (by slot index, and by listener and
+ * server name, which outlive the index a reload may change) and zeroed. */
+typedef struct {
+	char name[SP_CONF_NAME_MAX];
+	sp_listener_stats_t st;
+} lrow_t;
+
+typedef struct {
+	char upstream[SP_CONF_NAME_MAX];
+	char server[sizeof(((sp_addr_t *)0)->text)];
+	sp_server_stats_t st;
+} srow_t;
+
+typedef struct {
+	lrow_t *l;
+	size_t nl, capl;
+	srow_t *s;
+	size_t ns, caps;
+} stat_table_t;
 
 typedef struct {
 	const sp_supervisor_opts_t *opts;
@@ -74,7 +105,10 @@ typedef struct {
 	bool stopping;
 	uint64_t stop_kill_at;
 	bool reload_pending;
-	uint64_t reloads_ok, reloads_failed;
+	bool reloading; /* RELOADING=1 was sent; READY=1 is due when it is done */
+	uint64_t reloads_ok, reloads_failed, restarts;
+	slot_totals_t retired_slot[SP_MAX_SLOTS];
+	stat_table_t retired;
 	time_t started, last_reload;
 	bool last_reload_ok;
 	char last_reload_error[512];
@@ -140,15 +174,36 @@ static uint32_t shard_sessions(sp_sup_t *sup, const sp_conf_t *conf, unsigned ns
 	unsigned per = conf->relay == SP_RELAY_SPLICE ? 4 : 2;
 	uint64_t reserve = 64 + (uint64_t)conf->nlisteners * SP_SHARD_MAX_FDS_PER_LISTENER;
 	uint64_t need = share * per + reserve;
+	char why[160] = "";
 	if (need <= sup->nofile)
 		return (uint32_t)share;
+	if (warn) {
+		/* Above the hard limit: root (or CAP_SYS_RESOURCE) may raise it, up
+		 * to fs.nr_open; shards forked from now on inherit it. */
+		struct rlimit rl = {.rlim_cur = need, .rlim_max = need};
+		struct rlimit old;
+		getrlimit(RLIMIT_NOFILE, &old);
+		if (old.rlim_max > need)
+			rl.rlim_max = old.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+			sp_info("limits.max_connections %u needs %llu descriptors per shard (%u per "
+				"connection, %u shards): RLIMIT_NOFILE raised from %llu to %llu",
+				conf->limits.max_connections, (unsigned long long)need, per, nslots,
+				(unsigned long long)sup->nofile, (unsigned long long)need);
+			sup->nofile = need;
+			return (uint32_t)share;
+		}
+		snprintf(why, sizeof(why), "; raising it failed: %s%s", strerror(errno),
+			 errno == EPERM ? " (no CAP_SYS_RESOURCE)"
+			 : errno == EINVAL ? " (above fs.nr_open?)" : "");
+	}
 	uint64_t fit = sup->nofile > reserve ? (sup->nofile - reserve) / per : 1;
 	if (warn)
 		sp_warn("limits.max_connections %u needs %llu descriptors per shard (%u per "
-			"connection, %u shards) but RLIMIT_NOFILE is %llu: each shard will hold "
+			"connection, %u shards) but RLIMIT_NOFILE is %llu%s: each shard will hold "
 			"at most %llu connections (raise LimitNOFILE or ulimit -n)",
 			conf->limits.max_connections, (unsigned long long)need, per, nslots,
-			(unsigned long long)sup->nofile, (unsigned long long)fit);
+			(unsigned long long)sup->nofile, why, (unsigned long long)fit);
 	return (uint32_t)(fit ? fit : 1);
 }
 
@@ -283,9 +338,183 @@ static void steer_live(sp_sup_t *sup, unsigned slot, bool live)
 
 /* ---- shards ------------------------------------------------------------------- */
 
+/* Shared arrays come in two halves, one per entry of sup->gens (not per
+ * generation id: a failed reload uses up an id, and the next one must still
+ * not land on the running generation's half). */
+static size_t gen_half(const sp_sup_t *sup, const sp_gen_t *g)
+{
+	return (size_t)(g - sup->gens);
+}
+
 static sp_shard_stats_t *stats_of(sp_sup_t *sup, const sp_gen_t *g, unsigned slot)
 {
-	return &sup->stats[(g->id % 2) * SP_MAX_SLOTS + slot];
+	return &sup->stats[gen_half(sup, g) * SP_MAX_SLOTS + slot];
+}
+
+/* ---- counters: live slots plus what retired shards left ------------------------- */
+
+static uint64_t ld(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void totals_add(slot_totals_t *t, const sp_shard_stats_t *st)
+{
+	t->accepted += ld(&st->accepted);
+	t->refused += ld(&st->refused);
+	t->no_route += ld(&st->no_route);
+	t->connect_failed += ld(&st->connect_failed);
+	t->bytes_in += ld(&st->bytes_in);
+	t->bytes_out += ld(&st->bytes_out);
+	t->log_dropped += ld(&st->log_dropped);
+	for (unsigned r = 0; r < SP_STATS_NEND; r++)
+		t->closed[r] += ld(&st->closed[r]);
+}
+
+static lrow_t *lrow(stat_table_t *t, const char *name)
+{
+	for (size_t i = 0; i < t->nl; i++)
+		if (strcmp(t->l[i].name, name) == 0)
+			return &t->l[i];
+	if (t->nl == t->capl) {
+		size_t cap = t->capl ? t->capl * 2 : 16;
+		lrow_t *l = realloc(t->l, cap * sizeof(*l));
+		if (!l)
+			return NULL;
+		t->l = l;
+		t->capl = cap;
+	}
+	lrow_t *r = &t->l[t->nl++];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->name, sizeof(r->name), "%s", name);
+	return r;
+}
+
+static srow_t *srow(stat_table_t *t, const char *upstream, const char *server)
+{
+	for (size_t i = 0; i < t->ns; i++)
+		if (strcmp(t->s[i].upstream, upstream) == 0 && strcmp(t->s[i].server, server) == 0)
+			return &t->s[i];
+	if (t->ns == t->caps) {
+		size_t cap = t->caps ? t->caps * 2 : 16;
+		srow_t *sv = realloc(t->s, cap * sizeof(*sv));
+		if (!sv)
+			return NULL;
+		t->s = sv;
+		t->caps = cap;
+	}
+	srow_t *r = &t->s[t->ns++];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->upstream, sizeof(r->upstream), "%s", upstream);
+	snprintf(r->server, sizeof(r->server), "%s", server);
+	return r;
+}
+
+static void table_free(stat_table_t *t)
+{
+	free(t->l);
+	free(t->s);
+	memset(t, 0, sizeof(*t));
+}
+
+static bool table_copy(stat_table_t *dst, const stat_table_t *src)
+{
+	memset(dst, 0, sizeof(*dst));
+	dst->l = malloc((src->nl ? src->nl : 1) * sizeof(*dst->l));
+	dst->s = malloc((src->ns ? src->ns : 1) * sizeof(*dst->s));
+	if (!dst->l || !dst->s) {
+		table_free(dst);
+		return false;
+	}
+	if (src->nl)
+		memcpy(dst->l, src->l, src->nl * sizeof(*dst->l));
+	if (src->ns)
+		memcpy(dst->s, src->s, src->ns * sizeof(*dst->s));
+	dst->capl = src->nl ? src->nl : 1;
+	dst->nl = src->nl;
+	dst->caps = src->ns ? src->ns : 1;
+	dst->ns = src->ns;
+	return true;
+}
+
+/* Add the per-listener and per-server detail of slots [from, to) of
+ * generation g into t, by name; gauges too when live. */
+static void table_add_gen(sp_sup_t *sup, stat_table_t *t, const sp_gen_t *g, unsigned from,
+			  unsigned to, bool live)
+{
+	const sp_conf_t *conf = g->conf;
+	size_t nl = conf->nlisteners < SP_STATS_MAX_LISTENERS ? conf->nlisteners
+							       : SP_STATS_MAX_LISTENERS;
+	for (size_t l = 0; l < nl; l++) {
+		lrow_t *r = lrow(t, conf->listeners[l].name);
+		for (unsigned i = from; r && i < to; i++) {
+			const sp_listener_stats_t *x = &stats_of(sup, g, i)->listeners[l];
+			r->st.accepted += ld(&x->accepted);
+			r->st.refused += ld(&x->refused);
+			r->st.no_route += ld(&x->no_route);
+			r->st.bytes_in += ld(&x->bytes_in);
+			r->st.bytes_out += ld(&x->bytes_out);
+			if (live)
+				r->st.active += ld(&x->active);
+		}
+	}
+	uint32_t idx = 0;
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		const sp_upstream_t *up = &conf->upstreams[u];
+		for (size_t k = 0; k < up->nservers && idx < SP_STATS_MAX_SERVERS; k++, idx++) {
+			srow_t *r = srow(t, up->name, up->servers[k].addr.text);
+			for (unsigned i = from; r && i < to; i++) {
+				const sp_server_stats_t *x = &stats_of(sup, g, i)->servers[idx];
+				r->st.attempts += ld(&x->attempts);
+				r->st.failures += ld(&x->failures);
+				r->st.timeouts += ld(&x->timeouts);
+				r->st.connected += ld(&x->connected);
+				r->st.bytes_in += ld(&x->bytes_in);
+				r->st.bytes_out += ld(&x->bytes_out);
+				if (live)
+					r->st.active += ld(&x->active);
+				if (ld(&x->last_fail) > r->st.last_fail)
+					r->st.last_fail = ld(&x->last_fail);
+			}
+		}
+	}
+}
+
+/* A shard of g in this slot is gone for good (it was reaped): keep its
+ * counters in the retired totals and zero the slot for the next one. */
+static void retire_slot(sp_sup_t *sup, const sp_gen_t *g, unsigned slot)
+{
+	sp_shard_stats_t *st = stats_of(sup, g, slot);
+	totals_add(&sup->retired_slot[slot], st);
+	table_add_gen(sup, &sup->retired, g, slot, slot + 1, false);
+	memset(st, 0, sizeof(*st));
+}
+
+/* Where a shard writes its access log, without ever blocking its loop: a
+ * file as it is (a regular file does not block); a pipe (stderr under a
+ * terminal multiplexer, a container runtime, a log collector) reopened
+ * through /proc as this shard's own non-blocking description, so O_NONBLOCK
+ * does not leak to the supervisor's stderr; a socket (journald's stream)
+ * written with MSG_DONTWAIT. Done before the privilege drop: a process that
+ * changed its uid can no longer open its own /proc/self/fd. */
+static void access_log_fd(const sp_gen_t *g, int *fd, bool *sock)
+{
+	struct stat st;
+	char path[64];
+	int base = g->access_fd >= 0 ? g->access_fd : STDERR_FILENO;
+
+	*fd = base;
+	*sock = false;
+	if (fstat(base, &st) < 0)
+		return;
+	if (S_ISSOCK(st.st_mode)) {
+		*sock = true;
+	} else if (S_ISFIFO(st.st_mode)) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", base);
+		int nb = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (nb >= 0)
+			*fd = nb;
+	}
 }
 
 static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
@@ -312,13 +541,18 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	a.cpu = sup->cpus[slot % sup->ncpus];
 	a.max_sessions = shard_sessions(sup, conf, g->nslots, false);
 	a.notify_fd = sup->notify_w;
+	/* The slot was zeroed when its previous shard was retired. */
 	a.stats = stats_of(sup, g, slot);
-	memset(a.stats, 0, sizeof(*a.stats));
 	a.stats->pid = (uint64_t)getpid();
 	a.stats->gen = g->id;
+	a.drop_user = conf->user.set;
+	a.drop_group = conf->user.set || conf->group.set;
+	a.uid = conf->user.uid;
+	a.gid = conf->group.set ? conf->group.gid : conf->user.gid;
+	access_log_fd(g, &a.access_fd, &a.access_sock);
 	a.steer_load = sup->steer ? sp_steer_counters(sup->steer) : NULL;
-	a.server_down = sup->server_down + (size_t)(g->id % 2) * SP_HEALTH_MAX_SERVERS;
-	a.server_fails = sup->server_fails + (size_t)(g->id % 2) * SP_HEALTH_MAX_SERVERS;
+	a.server_down = sup->server_down + gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
+	a.server_fails = sup->server_fails + gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
 	for (size_t l = 0; l < conf->nlisteners; l++) {
 		sp_lgroup_t *grp = &sup->groups[g->group_of[l]];
 		/* Its own slot, plus slots left over when the shard count shrank. */
@@ -414,19 +648,20 @@ static void signal_gen(sp_gen_t *g, int sig)
 			kill(g->procs[i].pid, sig);
 }
 
-static void reap_now(sp_gen_t *g)
+static void reap_now(sp_sup_t *sup, sp_gen_t *g)
 {
 	for (unsigned i = 0; i < g->nslots; i++)
 		if (g->procs[i].state != PROC_NONE) {
 			waitpid(g->procs[i].pid, NULL, 0);
 			g->procs[i].state = PROC_NONE;
+			retire_slot(sup, g, i);
 		}
 }
 
 /* Fork every shard of g and wait until all have armed their accepts. */
 static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 {
-	size_t hoff = (size_t)(g->id % 2) * SP_HEALTH_MAX_SERVERS;
+	size_t hoff = gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
 	g->health = sp_health_new(g->conf, sup->server_down + hoff, sup->server_fails + hoff);
 	if (!g->health) {
 		sp_error("generation %u: health checks: out of memory", g->id);
@@ -458,6 +693,7 @@ static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 			if (g->procs[i].state == PROC_STARTING &&
 			    waitpid(g->procs[i].pid, &status, WNOHANG) == g->procs[i].pid) {
 				g->procs[i].state = PROC_NONE;
+				retire_slot(sup, g, i);
 				sp_error("shard %u (generation %u) exited during start-up", i, g->id);
 				goto fail;
 			}
@@ -468,7 +704,7 @@ static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 fail:
 	sup->starting = NULL;
 	signal_gen(g, SIGKILL);
-	reap_now(g);
+	reap_now(sup, g);
 	sp_health_free(g->health);
 	g->health = NULL;
 	return -1;
@@ -480,7 +716,46 @@ static void gen_free(sp_gen_t *g)
 {
 	sp_health_free(g->health);
 	sp_conf_free(g->conf);
+	if (g->access_fd >= 0)
+		close(g->access_fd);
 	memset(g, 0, sizeof(*g));
+	g->access_fd = -1;
+}
+
+/* log.access_log's file, opened anew by each generation: a reload is also
+ * how a rotated log is reopened. */
+static int open_access_log(sp_gen_t *g, char *err, size_t errlen)
+{
+	const char *path = g->conf->log.access_log_path;
+	g->access_fd = -1;
+	if (!path || !g->conf->log.access_log)
+		return 0;
+	g->access_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (g->access_fd < 0) {
+		snprintf(err, errlen, "log.access_log %s: open: %s", path, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* systemd (Type=notify): READY=1 once serving, RELOADING=1 while a reload
+ * is under way, READY=1 when it is over (whatever its result). */
+static void notify_reloading(sp_sup_t *sup)
+{
+	if (sup->reloading)
+		return;
+	sup->reloading = true;
+	sp_sdnotifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+		     sp_sdnotify_monotonic_usec(), sup->opts->conf_path);
+}
+
+static void notify_ready(sp_sup_t *sup)
+{
+	bool failed = sup->last_reload && !sup->last_reload_ok;
+	sup->reloading = false;
+	sp_sdnotifyf("READY=1\nSTATUS=serving: generation %u, %u shards%s%s", sup->cur->id,
+		     sup->cur->nslots, failed ? "; last reload failed: " : "",
+		     failed ? sup->last_reload_error : "");
 }
 
 static sp_gen_t *free_gen_slot(sp_sup_t *sup)
@@ -518,6 +793,7 @@ static void reload(sp_sup_t *sup)
 		return;
 	}
 	sup->reload_pending = false;
+	notify_reloading(sup);
 	sp_conf_t *conf = sp_conf_load(sup->opts->conf_path, &errs);
 	sup->last_reload = time(NULL);
 	if (!conf) {
@@ -530,10 +806,12 @@ static void reload(sp_sup_t *sup)
 		for (size_t i = 0; i < errs.n; i++)
 			sp_error("%s", errs.msgs[i]);
 		sp_conf_errors_free(&errs);
+		notify_ready(sup);
 		return;
 	}
 	sp_gen_t *g = free_gen_slot(sup);
 	memset(g, 0, sizeof(*g));
+	g->access_fd = -1;
 	g->conf = conf;
 	g->id = sup->next_gen++;
 	g->nslots = sp_supervisor_workers(conf, sup->opts->workers_override);
@@ -544,6 +822,8 @@ static void reload(sp_sup_t *sup)
 		goto fail;
 	}
 	if (bind_listeners(sup, g, err, sizeof(err)) < 0)
+		goto fail;
+	if (open_access_log(g, err, sizeof(err)) < 0)
 		goto fail;
 	shard_sessions(sup, conf, g->nslots, true);
 	check_pipe_limits(conf);
@@ -568,6 +848,7 @@ static void reload(sp_sup_t *sup)
 		sp_warn("admin.listen changed: the admin endpoint moves only on a restart");
 	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
 		sup->old->id);
+	notify_ready(sup);
 	return;
 fail:
 	sup->reloads_failed++;
@@ -580,6 +861,7 @@ fail:
 	gen_free(g);
 	if (sup->cur)
 		steer_apply(sup, sup->cur);
+	notify_ready(sup);
 }
 
 /* ---- children --------------------------------------------------------------------- */
@@ -624,8 +906,10 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 			bool expected = p->state == PROC_DRAINING || sup->stopping;
 			p->state = PROC_NONE;
 			forget_sessions(sup, g, i);
+			retire_slot(sup, g, i);
 			if (expected)
 				return;
+			sup->restarts++;
 			char how[96];
 			describe_status(status, how, sizeof(how));
 			steer_live(sup, i, false);
@@ -716,6 +1000,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 		return;
 	}
 	sup->stopping = true;
+	sp_sdnotifyf("STOPPING=1\nSTATUS=draining after %s", strsignal(sig));
 	sp_info("%s: draining (up to %u ms)", strsignal(sig), sup->cur->conf->limits.drain_timeout_ms);
 	uint32_t drain = sup->cur->conf->limits.drain_timeout_ms;
 	for (int k = 0; k < 2; k++)
@@ -742,8 +1027,10 @@ static void on_signal(sp_sup_t *sup, const struct signalfd_siginfo *si)
 		reap(sup);
 		break;
 	case SIGHUP:
-		if (!sup->stopping)
+		if (!sup->stopping) {
+			notify_reloading(sup);
 			reload(sup);
+		}
 		break;
 	case SIGTERM:
 	case SIGINT:
@@ -756,22 +1043,58 @@ static void on_signal(sp_sup_t *sup, const struct signalfd_siginfo *si)
 
 static const char *const proc_state_names[] = {"down", "starting", "ready", "draining"};
 
+/* What the admin endpoint reports: the live slots of both generations plus
+ * what retired shards left, so every total is monotonic. */
 typedef struct {
-	const char *name;
-	size_t off;
-} counter_t;
+	slot_totals_t per_slot[SP_MAX_SLOTS]; /* by slot index, across generations */
+	uint64_t active[SP_MAX_SLOTS];
+	unsigned nslots;
+	slot_totals_t total;
+	uint64_t total_active;
+	stat_table_t t; /* per listener and per server, by name */
+} view_t;
 
-#define COUNTER(f) {#f, offsetof(sp_shard_stats_t, f)}
-static const counter_t counters[] = {
-	COUNTER(accepted), COUNTER(active),	    COUNTER(refused),	COUNTER(no_route),
-	COUNTER(connect_failed), COUNTER(bytes_in), COUNTER(bytes_out),
-};
-#define NCOUNTERS (sizeof(counters) / sizeof(counters[0]))
-
-static uint64_t counter(const sp_shard_stats_t *st, size_t i)
+static bool view_build(sp_sup_t *sup, view_t *v)
 {
-	return __atomic_load_n((const uint64_t *)((const char *)st + counters[i].off),
-			       __ATOMIC_RELAXED);
+	memset(v, 0, sizeof(*v));
+	if (!table_copy(&v->t, &sup->retired))
+		return false;
+	v->nslots = 0;
+	for (unsigned i = 0; i < SP_MAX_SLOTS; i++)
+		v->per_slot[i] = sup->retired_slot[i];
+	for (int k = 0; k < 2; k++) {
+		sp_gen_t *g = k == 0 ? sup->old : sup->cur; /* old first: its rows lead */
+		if (!g)
+			continue;
+		for (unsigned i = 0; i < g->nslots; i++) {
+			const sp_shard_stats_t *st = stats_of(sup, g, i);
+			totals_add(&v->per_slot[i], st);
+			v->active[i] += ld(&st->active);
+		}
+		table_add_gen(sup, &v->t, g, 0, g->nslots, true);
+		if (g->nslots > v->nslots)
+			v->nslots = g->nslots;
+	}
+	/* Slots a shrinking reload left behind still hold history. */
+	for (unsigned i = 0; i < SP_MAX_SLOTS; i++)
+		if (sup->retired_slot[i].accepted || sup->retired_slot[i].bytes_in ||
+		    sup->retired_slot[i].refused)
+			if (i + 1 > v->nslots)
+				v->nslots = i + 1;
+	for (unsigned i = 0; i < SP_MAX_SLOTS; i++) {
+		const slot_totals_t *x = &v->per_slot[i];
+		v->total.accepted += x->accepted;
+		v->total.refused += x->refused;
+		v->total.no_route += x->no_route;
+		v->total.connect_failed += x->connect_failed;
+		v->total.bytes_in += x->bytes_in;
+		v->total.bytes_out += x->bytes_out;
+		v->total.log_dropped += x->log_dropped;
+		for (unsigned r = 0; r < SP_STATS_NEND; r++)
+			v->total.closed[r] += x->closed[r];
+		v->total_active += v->active[i];
+	}
+	return true;
 }
 
 static void json_string(FILE *f, const char *s)
@@ -788,110 +1111,396 @@ static void json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-static void render_stats(sp_sup_t *sup, FILE *f)
+static void json_totals(FILE *f, const slot_totals_t *t, uint64_t active)
 {
-	uint64_t total[NCOUNTERS] = {0};
+	fprintf(f,
+		"\"accepted\":%llu,\"active\":%llu,\"refused\":%llu,\"no_route\":%llu,"
+		"\"connect_failed\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"log_dropped\":%llu,"
+		"\"closed\":{",
+		(unsigned long long)t->accepted, (unsigned long long)active,
+		(unsigned long long)t->refused, (unsigned long long)t->no_route,
+		(unsigned long long)t->connect_failed, (unsigned long long)t->bytes_in,
+		(unsigned long long)t->bytes_out, (unsigned long long)t->log_dropped);
+	for (unsigned r = 0; sp_shard_end_name(r); r++)
+		fprintf(f, "%s\"%s\":%llu", r ? "," : "", sp_shard_end_name(r),
+			(unsigned long long)t->closed[r]);
+	fputc('}', f);
+}
+
+static const char *steering_in_force(const sp_sup_t *sup)
+{
+	return sup->steer ? sp_conf_steering_name(sup->cur->conf->steering) : "none";
+}
+
+static const char *relay_engine(const sp_conf_t *conf)
+{
+	switch (conf->relay) {
+	case SP_RELAY_SPLICE:
+		return "splice";
+	case SP_RELAY_COPY:
+		return "copy";
+	default:
+		return "auto (copy, splice for bulk)"; /* shard.c, relay_copy.c */
+	}
+}
+
+/* Health verdict of server k of upstream u in the current generation. */
+static const char *server_state(const sp_sup_t *sup, size_t u, size_t k, uint32_t *fails)
+{
+	const sp_conf_t *conf = sup->cur->conf;
+	uint32_t hi = sp_health_index(conf, u) + (uint32_t)k;
+	size_t hoff = gen_half(sup, sup->cur) * SP_HEALTH_MAX_SERVERS;
+	*fails = hi < SP_HEALTH_MAX_SERVERS ? sup->server_fails[hoff + hi] : 0;
+	if (!conf->upstreams[u].health_check.enabled)
+		return "unchecked";
+	return hi < SP_HEALTH_MAX_SERVERS && sup->server_down[hoff + hi] ? "down" : "up";
+}
+
+static void render_stats(sp_sup_t *sup, FILE *f, view_t *v)
+{
+	const sp_conf_t *conf = sup->cur->conf;
 	bool first = true;
-	fprintf(f, "{\"generation\":%u,\"uptime_s\":%lld,\"shards\":[", sup->cur->id,
-		(long long)(time(NULL) - sup->started));
+
+	fprintf(f, "{\"pid\":%d,\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
+		(int)getpid(), sup->cur->id, sup->stopping ? "draining" : "serving",
+		(long long)sup->started, (long long)(time(NULL) - sup->started));
+	fprintf(f, "\"relay\":{\"configured\":\"%s\",\"engine\":\"%s\"},",
+		sp_conf_relay_name(conf->relay), relay_engine(conf));
+	fprintf(f, "\"steering\":{\"configured\":\"%s\",\"in_force\":\"%s\",\"bpf\":%s},",
+		sp_conf_steering_name(conf->steering), steering_in_force(sup),
+		sup->steer ? "true" : "false");
+	fprintf(f, "\"user\":");
+	if (conf->user.set)
+		json_string(f, conf->user.name);
+	else
+		fputs("null", f);
+	fprintf(f, ",\"shard_restarts\":%llu,\"shards\":[", (unsigned long long)sup->restarts);
 	for (int k = 0; k < 2; k++) {
 		sp_gen_t *g = k == 0 ? sup->cur : sup->old;
 		for (unsigned i = 0; g && i < g->nslots; i++) {
 			const sp_shard_stats_t *st = stats_of(sup, g, i);
-			fprintf(f, "%s{\"slot\":%u,\"generation\":%u,\"pid\":%d,\"state\":\"%s\"",
+			slot_totals_t one = {0};
+			totals_add(&one, st);
+			fprintf(f, "%s{\"slot\":%u,\"generation\":%u,\"pid\":%d,\"state\":\"%s\",",
 				first ? "" : ",", i, g->id, (int)g->procs[i].pid,
 				proc_state_names[g->procs[i].state]);
-			first = false;
-			for (size_t c = 0; c < NCOUNTERS; c++) {
-				fprintf(f, ",\"%s\":%llu", counters[c].name,
-					(unsigned long long)counter(st, c));
-				total[c] += counter(st, c);
-			}
+			json_totals(f, &one, ld(&st->active));
 			fputc('}', f);
+			first = false;
 		}
 	}
+	fprintf(f, "],\"slots\":[");
+	for (unsigned i = 0; i < v->nslots; i++) {
+		fprintf(f, "%s{\"slot\":%u,", i ? "," : "", i);
+		json_totals(f, &v->per_slot[i], v->active[i]);
+		fputc('}', f);
+	}
 	fprintf(f, "],\"totals\":{");
-	for (size_t c = 0; c < NCOUNTERS; c++)
-		fprintf(f, "%s\"%s\":%llu", c ? "," : "", counters[c].name,
-			(unsigned long long)total[c]);
-	fprintf(f, "},\"reloads\":{\"ok\":%llu,\"failed\":%llu,\"last\":",
+	json_totals(f, &v->total, v->total_active);
+	fprintf(f, "},\"reloads\":{\"count\":%llu,\"ok\":%llu,\"failed\":%llu,\"last\":",
+		(unsigned long long)(sup->reloads_ok + sup->reloads_failed),
 		(unsigned long long)sup->reloads_ok, (unsigned long long)sup->reloads_failed);
 	if (!sup->last_reload) {
 		fprintf(f, "null");
 	} else {
 		fprintf(f, "{\"time\":%lld,\"result\":\"%s\",\"error\":", (long long)sup->last_reload,
 			sup->last_reload_ok ? "ok" : "failed");
-		json_string(f, sup->last_reload_error);
+		if (sup->last_reload_ok)
+			fputs("null", f);
+		else
+			json_string(f, sup->last_reload_error);
 		fputc('}', f);
 	}
-	fprintf(f, "},\"upstreams\":[");
-	const sp_conf_t *conf = sup->cur->conf;
+	fprintf(f, "},\"listeners\":[");
+	for (size_t i = 0; i < v->t.nl; i++) {
+		const lrow_t *r = &v->t.l[i];
+		int l = sp_conf_listener_index(conf, r->name);
+		fprintf(f, "%s{\"name\":", i ? "," : "");
+		json_string(f, r->name);
+		fprintf(f, ",\"listen\":");
+		if (l >= 0)
+			json_string(f, conf->listeners[l].listen.text);
+		else
+			fputs("null", f); /* removed by a reload; its counts stay */
+		fprintf(f,
+			",\"accepted\":%llu,\"active\":%llu,\"refused\":%llu,\"no_route\":%llu,"
+			"\"bytes_in\":%llu,\"bytes_out\":%llu}",
+			(unsigned long long)r->st.accepted, (unsigned long long)r->st.active,
+			(unsigned long long)r->st.refused, (unsigned long long)r->st.no_route,
+			(unsigned long long)r->st.bytes_in, (unsigned long long)r->st.bytes_out);
+	}
+	fprintf(f, "],\"upstreams\":[");
 	for (size_t u = 0; u < conf->nupstreams; u++) {
+		const sp_upstream_t *up = &conf->upstreams[u];
 		fprintf(f, "%s{\"name\":", u ? "," : "");
-		json_string(f, conf->upstreams[u].name);
-		fprintf(f, ",\"servers\":[");
-		for (size_t k = 0; k < conf->upstreams[u].nservers; k++) {
-			const sp_server_t *srv = &conf->upstreams[u].servers[k];
+		json_string(f, up->name);
+		fprintf(f, ",\"balance\":\"%s\",\"servers\":[", sp_conf_balance_name(up->balance));
+		for (size_t k = 0; k < up->nservers; k++) {
+			const sp_server_t *srv = &up->servers[k];
+			uint32_t fails;
+			const char *state = server_state(sup, u, k, &fails);
+			srow_t *r = srow(&v->t, up->name, srv->addr.text);
 			fprintf(f, "%s{\"address\":", k ? "," : "");
 			json_string(f, srv->addr.text);
-			uint32_t hi = sp_health_index(conf, u) + (uint32_t)k;
-			size_t hoff = (size_t)(sup->cur->id % 2) * SP_HEALTH_MAX_SERVERS;
-			fprintf(f, ",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"failures\":%u}",
-				srv->weight, srv->backup ? "true" : "false",
-				!conf->upstreams[u].health_check.enabled ? "unchecked"
-				: sup->server_down[hoff + hi]		   ? "down"
-									   : "up",
-				sup->server_fails[hoff + hi]);
+			fprintf(f, ",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"failures\":%u",
+				srv->weight, srv->backup ? "true" : "false", state, fails);
+			if (r) {
+				fprintf(f,
+					",\"connect_attempts\":%llu,\"connect_failures\":%llu,"
+					"\"connect_timeouts\":%llu,\"connected\":%llu,\"active\":%llu,"
+					"\"bytes_in\":%llu,\"bytes_out\":%llu,\"last_failure\":",
+					(unsigned long long)r->st.attempts,
+					(unsigned long long)r->st.failures,
+					(unsigned long long)r->st.timeouts,
+					(unsigned long long)r->st.connected,
+					(unsigned long long)r->st.active,
+					(unsigned long long)r->st.bytes_in,
+					(unsigned long long)r->st.bytes_out);
+				if (r->st.last_fail)
+					fprintf(f, "{\"time\":%llu,\"error\":\"%s\"}",
+						(unsigned long long)(r->st.last_fail >> 16),
+						strerror((int)(r->st.last_fail & 0xffff)));
+				else
+					fputs("null", f);
+			}
+			fputc('}', f);
 		}
 		fprintf(f, "]}");
 	}
 	fprintf(f, "]}\n");
 }
 
-static void render_metrics(sp_sup_t *sup, FILE *f)
+/* Prometheus text exposition format 0.0.4: one HELP and one TYPE line per
+ * family, then its samples; label values escaped. */
+static void prom_family(FILE *f, const char *name, const char *type, const char *help)
 {
-	for (size_t c = 0; c < NCOUNTERS; c++) {
-		bool gauge = strcmp(counters[c].name, "active") == 0;
-		fprintf(f, "# TYPE shardproxy_%s%s %s\n", counters[c].name, gauge ? "" : "_total",
-			gauge ? "gauge" : "counter");
-		for (int k = 0; k < 2; k++) {
-			sp_gen_t *g = k == 0 ? sup->cur : sup->old;
-			for (unsigned i = 0; g && i < g->nslots; i++)
-				fprintf(f, "shardproxy_%s%s{shard=\"%u\",generation=\"%u\"} %llu\n",
-					counters[c].name, gauge ? "" : "_total", i, g->id,
-					(unsigned long long)counter(stats_of(sup, g, i), c));
+	fprintf(f, "# HELP shardproxy_%s %s\n# TYPE shardproxy_%s %s\n", name, help, name, type);
+}
+
+static void prom_label(FILE *f, const char *k, const char *v, bool more)
+{
+	fprintf(f, "%s=\"", k);
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			fprintf(f, "\\%c", *v);
+		else if (*v == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*v, f);
+	}
+	fprintf(f, "\"%s", more ? "," : "");
+}
+
+typedef struct {
+	const char *name, *type, *help;
+	size_t off; /* in slot_totals_t; SIZE_MAX: active */
+} slot_metric_t;
+
+#define SM(n, t, h, f) {n, t, h, offsetof(slot_totals_t, f)}
+static const slot_metric_t slot_metrics[] = {
+	SM("connections_accepted_total", "counter", "Client connections accepted.", accepted),
+	{"connections_active", "gauge", "Client connections open now.", SIZE_MAX},
+	SM("connections_refused_total", "counter",
+	   "Client connections closed at once because the shard was at its connection limit.",
+	   refused),
+	SM("connections_unrouted_total", "counter",
+	   "Client connections closed because no route matched.", no_route),
+	SM("connections_connect_failed_total", "counter",
+	   "Client connections closed because no upstream server could be connected.",
+	   connect_failed),
+	SM("access_log_dropped_total", "counter",
+	   "Access log lines lost because the log could not keep up.", log_dropped),
+};
+
+static uint64_t slot_value(const view_t *v, unsigned i, const slot_metric_t *m)
+{
+	if (m->off == SIZE_MAX)
+		return v->active[i];
+	return *(const uint64_t *)((const char *)&v->per_slot[i] + m->off);
+}
+
+static void render_metrics(sp_sup_t *sup, FILE *f, view_t *v)
+{
+	const sp_conf_t *conf = sup->cur->conf;
+
+	prom_family(f, "info", "gauge",
+		    "Constant 1, labelled with the relay engine and steering in force.");
+	fprintf(f,
+		"shardproxy_info{relay=\"%s\",steering=\"%s\",steering_configured=\"%s\","
+		"bpf=\"%s\"} 1\n",
+		relay_engine(conf), steering_in_force(sup), sp_conf_steering_name(conf->steering),
+		sup->steer ? "true" : "false");
+	prom_family(f, "start_time_seconds", "gauge", "Unix time the supervisor started.");
+	fprintf(f, "shardproxy_start_time_seconds %lld\n", (long long)sup->started);
+	prom_family(f, "generation", "gauge", "Configuration generation being served.");
+	fprintf(f, "shardproxy_generation %u\n", sup->cur->id);
+	prom_family(f, "draining", "gauge", "1 while the proxy is stopping and draining.");
+	fprintf(f, "shardproxy_draining %d\n", sup->stopping ? 1 : 0);
+	prom_family(f, "shards_ready", "gauge", "Shards of the current generation ready.");
+	fprintf(f, "shardproxy_shards_ready %u\n", count_state(sup->cur, PROC_READY));
+	prom_family(f, "shard_restarts_total", "counter", "Shards restarted after dying.");
+	fprintf(f, "shardproxy_shard_restarts_total %llu\n", (unsigned long long)sup->restarts);
+	prom_family(f, "reloads_total", "counter", "Configuration reloads, by result.");
+	fprintf(f,
+		"shardproxy_reloads_total{result=\"ok\"} %llu\n"
+		"shardproxy_reloads_total{result=\"failed\"} %llu\n",
+		(unsigned long long)sup->reloads_ok, (unsigned long long)sup->reloads_failed);
+	prom_family(f, "last_reload_success", "gauge",
+		    "1 if the last reload succeeded (or none happened), 0 if it failed.");
+	fprintf(f, "shardproxy_last_reload_success %d\n",
+		!sup->last_reload || sup->last_reload_ok ? 1 : 0);
+	prom_family(f, "last_reload_time_seconds", "gauge",
+		    "Unix time of the last reload attempt (0: none).");
+	fprintf(f, "shardproxy_last_reload_time_seconds %lld\n", (long long)sup->last_reload);
+
+	for (size_t m = 0; m < sizeof(slot_metrics) / sizeof(slot_metrics[0]); m++) {
+		prom_family(f, slot_metrics[m].name, slot_metrics[m].type, slot_metrics[m].help);
+		for (unsigned i = 0; i < v->nslots; i++)
+			fprintf(f, "shardproxy_%s{shard=\"%u\"} %llu\n", slot_metrics[m].name, i,
+				(unsigned long long)slot_value(v, i, &slot_metrics[m]));
+	}
+	prom_family(f, "bytes_total", "counter",
+		    "Bytes relayed, by direction (client_to_upstream, upstream_to_client).");
+	for (unsigned i = 0; i < v->nslots; i++)
+		fprintf(f,
+			"shardproxy_bytes_total{shard=\"%u\",direction=\"client_to_upstream\"} %llu\n"
+			"shardproxy_bytes_total{shard=\"%u\",direction=\"upstream_to_client\"} %llu\n",
+			i, (unsigned long long)v->per_slot[i].bytes_in, i,
+			(unsigned long long)v->per_slot[i].bytes_out);
+	prom_family(f, "sessions_closed_total", "counter", "Finished sessions, by how they ended.");
+	for (unsigned i = 0; i < v->nslots; i++)
+		for (unsigned r = 0; sp_shard_end_name(r); r++)
+			fprintf(f, "shardproxy_sessions_closed_total{shard=\"%u\",reason=\"%s\"} %llu\n",
+				i, sp_shard_end_name(r), (unsigned long long)v->per_slot[i].closed[r]);
+
+	static const struct {
+		const char *name, *type, *help;
+		size_t off;
+	} lm[] = {
+		{"listener_connections_accepted_total", "counter", "Client connections accepted, by listener.",
+		 offsetof(sp_listener_stats_t, accepted)},
+		{"listener_connections_active", "gauge", "Client connections open now, by listener.",
+		 offsetof(sp_listener_stats_t, active)},
+		{"listener_connections_refused_total", "counter",
+		 "Client connections refused at the connection limit, by listener.",
+		 offsetof(sp_listener_stats_t, refused)},
+		{"listener_connections_unrouted_total", "counter",
+		 "Client connections no route matched, by listener.",
+		 offsetof(sp_listener_stats_t, no_route)},
+	};
+	for (size_t m = 0; m < sizeof(lm) / sizeof(lm[0]); m++) {
+		prom_family(f, lm[m].name, lm[m].type, lm[m].help);
+		for (size_t i = 0; i < v->t.nl; i++) {
+			fprintf(f, "shardproxy_%s{", lm[m].name);
+			prom_label(f, "listener", v->t.l[i].name, false);
+			fprintf(f, "} %llu\n",
+				(unsigned long long)*(const uint64_t *)((const char *)&v->t.l[i].st +
+									lm[m].off));
 		}
 	}
-	fprintf(f, "# TYPE shardproxy_generation gauge\nshardproxy_generation %u\n", sup->cur->id);
-	fprintf(f, "# TYPE shardproxy_reloads_total counter\n"
-		   "shardproxy_reloads_total{result=\"ok\"} %llu\n"
-		   "shardproxy_reloads_total{result=\"failed\"} %llu\n",
-		(unsigned long long)sup->reloads_ok, (unsigned long long)sup->reloads_failed);
-	fprintf(f, "# TYPE shardproxy_shards_ready gauge\nshardproxy_shards_ready %u\n",
-		count_state(sup->cur, PROC_READY));
+	prom_family(f, "listener_bytes_total", "counter",
+		    "Bytes relayed by finished sessions, by listener and direction.");
+	for (size_t i = 0; i < v->t.nl; i++)
+		for (int d = 0; d < 2; d++) {
+			fprintf(f, "shardproxy_listener_bytes_total{");
+			prom_label(f, "listener", v->t.l[i].name, true);
+			fprintf(f, "direction=\"%s\"} %llu\n",
+				d ? "upstream_to_client" : "client_to_upstream",
+				(unsigned long long)(d ? v->t.l[i].st.bytes_out : v->t.l[i].st.bytes_in));
+		}
+
+	static const struct {
+		const char *name, *type, *help;
+		size_t off;
+	} sm[] = {
+		{"server_connect_attempts_total", "counter", "Connects started to an upstream server.",
+		 offsetof(sp_server_stats_t, attempts)},
+		{"server_connect_failures_total", "counter",
+		 "Connects to an upstream server that failed (refused, unreachable, reset).",
+		 offsetof(sp_server_stats_t, failures)},
+		{"server_connect_timeouts_total", "counter",
+		 "Connects to an upstream server that took longer than connect_timeout_ms.",
+		 offsetof(sp_server_stats_t, timeouts)},
+		{"server_sessions_total", "counter", "Sessions relayed to an upstream server.",
+		 offsetof(sp_server_stats_t, connected)},
+		{"server_connections_active", "gauge", "Relayed sessions open now to an upstream server.",
+		 offsetof(sp_server_stats_t, active)},
+	};
+	for (size_t m = 0; m < sizeof(sm) / sizeof(sm[0]); m++) {
+		prom_family(f, sm[m].name, sm[m].type, sm[m].help);
+		for (size_t i = 0; i < v->t.ns; i++) {
+			fprintf(f, "shardproxy_%s{", sm[m].name);
+			prom_label(f, "upstream", v->t.s[i].upstream, true);
+			prom_label(f, "server", v->t.s[i].server, false);
+			fprintf(f, "} %llu\n",
+				(unsigned long long)*(const uint64_t *)((const char *)&v->t.s[i].st +
+									sm[m].off));
+		}
+	}
+	prom_family(f, "server_bytes_total", "counter",
+		    "Bytes relayed by finished sessions, by upstream server and direction.");
+	for (size_t i = 0; i < v->t.ns; i++)
+		for (int d = 0; d < 2; d++) {
+			fprintf(f, "shardproxy_server_bytes_total{");
+			prom_label(f, "upstream", v->t.s[i].upstream, true);
+			prom_label(f, "server", v->t.s[i].server, true);
+			fprintf(f, "direction=\"%s\"} %llu\n",
+				d ? "upstream_to_client" : "client_to_upstream",
+				(unsigned long long)(d ? v->t.s[i].st.bytes_out : v->t.s[i].st.bytes_in));
+		}
+	prom_family(f, "server_up", "gauge",
+		    "1 if an upstream server of the current configuration is up (or not health "
+		    "checked), 0 if health checks marked it down.");
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		for (size_t k = 0; k < conf->upstreams[u].nservers; k++) {
+			uint32_t fails;
+			const char *state = server_state(sup, u, k, &fails);
+			fprintf(f, "shardproxy_server_up{");
+			prom_label(f, "upstream", conf->upstreams[u].name, true);
+			prom_label(f, "server", conf->upstreams[u].servers[k].addr.text, false);
+			fprintf(f, "} %d\n", strcmp(state, "down") != 0);
+		}
 }
 
 static int render(void *ctx, const char *path, char **body, size_t *len, const char **ctype)
 {
 	sp_sup_t *sup = ctx;
-	FILE *f = open_memstream(body, len);
+	static view_t v; /* large; the supervisor is single-threaded */
 	int status = 200;
-	if (!f)
+	FILE *f;
+
+	if (strcmp(path, "/stats") != 0 && strcmp(path, "/metrics") != 0 &&
+	    strcmp(path, "/healthz") != 0 && strcmp(path, "/") != 0) {
+		if (!(f = open_memstream(body, len)))
+			return 500;
+		fprintf(f, "not found; try /stats, /metrics or /healthz\n");
+		fclose(f);
+		return 404;
+	}
+	if (!(f = open_memstream(body, len)))
 		return 500;
-	if (strcmp(path, "/stats") == 0) {
-		*ctype = "application/json";
-		render_stats(sup, f);
-	} else if (strcmp(path, "/metrics") == 0) {
-		*ctype = "text/plain; version=0.0.4";
-		render_metrics(sup, f);
+	if (strcmp(path, "/stats") == 0 || strcmp(path, "/metrics") == 0) {
+		if (!view_build(sup, &v)) {
+			fprintf(f, "out of memory\n");
+			fclose(f);
+			return 500;
+		}
+		if (path[1] == 's') {
+			*ctype = "application/json";
+			render_stats(sup, f, &v);
+		} else {
+			*ctype = "text/plain; version=0.0.4; charset=utf-8";
+			render_metrics(sup, f, &v);
+		}
+		table_free(&v.t);
 	} else if (strcmp(path, "/healthz") == 0) {
 		unsigned ready = count_state(sup->cur, PROC_READY);
-		status = ready ? 200 : 503;
-		fprintf(f, "%s: %u of %u shards ready\n", ready ? "ok" : "unavailable", ready,
+		status = ready && !sup->stopping ? 200 : 503;
+		fprintf(f, "%s: %u of %u shards ready\n",
+			sup->stopping ? "draining" : ready ? "ok" : "unavailable", ready,
 			sup->cur->nslots);
 	} else {
-		status = 404;
-		fprintf(f, "not found; try /stats, /metrics or /healthz\n");
+		fprintf(f, "shardproxy admin: /stats (JSON), /metrics (Prometheus), /healthz\n");
 	}
 	fclose(f);
 	return status;
@@ -953,6 +1562,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	int ret;
 
 	memset(sup, 0, sizeof(*sup));
+	sup->gens[0].access_fd = sup->gens[1].access_fd = -1;
 	sup->opts = opts;
 	sup->sigfd = sup->notify_r = sup->notify_w = -1;
 	sup->next_gen = 1;
@@ -977,7 +1587,8 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 			SP_SHARD_MAX_LISTENERS);
 		return 2;
 	}
-	if (bind_listeners(sup, g, err, sizeof(err)) < 0) {
+	if (bind_listeners(sup, g, err, sizeof(err)) < 0 ||
+	    open_access_log(g, err, sizeof(err)) < 0) {
 		fprintf(stderr, "shardproxy: %s\n", err);
 		return 2;
 	}
@@ -997,8 +1608,11 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	}
 	if (opts->pidfile)
 		write_pidfile(opts->pidfile);
-	sp_info("ready: generation %u, %u shards, relay %s, pid %d", g->id, g->nslots,
-		conf->relay == SP_RELAY_SPLICE ? "splice" : "copy", (int)getpid());
+	sp_info("ready: generation %u, %u shards, relay %s, pid %d%s%s", g->id, g->nslots,
+		relay_engine(conf), (int)getpid(),
+		conf->user.set ? ", shards run as user " : "", conf->user.set ? conf->user.name : "");
+	sp_sdnotifyf("READY=1\nMAINPID=%d\nSTATUS=serving: generation %u, %u shards", (int)getpid(),
+		     g->id, g->nslots);
 
 	while (!(sup->stopping && all_gone(sup))) {
 		enum { MAXFD = 2 + 1 + SP_ADMIN_MAX_CLIENTS + 256 };

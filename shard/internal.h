@@ -76,6 +76,9 @@ typedef struct {
 	bool recv_paused;  /* backpressure: recv cancelled until the queue drains */
 	bool starved;      /* the buffer ring ran dry; re-arm when buffers return */
 	bool send_busy;    /* one send in flight keeps bytes in order */
+	bool to_splice;    /* auto: bulk seen; hand over to splice once drained */
+	bool spliced;      /* auto: this direction now belongs to splice */
+	uint8_t full_run;  /* auto: consecutive recvs that filled a whole buffer */
 	/* Buffers received and not yet sent, oldest first: a list linked
 	 * through the shard's per-buffer arrays (bufq_next, bufq_len), so a
 	 * session carries no queue storage of its own. */
@@ -127,6 +130,12 @@ typedef struct {
 
 extern const sp_relay_engine_t sp_relay_copy;
 extern const sp_relay_engine_t sp_relay_splice;
+/* auto: each direction starts on copy (cheapest for small messages) and
+ * moves to splice once it carries bulk (SP_AUTO_SPLICE_AFTER full buffers in
+ * a row), where splice moves bytes for a third of copy's CPU. */
+extern const sp_relay_engine_t sp_relay_auto;
+#define SP_AUTO_SPLICE_AFTER 4
+void sp_splice_take_dir(struct sp_shard *sh, sp_session_t *s, int d);
 
 typedef struct {
 	int fd;

@@ -40,10 +40,40 @@ static void pause_recv(sp_shard_t *sh, sp_session_t *s, int d)
 static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
+	if (dir->to_splice) {
+		/* auto: bulk seen. Once the recv has ended and every byte it
+		 * took is sent, the direction is splice's from here on. */
+		if (s->state != SS_RELAY || dir->recv_armed || dir->qn || dir->send_busy || dir->eof)
+			return;
+		if (dir->starved) {
+			dir->starved = false;
+			sh->nstarved--;
+		}
+		dir->to_splice = false;
+		dir->spliced = true;
+		sp_splice_take_dir(sh, s, d);
+		return;
+	}
 	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->starved ||
 	    dir->qn > SP_COPY_QMAX / 2)
 		return;
 	arm_recv(sh, s, d);
+}
+
+/* auto: a direction whose recvs keep filling whole buffers carries bulk;
+ * stop its recv and let maybe_resume hand it to splice once drained. */
+static void watch_bulk(sp_shard_t *sh, sp_session_t *s, int d, int res)
+{
+	sp_dir_t *dir = &s->dir[d];
+	if (res < SP_COPY_BUF_SIZE) {
+		dir->full_run = 0;
+		return;
+	}
+	if (++dir->full_run < SP_AUTO_SPLICE_AFTER || dir->to_splice)
+		return;
+	dir->to_splice = true;
+	if (dir->recv_armed && !dir->recv_paused)
+		pause_recv(sh, s, d);
 }
 
 static sp_end_t reset_of(int d, bool src)
@@ -82,6 +112,8 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 		sp_session_touch(sh, s);
 		if (!dir->send_busy)
 			send_head(sh, s, d);
+		if (sh->engine == &sp_relay_auto)
+			watch_bulk(sh, s, d, res);
 		if (dir->qn >= SP_COPY_QMAX && dir->recv_armed && !dir->recv_paused)
 			pause_recv(sh, s, d);
 		else if (!more)
@@ -99,6 +131,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 		/* The shard's buffer ring ran dry; resume() re-arms us. */
 		dir->starved = true;
 		sh->nstarved++;
+		maybe_resume(sh, s, d); /* auto: a bulk direction may go now */
 		return;
 	case ECANCELED:
 		maybe_resume(sh, s, d);
@@ -195,5 +228,29 @@ const sp_relay_engine_t sp_relay_copy = {
 	.start = copy_start,
 	.on_cqe = copy_on_cqe,
 	.release = copy_release,
+	.resume = copy_resume,
+};
+
+/* auto: copy and splice side by side, per direction (see internal.h). */
+static void auto_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, int res,
+			uint32_t flags)
+{
+	if (op == SP_OP_RECV || op == SP_OP_SEND)
+		copy_on_cqe(sh, s, op, d, res, flags);
+	else
+		sp_relay_splice.on_cqe(sh, s, op, d, res, flags);
+}
+
+static void auto_release(sp_shard_t *sh, sp_session_t *s)
+{
+	copy_release(sh, s);
+	sp_relay_splice.release(sh, s);
+}
+
+const sp_relay_engine_t sp_relay_auto = {
+	.name = "auto",
+	.start = copy_start,
+	.on_cqe = auto_on_cqe,
+	.release = auto_release,
 	.resume = copy_resume,
 };

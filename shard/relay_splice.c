@@ -96,6 +96,13 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 		arm_poll(sh, s, d, dir->in_pipe != 0);
 }
 
+/* The auto engine hands a direction over from copy: its copy queue is
+ * empty and its recv has ended, so the socket is all splice's. */
+void sp_splice_take_dir(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	pump(sh, s, d);
+}
+
 static void splice_start(sp_shard_t *sh, sp_session_t *s)
 {
 	arm_poll(sh, s, SP_UP, false);

@@ -330,10 +330,20 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return ret;
 	}
 	sh->ring.on_wake = on_wake;
-	/* Engines: copy unless the file asks for splice. "auto" is copy: on
-	 * the benchmark (docs/BENCHMARKS.md) copy wins small and mixed traffic. */
-	sh->engine = a->conf->relay == SP_RELAY_SPLICE ? &sp_relay_splice : &sp_relay_copy;
-	if (sh->engine == &sp_relay_copy) {
+	/* Engines: "auto" starts every direction on copy and moves bulk ones
+	 * to splice (relay_copy.c, watch_bulk), so it needs both resources. */
+	switch (a->conf->relay) {
+	case SP_RELAY_COPY:
+		sh->engine = &sp_relay_copy;
+		break;
+	case SP_RELAY_SPLICE:
+		sh->engine = &sp_relay_splice;
+		break;
+	default:
+		sh->engine = &sp_relay_auto;
+		break;
+	}
+	if (sh->engine != &sp_relay_splice) {
 		/* The ring is the shard's whole copy memory: it bounds what
 		 * all sessions together hold in flight (starved sessions wait
 		 * for buffers, see copy_resume), and every buffer is touched as
@@ -351,7 +361,8 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 				 SP_COPY_BUF_SIZE, strerror(-ret));
 			return ret;
 		}
-	} else {
+	}
+	if (sh->engine != &sp_relay_copy) {
 		ret = sp_pipepool_init(&sh->pipes, 256, 0);
 		if (ret < 0)
 			return ret;

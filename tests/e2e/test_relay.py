@@ -5,6 +5,7 @@ the access log accounts for the bytes."""
 import json
 import random
 import socket
+import threading
 
 import lib
 from lib import MiB, check
@@ -35,6 +36,45 @@ def test_relay_copy_random_payloads_sha256_both_ways(t):
 @lib.timeout(90)
 def test_relay_splice_random_payloads_sha256_both_ways(t):
     _payload_sizes(t, "splice")
+
+
+@lib.timeout(90)
+def test_relay_auto_random_payloads_sha256_both_ways(t):
+    _payload_sizes(t, "auto")
+
+
+def test_relay_auto_moves_bulk_to_splice_and_keeps_small_on_copy(t):
+    """auto: small messages never make a pipe; a bulk transfer does (the
+    direction moved to splice), and its bytes still arrive intact."""
+    up, port, p = _echo_proxy(t, "auto", workers=1)
+    shard = p.wait_shards(1)[0]
+    base = lib.fd_count(shard, "pipe")  # the shard's notify pipe to the supervisor
+    s = lib.connect(port)
+    for i in range(50):
+        lib.roundtrip(s, b"small message %d" % i)
+    check(lib.fd_count(shard, "pipe") == base,
+          "auto: small messages made %d pipe descriptors" % (lib.fd_count(shard, "pipe") - base))
+    s.close()
+    data = lib.payload(64 * MiB, seed=77)
+    out = {}
+
+    def bulk():
+        try:
+            out["r"] = lib.echo_transfer(port, data, timeout_s=60)
+        except BaseException as e:  # noqa: B902 - reported below
+            out["r"] = e
+
+    th = threading.Thread(target=bulk, daemon=True)
+    th.start()
+    seen = []
+    while th.is_alive():
+        seen.append(lib.fd_count(shard, "pipe") or 0)
+        th.join(0.01)
+    r = out.get("r")
+    check(isinstance(r, dict) and r["sha"] == lib.sha(data) and r["received"] == len(data),
+          "auto: 64 MiB transfer broken: %r" % (r if not isinstance(r, dict) else
+                                                 {k: r[k] for k in ("received", "end", "error")},))
+    check(max(seen, default=0) > base, "auto: a 64 MiB transfer never moved to splice (no pipe seen)")
 
 
 def _concurrent(t, relay, sessions=200):
@@ -70,6 +110,11 @@ def test_relay_splice_200_concurrent_sessions_sha256_both_ways(t):
     _concurrent(t, "splice")
 
 
+@lib.timeout(120)
+def test_relay_auto_200_concurrent_sessions_sha256_both_ways(t):
+    _concurrent(t, "auto")
+
+
 def _half_close_client_first(t, relay):
     extra = lib.payload(2 * MiB, seed=11)
     up = t.server(lib.ReplyAfterEofServer, extra=extra, name="reply-after-eof")
@@ -97,6 +142,10 @@ def test_half_close_client_to_upstream_copy_reply_still_delivered(t):
 
 def test_half_close_client_to_upstream_splice_reply_still_delivered(t):
     _half_close_client_first(t, "splice")
+
+
+def test_half_close_client_to_upstream_auto_reply_still_delivered(t):
+    _half_close_client_first(t, "auto")
 
 
 def _half_close_upstream_first(t, relay):
@@ -132,6 +181,10 @@ def test_half_close_upstream_to_client_copy_client_can_still_send(t):
 
 def test_half_close_upstream_to_client_splice_client_can_still_send(t):
     _half_close_upstream_first(t, "splice")
+
+
+def test_half_close_upstream_to_client_auto_client_can_still_send(t):
+    _half_close_upstream_first(t, "auto")
 
 
 def test_access_log_text_line_per_connection_with_bytes_each_way(t):
