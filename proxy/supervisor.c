@@ -308,6 +308,30 @@ static void steer_setup(sp_sup_t *sup, const sp_conf_t *conf)
 		sp_steer_migrate_supported(sup->steer) ? ", select_or_migrate" : "");
 }
 
+/* A reload that changes `steering`: switch the loaded program's policy, or
+ * load it now if the old file had none. "none" cannot unload a program
+ * that reuseport groups hold; it steers by hash over the live shards
+ * until a restart. */
+static void steer_reconfigure(sp_sup_t *sup, const sp_conf_t *conf, const sp_conf_t *prev)
+{
+	if (conf->steering == prev->steering)
+		return;
+	if (!sup->steer) {
+		if (conf->steering != SP_STEER_NONE)
+			steer_setup(sup, conf);
+		return;
+	}
+	if (conf->steering == SP_STEER_NONE) {
+		sp_steer_set_policy(sup->steer, SP_STEER_POL_HASH);
+		sp_info("steering: none takes effect on a restart; hash over live shards until then");
+		return;
+	}
+	if (sp_steer_set_policy(sup->steer, steer_policy(conf->steering)) < 0)
+		sp_warn("steering: cannot switch to %s", sp_conf_steering_name(conf->steering));
+	else
+		sp_info("steering: %s", sp_conf_steering_name(conf->steering));
+}
+
 /* Point the steering program at the current generation's sockets. */
 static void steer_apply(sp_sup_t *sup, sp_gen_t *g)
 {
@@ -827,6 +851,7 @@ static void reload(sp_sup_t *sup)
 		goto fail;
 	shard_sessions(sup, conf, g->nslots, true);
 	check_pipe_limits(conf);
+	steer_reconfigure(sup, conf, sup->cur->conf);
 	steer_apply(sup, g);
 	if (start_gen(sup, g) < 0) {
 		snprintf(err, sizeof(err), "generation %u did not start", g->id);
@@ -858,9 +883,12 @@ fail:
 	/* Give the current conf its listener marks back. */
 	for (unsigned i = 0; i < sup->ngroups; i++)
 		sup->groups[i].retiring = false;
+	steer_reconfigure(sup, sup->cur->conf, g->conf);
 	gen_free(g);
-	if (sup->cur)
-		steer_apply(sup, sup->cur);
+	steer_apply(sup, sup->cur);
+	for (unsigned i = 0; i < sup->cur->nslots; i++)
+		if (sup->cur->procs[i].state == PROC_READY)
+			steer_live(sup, i, true);
 	notify_ready(sup);
 }
 

@@ -63,7 +63,8 @@ typedef enum {
  * per-session memory bound is 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE, plus what
  * one multishot round may land before the pause takes effect. */
 #define SP_COPY_QMAX 8
-#define SP_SPLICE_CHUNK (64 * 1024)
+#define SP_PIPE_SIZE (64 * 1024)
+#define SP_SPLICE_CHUNK SP_PIPE_SIZE
 
 /* One direction of a session: bytes read from src are written to dst. */
 typedef struct {
@@ -171,6 +172,7 @@ typedef struct sp_shard {
 	sp_timer_t accept_timer;
 
 	int sigfd;
+	pid_t sup_pid; /* the supervisor that forked us */
 	struct signalfd_siginfo siginfo;
 	bool draining, stopping;
 	sp_timer_t drain_timer;

@@ -149,7 +149,16 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t f
 	(void)op;
 	(void)slot;
 	(void)flags;
-	if (res == (int)sizeof(sh->siginfo)) {
+	/* Only the supervisor's SIGTERM counts (or anyone's once it is gone):
+	 * a signal to the whole process group (Ctrl-C in a terminal, kill
+	 * -- -PGID, systemd's control-group kill) reaches the supervisor too,
+	 * and it drains every shard in order; acting on both would make the
+	 * supervisor's own SIGTERM look like a second one and cut sessions. */
+	if (res == (int)sizeof(sh->siginfo) && sh->siginfo.ssi_pid != (uint32_t)sh->sup_pid &&
+	    getppid() == sh->sup_pid) {
+		sp_debug("SIGTERM from pid %u ignored: the supervisor decides",
+			 (unsigned)sh->siginfo.ssi_pid);
+	} else if (res == (int)sizeof(sh->siginfo)) {
 		if (!sh->draining)
 			start_drain(sh);
 		else
@@ -363,7 +372,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		}
 	}
 	if (sh->engine != &sp_relay_copy) {
-		ret = sp_pipepool_init(&sh->pipes, 256, 0);
+		ret = sp_pipepool_init(&sh->pipes, 256, SP_PIPE_SIZE);
 		if (ret < 0)
 			return ret;
 	}
@@ -494,6 +503,7 @@ int sp_shard_main(const sp_shard_args_t *a)
 	if (!sh)
 		return 2;
 	sh->sigfd = -1;
+	sh->sup_pid = getppid();
 	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
 	sp_log_setup(who, (int)a->conf->log.level);
 	/* If the supervisor dies, drain and go rather than serve unsupervised. */

@@ -18,8 +18,7 @@ def _echo_proxy(t, **kw):
     return up, port, p
 
 
-@lib.timeout(60)
-def test_sigterm_lets_inflight_transfer_finish_then_exits_0(t):
+def _sigterm_inflight(t, whole_group):
     up, port, p = _echo_proxy(t, limits={"drain_timeout_ms": 20000})
     data = lib.payload(16 * MiB, seed=51)
     res = {}
@@ -34,7 +33,10 @@ def test_sigterm_lets_inflight_transfer_finish_then_exits_0(t):
     check(lib.wait_until(lambda: up.received > 0, 5), "transfer did not start")
     time.sleep(0.3)
     pgid = p.pid
-    p.signal(signal.SIGTERM)
+    if whole_group:  # Ctrl-C in a terminal, kill -- -PGID, systemd's control-group kill
+        os.killpg(pgid, signal.SIGTERM)
+    else:
+        p.signal(signal.SIGTERM)
     t_term = time.monotonic()
     th.join(40)
     check("r" in res, "transfer still running 40 s after SIGTERM")
@@ -51,6 +53,16 @@ def test_sigterm_lets_inflight_transfer_finish_then_exits_0(t):
     check(rc == 0, "supervisor exited %s after SIGTERM, want 0; log:\n%s" % (rc, p.tail()))
     left = lib.wait_until(lambda: not lib.pgid_members(pgid), 3)
     check(left, "processes left behind after the supervisor exited: %s" % lib.pgid_members(pgid))
+
+
+@lib.timeout(60)
+def test_sigterm_lets_inflight_transfer_finish_then_exits_0(t):
+    _sigterm_inflight(t, whole_group=False)
+
+
+@lib.timeout(60)
+def test_sigterm_to_whole_process_group_still_drains_inflight_transfer(t):
+    _sigterm_inflight(t, whole_group=True)
 
 
 def test_sigterm_idle_proxy_exits_0_promptly(t):

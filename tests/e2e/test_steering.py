@@ -169,3 +169,26 @@ def test_without_bpf_privilege_one_warning_and_plain_reuseport_serves(t):
                        group=65534, extra_groups=[], cwd="/")
     check(r.returncode == 0 and "steering: none" in r.stdout,
           "-V as an unprivileged user: exit %s, %r; want 'steering: none (...)'" % (r.returncode, r.stdout))
+
+
+@lib.needs("root", "bpf", "2cpu")
+def test_reload_changes_steering_policy_hash_to_cpu(t):
+    """A reload that changes `steering` switches the loaded program's policy:
+    after hash -> cpu, a client pinned to CPU n lands on shard n."""
+    lib.require_cpus(2)
+    if not shutil.which("taskset"):
+        raise lib.Skip("taskset not installed")
+    _, port, p = _steered(t, "hash")
+    conf = dict(p.conf)
+    conf["steering"] = "cpu"
+    m = p.reload(conf)
+    p.expect_log(r"reload: generation 2 ready", after=m)
+    check(any("steering: cpu" in l for l in p.lines()[-50:]),
+          "reload to steering cpu was not logged; log:\n%s" % p.tail())
+    for cpu in (0, 1):
+        r = subprocess.run(["taskset", "-c", str(cpu), sys.executable, lib.__file__, "connect-many", str(port), "100"],
+                           capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, "pinned client failed: %s" % r.stderr[-500:])
+        c = _split(p, json.loads(r.stdout))
+        check(c[str(cpu)] >= 90, "after reload to cpu: client pinned to CPU %d landed on shard %d only %d of 100 "
+              "times (%s)" % (cpu, cpu, c[str(cpu)], dict(c)))
