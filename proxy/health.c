@@ -14,6 +14,12 @@
 
 #include "runtime/log.h"
 
+/* Shards report connect failures from live traffic in shared memory; the
+ * supervisor looks at them at least this often, so a server failing live
+ * connections is marked down within this much of its `fall`-th failure, not
+ * at its next active check (which may be interval_ms away). */
+#define PASSIVE_LOOK_MS 100
+
 typedef struct {
 	const sp_upstream_t *up;
 	const sp_server_t *srv;
@@ -158,6 +164,8 @@ int sp_health_timeout(const sp_health_t *h)
 			next = h->checks[i].due;
 	if (next == UINT64_MAX)
 		return -1;
+	if (next > now + PASSIVE_LOOK_MS)
+		next = now + PASSIVE_LOOK_MS;
 	return next <= now ? 0 : (int)(next - now);
 }
 

@@ -22,7 +22,9 @@ void sp_health_free(sp_health_t *h);
 uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream);
 /* Check sockets in flight, to poll for POLLOUT; returns how many written. */
 int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max);
-/* Milliseconds until the next check is due or times out; -1 if none. */
+/* Milliseconds until sp_health_run should run again: the next check due or
+ * timing out, or sooner to look at the shards' passive reports; -1 if no
+ * server is checked. */
 int sp_health_timeout(const sp_health_t *h);
 /* Finish checks the poll found ready or that timed out, start due ones. */
 void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n);

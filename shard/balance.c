@@ -1,5 +1,7 @@
-/* balance: round_robin (smooth weighted, as nginx), least_conn, source_hash
- * (weighted rendezvous hashing) and random_two (power of two choices). */
+/* balance: round_robin (smooth weighted, as nginx), least_conn (weighted,
+ * ties broken by smooth weighted round robin, as nginx), source_hash (weighted
+ * rendezvous hashing keyed on each server's address as written) and
+ * random_two (two weighted random candidates, the less loaded wins). */
 #include "shard/balance.h"
 
 #include <errno.h>
@@ -7,27 +9,6 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
-
-int sp_balancer_init(sp_balancer_t *b, const sp_upstream_t *up, uint64_t seed)
-{
-	memset(b, 0, sizeof(*b));
-	b->up = up;
-	b->current = calloc(up->nservers, sizeof(*b->current));
-	b->active = calloc(up->nservers, sizeof(*b->active));
-	if (!b->current || !b->active) {
-		sp_balancer_free(b);
-		return -ENOMEM;
-	}
-	b->rng = seed | 1;
-	return 0;
-}
-
-void sp_balancer_free(sp_balancer_t *b)
-{
-	free(b->current);
-	free(b->active);
-	memset(b, 0, sizeof(*b));
-}
 
 static uint64_t mix64(uint64_t x)
 {
@@ -37,6 +18,53 @@ static uint64_t mix64(uint64_t x)
 	x *= 0xc4ceb9fe1a85ec53ULL;
 	x ^= x >> 33;
 	return x;
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* source_hash's identity of a server: its address as written, not its place
+ * in the list, so a reload that removes or inserts a server moves only the
+ * clients of that server. The same address listed twice counts as two. */
+static uint64_t server_key(const sp_upstream_t *up, size_t i)
+{
+	const char *text = up->servers[i].addr.text;
+	uint64_t dup = 0;
+	for (size_t k = 0; k < i; k++)
+		dup += strcmp(up->servers[k].addr.text, text) == 0;
+	return mix64(fnv1a((const uint8_t *)text, strlen(text)) + dup * 0x9e3779b97f4a7c15ULL);
+}
+
+int sp_balancer_init(sp_balancer_t *b, const sp_upstream_t *up, uint64_t seed)
+{
+	memset(b, 0, sizeof(*b));
+	b->up = up;
+	b->current = calloc(up->nservers, sizeof(*b->current));
+	b->active = calloc(up->nservers, sizeof(*b->active));
+	b->key = calloc(up->nservers, sizeof(*b->key));
+	if (!b->current || !b->active || !b->key) {
+		sp_balancer_free(b);
+		return -ENOMEM;
+	}
+	b->rng = seed | 1;
+	for (size_t i = 0; i < up->nservers; i++)
+		b->key[i] = server_key(up, i);
+	return 0;
+}
+
+void sp_balancer_free(sp_balancer_t *b)
+{
+	free(b->current);
+	free(b->active);
+	free(b->key);
+	memset(b, 0, sizeof(*b));
 }
 
 static uint64_t next_rand(sp_balancer_t *b)
@@ -49,7 +77,6 @@ static uint64_t next_rand(sp_balancer_t *b)
 
 uint64_t sp_hash_addr(const struct sockaddr *sa)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
 	const uint8_t *p;
 	size_t n;
 
@@ -67,11 +94,7 @@ uint64_t sp_hash_addr(const struct sockaddr *sa)
 	} else {
 		return 0;
 	}
-	for (size_t i = 0; i < n; i++) {
-		h ^= p[i];
-		h *= 0x100000001b3ULL;
-	}
-	return mix64(h);
+	return mix64(fnv1a(p, n));
 }
 
 /* Eligible servers: not excluded, and of the preferred class (non-backup while
@@ -105,16 +128,28 @@ static bool lighter(const sp_balancer_t *b, unsigned x, unsigned y)
 	       (uint64_t)b->active[y] * b->up->servers[x].weight;
 }
 
+/* The least loaded (active/weight) eligible server; among equally loaded
+ * ones, smooth weighted round robin, so that short connections, which leave
+ * every server idle at each pick, still follow the weights (nginx does the
+ * same). */
 static int pick_least(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 {
-	int best = -1;
-	unsigned n = (unsigned)b->up->nservers;
-	for (unsigned k = 0; k < n; k++) {
-		unsigned i = (b->rr_start + k) % n;
-		if (eligible(b, i, ex, backup) && (best < 0 || lighter(b, i, (unsigned)best)))
+	int least = -1, best = -1;
+	int64_t total = 0;
+	for (unsigned i = 0; i < b->up->nservers; i++)
+		if (eligible(b, i, ex, backup) && (least < 0 || lighter(b, i, (unsigned)least)))
+			least = (int)i;
+	if (least < 0)
+		return -1;
+	for (unsigned i = 0; i < b->up->nservers; i++) {
+		if (!eligible(b, i, ex, backup) || lighter(b, (unsigned)least, i))
+			continue;
+		b->current[i] += b->up->servers[i].weight;
+		total += b->up->servers[i].weight;
+		if (best < 0 || b->current[i] > b->current[best])
 			best = (int)i;
 	}
-	b->rr_start++;
+	b->current[best] -= total;
 	return best;
 }
 
@@ -130,7 +165,7 @@ static int pick_hash(sp_balancer_t *b, uint64_t client_hash, const sp_server_set
 		if (!eligible(b, i, ex, backup))
 			continue;
 		const sp_server_t *srv = &b->up->servers[i];
-		uint64_t h = mix64(client_hash ^ mix64(i + 0x9e3779b97f4a7c15ULL));
+		uint64_t h = mix64(client_hash ^ b->key[i]);
 		double u = ((double)(h >> 11) + 0.5) / 9007199254740992.0; /* (0,1) */
 		double score = -log(u) / srv->weight;
 		if (best < 0 || score < best_score) {
@@ -141,20 +176,42 @@ static int pick_hash(sp_balancer_t *b, uint64_t client_hash, const sp_server_set
 	return best;
 }
 
+/* One of the n candidates, drawn with probability weight/total; skip (a
+ * candidate already drawn, or -1) is left out, its weight not in total. */
+static unsigned draw(sp_balancer_t *b, const unsigned *cand, unsigned n, uint64_t total, int skip)
+{
+	uint64_t r = next_rand(b) % total;
+	unsigned last = cand[0];
+	for (unsigned k = 0; k < n; k++) {
+		if ((int)cand[k] == skip)
+			continue;
+		last = cand[k];
+		uint32_t w = b->up->servers[cand[k]].weight;
+		if (r < w)
+			return cand[k];
+		r -= w;
+	}
+	return last;
+}
+
+/* Power of two choices: two distinct candidates drawn by weight, the lighter
+ * by active/weight wins, the first drawn on a tie (so idle servers share by
+ * weight). */
 static int pick_two(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 {
 	unsigned cand[SP_MAX_SERVERS], n = 0;
+	uint64_t total = 0;
 	for (unsigned i = 0; i < b->up->nservers; i++)
-		if (eligible(b, i, ex, backup))
+		if (eligible(b, i, ex, backup)) {
 			cand[n++] = i;
+			total += b->up->servers[i].weight;
+		}
 	if (n == 0)
 		return -1;
-	unsigned x = cand[next_rand(b) % n];
+	unsigned x = draw(b, cand, n, total, -1);
 	if (n == 1)
 		return (int)x;
-	unsigned y = cand[next_rand(b) % (n - 1)];
-	if (y == x)
-		y = cand[n - 1];
+	unsigned y = draw(b, cand, n, total - b->up->servers[x].weight, (int)x);
 	return (int)(lighter(b, y, x) ? y : x);
 }
 

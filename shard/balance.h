@@ -24,10 +24,10 @@ static inline bool sp_server_set_has(const sp_server_set_t *s, unsigned i)
 
 typedef struct {
 	const sp_upstream_t *up;
-	int64_t *current;  /* smooth weighted round robin */
-	uint32_t *active;  /* open sessions per server (least_conn, random_two) */
-	uint64_t rng;      /* xorshift state for random_two */
-	unsigned rr_start; /* rotates ties in least_conn */
+	int64_t *current; /* smooth weighted round robin (round_robin, least_conn ties) */
+	uint32_t *active; /* open sessions per server (least_conn, random_two) */
+	uint64_t *key;    /* per server: source_hash identity, from its address text */
+	uint64_t rng;     /* xorshift state for random_two */
 } sp_balancer_t;
 
 int sp_balancer_init(sp_balancer_t *b, const sp_upstream_t *up, uint64_t seed);

@@ -5,11 +5,15 @@
 #include <stddef.h>
 #include <cmocka.h>
 #include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shard/balance.h"
 
-static sp_server_t servers[8];
+#define PICKS 100000
+
+static sp_server_t servers[16];
 static sp_upstream_t up;
 
 static void make_upstream(sp_balance_t bal, unsigned n, const unsigned *weights,
@@ -20,26 +24,92 @@ static void make_upstream(sp_balance_t bal, unsigned n, const unsigned *weights,
 	for (unsigned i = 0; i < n; i++) {
 		servers[i].weight = weights ? weights[i] : 1;
 		servers[i].backup = backup ? backup[i] : false;
+		snprintf(servers[i].addr.text, sizeof(servers[i].addr.text), "192.0.2.%u:80", i + 1);
 	}
 	up.balance = bal;
 	up.servers = servers;
 	up.nservers = n;
 }
 
-static void test_round_robin_respects_weights_over_10000_picks(void **state)
+static uint64_t client(unsigned i)
 {
-	(void)state;
-	unsigned w[3] = {5, 3, 2}, count[3] = {0};
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	a.sin_addr.s_addr = htonl(0x0a000000u + i);
+	return sp_hash_addr((struct sockaddr *)&a);
+}
+
+/* PICKS picks from 4 servers weighted 5:3:2:1. `hold`: sessions stay open
+ * (a server's load grows with its share); otherwise each closes before the
+ * next pick, so every pick sees idle servers. Returns the count per server. */
+static const unsigned W4[4] = {5, 3, 2, 1};
+
+static void distribution(sp_balance_t bal, bool hold, unsigned count[4])
+{
 	sp_balancer_t b;
 	sp_server_set_t none = {0};
-	make_upstream(SP_BALANCE_ROUND_ROBIN, 3, w, NULL);
-	assert_int_equal(sp_balancer_init(&b, &up, 1), 0);
-	for (int i = 0; i < 10000; i++)
-		count[sp_balancer_pick(&b, 0, &none)]++;
-	assert_int_equal(count[0], 5000);
-	assert_int_equal(count[1], 3000);
-	assert_int_equal(count[2], 2000);
+	make_upstream(bal, 4, W4, NULL);
+	assert_int_equal(sp_balancer_init(&b, &up, 12345), 0);
+	memset(count, 0, 4 * sizeof(*count));
+	for (unsigned i = 0; i < PICKS; i++) {
+		int s = sp_balancer_pick(&b, client(i), &none);
+		assert_true(s >= 0 && s < 4);
+		count[s]++;
+		sp_balancer_connected(&b, (unsigned)s);
+		if (!hold)
+			sp_balancer_released(&b, (unsigned)s);
+	}
 	sp_balancer_free(&b);
+}
+
+/* Each count within tol (a fraction of PICKS) of its weight's share. */
+static void assert_shares(const char *what, const unsigned count[4], double tol)
+{
+	for (unsigned i = 0; i < 4; i++) {
+		double want = (double)PICKS * W4[i] / 11.0;
+		if (count[i] < want - tol * PICKS || count[i] > want + tol * PICKS)
+			fail_msg("%s: server %u (weight %u) got %u of %u picks, want %.0f +- %.0f", what,
+				 i, W4[i], count[i], PICKS, want, tol * PICKS);
+	}
+}
+
+static void test_round_robin_respects_weights_over_100000_picks(void **state)
+{
+	(void)state;
+	unsigned count[4];
+	distribution(SP_BALANCE_ROUND_ROBIN, false, count);
+	assert_shares("round_robin", count, 0.00002); /* exact but for the last cycle */
+	distribution(SP_BALANCE_ROUND_ROBIN, true, count);
+	assert_shares("round_robin, held", count, 0.00002);
+}
+
+static void test_least_conn_respects_weights_over_100000_picks(void **state)
+{
+	(void)state;
+	unsigned count[4];
+	/* idle servers at every pick: ties go by smooth weighted round robin */
+	distribution(SP_BALANCE_LEAST_CONN, false, count);
+	assert_shares("least_conn, short sessions", count, 0.00002);
+	/* sessions held: load per weight stays level */
+	distribution(SP_BALANCE_LEAST_CONN, true, count);
+	assert_shares("least_conn, held sessions", count, 0.00002);
+}
+
+static void test_random_two_respects_weights_over_100000_picks(void **state)
+{
+	(void)state;
+	unsigned count[4];
+	distribution(SP_BALANCE_RANDOM_TWO, false, count);
+	assert_shares("random_two, short sessions", count, 0.01);
+	distribution(SP_BALANCE_RANDOM_TWO, true, count);
+	assert_shares("random_two, held sessions", count, 0.002);
+}
+
+static void test_source_hash_respects_weights_over_100000_clients(void **state)
+{
+	(void)state;
+	unsigned count[4];
+	distribution(SP_BALANCE_SOURCE_HASH, false, count);
+	assert_shares("source_hash", count, 0.01);
 }
 
 static void test_round_robin_is_smooth_not_bursty(void **state)
@@ -119,13 +189,6 @@ static void test_least_conn_picks_the_least_loaded_by_weight(void **state)
 	sp_balancer_free(&b);
 }
 
-static uint64_t client(unsigned i)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	a.sin_addr.s_addr = htonl(0x0a000000u + i);
-	return sp_hash_addr((struct sockaddr *)&a);
-}
-
 static void test_source_hash_is_sticky_per_client(void **state)
 {
 	(void)state;
@@ -162,6 +225,90 @@ static void test_source_hash_removing_a_server_moves_only_its_clients(void **sta
 			assert_int_equal(after, before[c]);
 	}
 	sp_balancer_free(&b);
+}
+
+/* Server i of an upstream built from addrs (each "192.0.2.<addr>:80"), for
+ * the client; clients that move when the list changes are counted. */
+static int hash_pick(const unsigned *addrs, unsigned n, uint64_t h)
+{
+	sp_server_t srv[16];
+	sp_upstream_t u = {.balance = SP_BALANCE_SOURCE_HASH, .servers = srv, .nservers = n};
+	sp_balancer_t b;
+	sp_server_set_t none = {0};
+	memset(srv, 0, sizeof(srv));
+	for (unsigned i = 0; i < n; i++) {
+		srv[i].weight = 1;
+		snprintf(srv[i].addr.text, sizeof(srv[i].addr.text), "192.0.2.%u:80", addrs[i]);
+	}
+	assert_int_equal(sp_balancer_init(&b, &u, 1), 0);
+	int i = sp_balancer_pick(&b, h, &none);
+	sp_balancer_free(&b);
+	return (int)addrs[i];
+}
+
+#define CLIENTS 20000
+
+static void test_source_hash_server_removed_from_the_list_moves_only_its_share(void **state)
+{
+	(void)state;
+	/* a reload drops the middle one of five servers: the others shift places
+	 * in the list, yet keep their clients */
+	const unsigned five[5] = {1, 2, 3, 4, 5}, four[4] = {1, 2, 4, 5};
+	unsigned moved = 0;
+	for (unsigned c = 0; c < CLIENTS; c++) {
+		int before = hash_pick(five, 5, client(c)), after = hash_pick(four, 4, client(c));
+		if (before != 3)
+			assert_int_equal(after, before);
+		moved += after != before;
+	}
+	/* about 1/N of the clients, those of the removed server */
+	assert_true(moved > CLIENTS / 5 - CLIENTS / 50 && moved < CLIENTS / 5 + CLIENTS / 50);
+}
+
+static void test_source_hash_server_added_takes_only_its_share(void **state)
+{
+	(void)state;
+	const unsigned four[4] = {1, 2, 4, 5}, five[5] = {1, 2, 3, 4, 5};
+	unsigned moved = 0;
+	for (unsigned c = 0; c < CLIENTS; c++) {
+		int before = hash_pick(four, 4, client(c)), after = hash_pick(five, 5, client(c));
+		if (after != before) {
+			assert_int_equal(after, 3); /* moves only to the new server */
+			moved++;
+		}
+	}
+	assert_true(moved > CLIENTS / 5 - CLIENTS / 50 && moved < CLIENTS / 5 + CLIENTS / 50);
+}
+
+static void test_backups_wait_for_every_primary_in_each_balancer(void **state)
+{
+	(void)state;
+	const sp_balance_t algos[4] = {SP_BALANCE_ROUND_ROBIN, SP_BALANCE_LEAST_CONN,
+				       SP_BALANCE_SOURCE_HASH, SP_BALANCE_RANDOM_TWO};
+	unsigned w[4] = {1, 1, 3, 1};
+	bool backup[4] = {false, false, true, true};
+	for (unsigned a = 0; a < 4; a++) {
+		sp_balancer_t b;
+		sp_server_set_t none = {0}, one_down = {0}, all_down = {0};
+		unsigned count[4] = {0};
+		make_upstream(algos[a], 4, w, backup);
+		assert_int_equal(sp_balancer_init(&b, &up, 99), 0);
+		sp_server_set_add(&one_down, 0);
+		sp_server_set_add(&all_down, 0);
+		sp_server_set_add(&all_down, 1);
+		for (unsigned i = 0; i < 1000; i++) {
+			int s = sp_balancer_pick(&b, client(i), &none);
+			assert_true(s == 0 || s == 1);
+			assert_int_equal(sp_balancer_pick(&b, client(i), &one_down), 1);
+		}
+		/* no primary left: the backups, by their weights (3:1) */
+		for (unsigned i = 0; i < 20000; i++)
+			count[sp_balancer_pick(&b, client(i), &all_down)]++;
+		if (count[0] || count[1] || count[2] < 14000 || count[2] > 16000)
+			fail_msg("%s: backups got %u:%u, primaries %u:%u", sp_conf_balance_name(algos[a]),
+				 count[2], count[3], count[0], count[1]);
+		sp_balancer_free(&b);
+	}
 }
 
 static void test_source_hash_respects_weights(void **state)
@@ -207,7 +354,13 @@ static void test_hash_addr_treats_v4_mapped_v6_as_v4(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_round_robin_respects_weights_over_10000_picks),
+		cmocka_unit_test(test_round_robin_respects_weights_over_100000_picks),
+		cmocka_unit_test(test_least_conn_respects_weights_over_100000_picks),
+		cmocka_unit_test(test_random_two_respects_weights_over_100000_picks),
+		cmocka_unit_test(test_source_hash_respects_weights_over_100000_clients),
+		cmocka_unit_test(test_source_hash_server_removed_from_the_list_moves_only_its_share),
+		cmocka_unit_test(test_source_hash_server_added_takes_only_its_share),
+		cmocka_unit_test(test_backups_wait_for_every_primary_in_each_balancer),
 		cmocka_unit_test(test_round_robin_is_smooth_not_bursty),
 		cmocka_unit_test(test_pick_skips_tried_servers_and_fails_when_all_tried),
 		cmocka_unit_test(test_backup_used_only_when_no_primary_is_eligible),
