@@ -32,7 +32,7 @@ LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
 PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
 	libelf-dev zlib1g-dev libjansson-dev libcmocka-dev bpftool clang llvm \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
-	valgrind cppcheck clang-format
+	valgrind cppcheck clang-format prometheus
 
 LIB_SRC := $(wildcard conf/*.c runtime/*.c shard/*.c proxy/*.c) bpf/steer.c
 LIB_SRC := $(filter-out proxy/main.c,$(LIB_SRC))
@@ -141,5 +141,35 @@ lint: | deps
 
 clean:
 	rm -rf build
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary (the BPF object is
+# built into it), the man page, the systemd unit (with PREFIX's path) and,
+# unless one is there already, the default configuration.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+SBINDIR := $(PREFIX)/sbin
+MAN8DIR := $(PREFIX)/share/man/man8
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+.PHONY: install uninstall
+install: $(BUILD)/shardproxy
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MAN8DIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/shardproxy
+	install -m 0755 $(BUILD)/shardproxy $(DESTDIR)$(SBINDIR)/shardproxy
+	install -m 0644 dist/shardproxy.8 $(DESTDIR)$(MAN8DIR)/shardproxy.8
+	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/etc/shardproxy/|$(SYSCONFDIR)/shardproxy/|g' \
+		dist/shardproxy.service > $(DESTDIR)$(UNITDIR)/shardproxy.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/shardproxy.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/shardproxy.service.tmp $(DESTDIR)$(UNITDIR)/shardproxy.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/shardproxy/shardproxy.json ]; then \
+		echo "install: keeping the existing $(DESTDIR)$(SYSCONFDIR)/shardproxy/shardproxy.json"; \
+	else \
+		install -m 0644 dist/shardproxy.json $(DESTDIR)$(SYSCONFDIR)/shardproxy/shardproxy.json; \
+	fi
+
+# The configuration is the operator's: uninstall leaves it.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/shardproxy $(DESTDIR)$(MAN8DIR)/shardproxy.8 \
+		$(DESTDIR)$(UNITDIR)/shardproxy.service
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

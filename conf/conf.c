@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,6 +469,12 @@ static void apply_defaults(const conf_schema_t *s, void *base)
 		case F_OBJECT:
 			apply_defaults(f->sub, base);
 			break;
+		case F_CUSTOM:
+			/* Custom fields default to zero, except a bool one may say true
+			 * (log.access_log: a boolean or a file name). */
+			if (f->def)
+				*(bool *)dst = true;
+			break;
 		default:
 			break;
 		}
@@ -541,6 +549,105 @@ static int set_workers(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, 
 	else if (get_int(c, v, node, 1, SP_CONF_MAX_WORKERS, &x) < 0)
 		return -ERANGE;
 	*(uint32_t *)((char *)base + f->off) = (uint32_t)x;
+	return 0;
+}
+
+/* log.access_log: true (stderr), false (off) or a file name to append to. */
+static int set_access_log(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, void *base)
+{
+	sp_conf_t *conf = base;
+	char q[80];
+	(void)f;
+
+	if (json_is_boolean(v)) {
+		conf->log.access_log = json_is_true(v);
+		return 0;
+	}
+	if (!json_is_string(v))
+		return err_at(c, node, "expected a boolean or a file path, got %s", type_name(v));
+	/* A path has a '/': "yes" or "stderr" is a mistake, not a file to create. */
+	if (!strchr(json_string_value(v), '/') || json_string_length(v) >= 4096 ||
+	    strlen(json_string_value(v)) != json_string_length(v))
+		return err_at(c, node,
+			      "expected a boolean or a file path, got %s; write a path with a "
+			      "'/', as in \"/var/log/shardproxy/access.log\" or \"./access.log\"",
+			      quote(json_string_value(v), q, sizeof(q)));
+	free(conf->log.access_log_path);
+	if (!(conf->log.access_log_path = strdup(json_string_value(v)))) {
+		c->oom = true;
+		return -ENOMEM;
+	}
+	conf->log.access_log = true;
+	return 0;
+}
+
+/* An account name as POSIX spells them, or a number. */
+static int account_name(ctx_t *c, json_t *v, size_t node, char *dst, bool *numeric, long *id)
+{
+	char q[80];
+
+	if (!json_is_string(v))
+		return type_err(c, node, "a string", v);
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v), i = 0;
+	while (i < n && (((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') ||
+			 (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '.' || s[i] == '-'))
+		i++;
+	if (n == 0 || n >= SP_CONF_NAME_MAX || i < n || s[0] == '-')
+		return err_at(c, node, "invalid name %s: expected a user or group name or id",
+			      quote(s, q, sizeof(q)));
+	memcpy(dst, s, n + 1);
+	*numeric = strspn(s, "0123456789") == n;
+	*id = *numeric && n <= 9 ? atol(s) : -1;
+	return 0;
+}
+
+static int set_user(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, void *base)
+{
+	sp_conf_t *conf = base;
+	char q[80], buf[16384];
+	struct passwd pw, *res = NULL;
+	bool numeric;
+	long id;
+	(void)f;
+
+	if (account_name(c, v, node, conf->user.name, &numeric, &id) < 0)
+		return -EINVAL;
+	int rc = numeric ? getpwuid_r((uid_t)id, &pw, buf, sizeof(buf), &res)
+			 : getpwnam_r(conf->user.name, &pw, buf, sizeof(buf), &res);
+	if (!res && !(numeric && id >= 0))
+		return err_at(c, node, "unknown user %s%s%s", quote(conf->user.name, q, sizeof(q)),
+			      rc ? ": " : "", rc ? strerror(rc) : "");
+	/* A numeric id need not be in the password database: its group is the same number. */
+	conf->user.uid = res ? pw.pw_uid : (uid_t)id;
+	conf->user.gid = res ? pw.pw_gid : (gid_t)id;
+	if (res)
+		snprintf(conf->user.name, sizeof(conf->user.name), "%s", pw.pw_name);
+	conf->user.set = true;
+	return 0;
+}
+
+static int set_group(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, void *base)
+{
+	sp_conf_t *conf = base;
+	char q[80], buf[16384];
+	struct group gr, *res = NULL;
+	bool numeric;
+	long id;
+	(void)f;
+
+	if (account_name(c, v, node, conf->group.name, &numeric, &id) < 0)
+		return -EINVAL;
+	int rc = numeric ? getgrgid_r((gid_t)id, &gr, buf, sizeof(buf), &res)
+			 : getgrnam_r(conf->group.name, &gr, buf, sizeof(buf), &res);
+	if (!res && !(numeric && id >= 0))
+		return err_at(c, node, "unknown group %s%s%s",
+			      quote(conf->group.name, q, sizeof(q)), rc ? ": " : "",
+			      rc ? strerror(rc) : "");
+	conf->group.gid = res ? gr.gr_gid : (gid_t)id;
+	if (res)
+		snprintf(conf->group.name, sizeof(conf->group.name), "%s", gr.gr_name);
+	conf->group.set = true;
 	return 0;
 }
 
@@ -819,7 +926,7 @@ static const conf_schema_t listener_schema = {SCHEMA(sp_listener_t, listener_fie
 
 static const conf_field_t log_fields[] = {
     {ENUM("level", sp_conf_t, log.level, SP_LOG_INFO, level_names)},
-    {BOOL("access_log", sp_conf_t, log.access_log, true)},
+    {CUSTOM("access_log", sp_conf_t, log.access_log, set_access_log), .def = true},
     {ENUM("format", sp_conf_t, log.format, SP_LOG_TEXT, format_names)},
 };
 static const conf_schema_t log_schema = {SCHEMA(sp_conf_t, log_fields)};
@@ -844,6 +951,8 @@ static const conf_field_t root_fields[] = {
     {OBJECT("log", log_schema)},
     {OBJECT("admin", admin_schema), .nullable = true},
     {OBJECT("limits", limits_schema)},
+    {CUSTOM("user", sp_conf_t, user, set_user)},
+    {CUSTOM("group", sp_conf_t, group, set_group)},
     {ARRAY("upstreams", sp_conf_t, upstreams, upstream_schema, 1, 65536), .required = true},
     {ARRAY("listeners", sp_conf_t, listeners, listener_schema, 1, 65536), .required = true},
 };
@@ -976,6 +1085,7 @@ void sp_conf_free(sp_conf_t *conf)
 		free(conf->upstreams[i].servers);
 	free(conf->listeners);
 	free(conf->upstreams);
+	free(conf->log.access_log_path);
 	free(conf->path);
 	free(conf);
 }

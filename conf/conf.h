@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 /* Hard caps, so every array a shard sizes from the conf is bounded. */
 #define SP_CONF_MAX_WORKERS 256
@@ -90,8 +91,21 @@ typedef struct sp_conf {
 	struct {
 		sp_log_level_t level;
 		bool access_log;
+		char *access_log_path; /* NULL: stderr */
 		sp_log_format_t format;
 	} log;
+	/* Account the shards run as once their sockets and ring are set up. */
+	struct {
+		bool set;
+		char name[SP_CONF_NAME_MAX];
+		uid_t uid;
+		gid_t gid; /* the user's primary group, unless "group" says otherwise */
+	} user;
+	struct {
+		bool set;
+		char name[SP_CONF_NAME_MAX];
+		gid_t gid;
+	} group;
 	struct {
 		bool enabled; /* false when "admin" is absent or its listen is null */
 		sp_addr_t listen;

@@ -1,7 +1,12 @@
 /* admin: non-blocking HTTP for /stats, /metrics and /healthz (see admin.h).
- * One request per connection (HTTP/1.0 style, Connection: close): enough for
- * curl, Prometheus and health probes, and impossible to wedge the supervisor,
- * since every client has a 2-second deadline and a fixed buffer. */
+ * One request per connection (Connection: close): enough for curl,
+ * Prometheus and health probes, and impossible to wedge the supervisor:
+ * every client has a fixed request buffer (a bigger request gets 400), a
+ * deadline to send its request (2 s) and one to take the answer (10 s), and
+ * the answer is written as the socket takes it, never waited for.
+ *
+ *   curl -s http://127.0.0.1:9901/stats | jq .totals
+ *   curl -s http://127.0.0.1:9901/metrics | promtool check metrics */
 #include "proxy/admin.h"
 
 #include <errno.h>
@@ -13,13 +18,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CLIENT_DEADLINE_MS 2000
+#define CLIENT_DEADLINE_MS 2000 /* to send the request */
+#define WRITE_DEADLINE_MS 10000 /* to read the answer */
 
 typedef struct {
 	int fd;
 	size_t len;
 	uint64_t deadline;
-	char buf[2048];
+	char *out; /* the response being written, or NULL while reading */
+	size_t outlen, outoff;
+	bool lingering; /* answer sent: read and discard until the client closes */
+	char buf[4096];
 } client_t;
 
 struct sp_admin {
@@ -87,7 +96,10 @@ int sp_admin_pollfds(const sp_admin_t *a, struct pollfd *pfds, int max)
 	pfds[n++] = (struct pollfd){.fd = a->lfd, .events = POLLIN};
 	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS && n < max; i++)
 		if (a->clients[i].fd >= 0)
-			pfds[n++] = (struct pollfd){.fd = a->clients[i].fd, .events = POLLIN};
+			pfds[n++] = (struct pollfd){.fd = a->clients[i].fd,
+						    .events = a->clients[i].out && !a->clients[i].lingering
+								      ? POLLOUT
+								      : POLLIN};
 	return n;
 }
 
@@ -96,39 +108,156 @@ static void drop(client_t *c)
 	close(c->fd);
 	c->fd = -1;
 	c->len = 0;
+	free(c->out);
+	c->out = NULL;
+	c->outlen = c->outoff = 0;
+	c->lingering = false;
 }
 
-static void respond(client_t *c, int status, const char *ctype, const char *body, size_t len)
+/* The answer is out. Closing now, with request bytes still unread (an
+ * oversized request, a body), would send an RST that can destroy the answer
+ * in flight: half-close, then drain what the client still sends until it
+ * closes or the deadline passes (nginx's lingering close). */
+static void linger(client_t *c)
 {
-	char head[256];
-	const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found"
-				 : status == 405 ? "Method Not Allowed" : "Bad Request";
-	int h = snprintf(head, sizeof(head),
-			 "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n\r\n",
-			 status, reason, ctype, len);
-	/* Small responses on a fresh socket: the send buffer takes them whole;
-	 * a client too slow for that loses its answer, not the supervisor's time. */
-	if (send(c->fd, head, (size_t)h, MSG_NOSIGNAL | MSG_DONTWAIT) == h && len)
-		(void)send(c->fd, body, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-	drop(c);
+	shutdown(c->fd, SHUT_WR);
+	c->lingering = true;
+	c->deadline = mono_ms() + CLIENT_DEADLINE_MS;
 }
 
-static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
+static void discard(client_t *c)
 {
-	char method[8], path[256];
-	c->buf[c->len] = '\0';
-	if (!strstr(c->buf, "\r\n\r\n") && !strstr(c->buf, "\n\n")) {
-		if (c->len == sizeof(c->buf) - 1)
-			respond(c, 400, "text/plain", "request too large\n", 18);
-		return; /* wait for the rest */
-	}
-	if (sscanf(c->buf, "%7s %255s", method, path) != 2) {
-		respond(c, 400, "text/plain", "bad request\n", 12);
+	char sink[4096];
+	for (int i = 0; i < 16; i++) {
+		ssize_t r = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+		if (r > 0)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		drop(c);
 		return;
 	}
-	if (strcmp(method, "GET") != 0) {
-		respond(c, 405, "text/plain", "only GET\n", 9);
+}
+
+/* Send what the socket takes; true when the whole answer is out. */
+static bool flush_out(client_t *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0) {
+			c->outoff += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return false;
+		return true; /* the client went away: nothing more to do */
+	}
+	return true;
+}
+
+static const char *reason_of(int status)
+{
+	switch (status) {
+	case 200:
+		return "OK";
+	case 400:
+		return "Bad Request";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 503:
+		return "Service Unavailable";
+	default:
+		return "Internal Server Error";
+	}
+}
+
+static void respond(client_t *c, int status, const char *ctype, const char *body, size_t len,
+		    bool head_only)
+{
+	char head[256];
+	int h = snprintf(head, sizeof(head),
+			 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			 "Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
+			 status, reason_of(status), ctype, len);
+	size_t blen = head_only ? 0 : len;
+
+	c->out = malloc((size_t)h + blen);
+	if (!c->out) {
+		drop(c);
+		return;
+	}
+	memcpy(c->out, head, (size_t)h);
+	if (blen)
+		memcpy(c->out + h, body, blen);
+	c->outlen = (size_t)h + blen;
+	c->outoff = 0;
+	c->deadline = mono_ms() + WRITE_DEADLINE_MS;
+	if (flush_out(c))
+		linger(c);
+}
+
+static void bad(client_t *c, int status, const char *why)
+{
+	respond(c, status, "text/plain; charset=utf-8", why, strlen(why), false);
+}
+
+static bool is_token(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 'A' || s[i] > 'Z')
+			return false;
+	return n > 0;
+}
+
+/* "METHOD SP /path SP HTTP/1.x CRLF": anything else is a bad request. */
+static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
+{
+	char path[256];
+	c->buf[c->len] = '\0';
+	if (memchr(c->buf, '\0', c->len)) {
+		bad(c, 400, "bad request: NUL byte\n");
+		return;
+	}
+	char *end = strstr(c->buf, "\r\n\r\n");
+	if (!end)
+		end = strstr(c->buf, "\n\n");
+	if (!end) {
+		if (c->len == sizeof(c->buf) - 1)
+			bad(c, 400, "bad request: request too large\n");
+		return; /* wait for the rest */
+	}
+	char *eol = strchr(c->buf, '\n');
+	size_t linelen = (size_t)(eol - c->buf);
+	if (linelen && c->buf[linelen - 1] == '\r')
+		linelen--;
+	const char *sp1 = memchr(c->buf, ' ', linelen);
+	const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', linelen - (size_t)(sp1 + 1 - c->buf)) : NULL;
+	if (!sp1 || !sp2 || !is_token(c->buf, (size_t)(sp1 - c->buf)) || sp1[1] != '/' ||
+	    (size_t)(c->buf + linelen - sp2 - 1) != 8 || strncmp(sp2 + 1, "HTTP/1.", 7) != 0 ||
+	    (sp2[8] != '0' && sp2[8] != '1')) {
+		bad(c, 400, "bad request: expected \"GET /path HTTP/1.1\"\n");
+		return;
+	}
+	size_t plen = (size_t)(sp2 - sp1 - 1);
+	if (plen >= sizeof(path)) {
+		bad(c, 400, "bad request: path too long\n");
+		return;
+	}
+	memcpy(path, sp1 + 1, plen);
+	path[plen] = '\0';
+	for (size_t i = 0; i < plen; i++)
+		if ((unsigned char)path[i] <= 0x20 || (unsigned char)path[i] >= 0x7f) {
+			bad(c, 400, "bad request: invalid character in path\n");
+			return;
+		}
+	bool head = (size_t)(sp1 - c->buf) == 4 && strncmp(c->buf, "HEAD", 4) == 0;
+	if (!head && !((size_t)(sp1 - c->buf) == 3 && strncmp(c->buf, "GET", 3) == 0)) {
+		bad(c, 405, "only GET and HEAD\n");
 		return;
 	}
 	char *q = strchr(path, '?');
@@ -136,9 +265,9 @@ static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
 		*q = '\0';
 	char *body = NULL;
 	size_t len = 0;
-	const char *ctype = "text/plain";
+	const char *ctype = "text/plain; charset=utf-8";
 	int status = render(ctx, path, &body, &len, &ctype);
-	respond(c, status, ctype, body ? body : "", body ? len : 0);
+	respond(c, status, ctype, body ? body : "", body ? len : 0, head);
 	free(body);
 }
 
@@ -147,12 +276,23 @@ void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_re
 {
 	uint64_t now = mono_ms();
 	for (int k = 1; k < n; k++) {
-		if (!(pfds[k].revents & (POLLIN | POLLHUP | POLLERR)))
+		if (!(pfds[k].revents & (POLLIN | POLLOUT | POLLHUP | POLLERR)))
 			continue;
 		for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++) {
 			client_t *c = &a->clients[i];
 			if (c->fd != pfds[k].fd)
 				continue;
+			if (c->lingering) {
+				discard(c);
+				break;
+			}
+			if (c->out) {
+				if (pfds[k].revents & (POLLHUP | POLLERR))
+					drop(c);
+				else if (flush_out(c))
+					linger(c);
+				break;
+			}
 			ssize_t r = recv(c->fd, c->buf + c->len, sizeof(c->buf) - 1 - c->len,
 					 MSG_DONTWAIT);
 			if (r <= 0) {

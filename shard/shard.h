@@ -4,27 +4,70 @@
 #ifndef SP_SHARD_H
 #define SP_SHARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "conf/conf.h"
 
 #define SP_SHARD_MAX_FDS_PER_LISTENER 8
 #define SP_SHARD_MAX_LISTENERS 64
 
-/* Counters a shard publishes in shared memory; the supervisor only reads
- * them. One writer per struct, so plain stores suffice (aligned 64-bit
- * stores are atomic on every target we build for). */
+/* Counters a shard publishes in shared memory (SPEC §6); the supervisor
+ * only reads them. One writer per slot, so updates are a relaxed load and a
+ * plain store (aligned 64-bit stores are atomic on every target we build
+ * for): the data path pays no lock and no locked instruction. Slots are
+ * cache-line aligned so two shards never write the same line.
+ *
+ * A slot lives as long as one shard process: when the shard dies (crash,
+ * drain, failed start) the supervisor folds its counters into retired
+ * totals and zeroes the slot before it is reused, so the totals it reports
+ * never go backwards across a restart or a reload. */
+#define SP_STATS_MAX_LISTENERS SP_SHARD_MAX_LISTENERS
+/* Per-server detail for the first servers (numbered across upstreams, as
+ * for health checks); servers past it are counted only in the shard totals. */
+#define SP_STATS_MAX_SERVERS 1024
+#define SP_STATS_NEND 16 /* session end reasons, see sp_shard_end_name() */
+
 typedef struct {
 	uint64_t accepted;
-	uint64_t active;
-	uint64_t refused;  /* closed at once: over max_connections or no route */
+	uint64_t active; /* gauge */
+	uint64_t refused;
 	uint64_t no_route;
-	uint64_t connect_failed;
-	uint64_t bytes_in;  /* client -> upstream */
-	uint64_t bytes_out; /* upstream -> client */
+	uint64_t bytes_in; /* of finished sessions */
+	uint64_t bytes_out;
+} sp_listener_stats_t;
+
+typedef struct {
+	uint64_t attempts; /* connects started */
+	uint64_t failures; /* refused, unreachable, reset... */
+	uint64_t timeouts; /* connect_timeout_ms elapsed */
+	uint64_t connected;
+	uint64_t active; /* gauge: relayed sessions open to it */
+	uint64_t bytes_in; /* of finished sessions */
+	uint64_t bytes_out;
+	uint64_t last_fail; /* unix seconds << 16 | errno of the last failure; 0: none */
+} sp_server_stats_t;
+
+typedef struct __attribute__((aligned(64))) {
 	uint64_t pid;
 	uint64_t gen;
+	uint64_t accepted;
+	uint64_t active;  /* gauge */
+	uint64_t refused; /* closed at once: the session pool was full */
+	uint64_t no_route;
+	uint64_t connect_failed; /* sessions that ran out of servers to try */
+	uint64_t bytes_in;  /* client -> upstream, as relayed */
+	uint64_t bytes_out; /* upstream -> client */
+	uint64_t log_dropped; /* access-log lines lost: the log could not keep up */
+	uint64_t closed[SP_STATS_NEND]; /* finished sessions by end reason */
+	sp_listener_stats_t listeners[SP_STATS_MAX_LISTENERS];
+	sp_server_stats_t servers[SP_STATS_MAX_SERVERS];
 } sp_shard_stats_t;
+
+/* Name of a session end reason ("done", "idle_timeout"...), or NULL past the
+ * last one; the index into sp_shard_stats_t.closed. */
+const char *sp_shard_end_name(unsigned end);
 
 /* Messages a shard writes to the supervisor's notify pipe (atomic: small). */
 typedef struct {
@@ -56,6 +99,13 @@ typedef struct {
 	 * upstreams in order. */
 	const uint8_t *server_down;
 	uint32_t *server_fails;
+	/* The config's user/group: after its ring is set up and before it
+	 * accepts anything, the shard drops to them (setgroups, setgid, setuid). */
+	bool drop_user, drop_group;
+	uid_t uid;
+	gid_t gid;
+	int access_fd;    /* where access-log lines go (stderr or log.access_log's file) */
+	bool access_sock; /* access_fd is a socket: send(MSG_DONTWAIT) never blocks */
 } sp_shard_args_t;
 
 /* Run the shard until it has drained after SIGTERM; returns the exit code. */

@@ -128,8 +128,8 @@ static void test_wrong_type_is_reported(void **state)
 	expect_error_part(
 	    LISTENER_WITH(", 'routes': [{'upstream': 'u'}], 'accept_proxy_protocol': 1"),
 	    "listeners[0].accept_proxy_protocol: expected a boolean, got an integer");
-	expect_error_part(FILE_WITH("'log': {'access_log': 'yes'}, "),
-			  "log.access_log: expected a boolean, got a string");
+	expect_error_part(FILE_WITH("'log': {'access_log': 1}, "),
+			  "log.access_log: expected a boolean or a file path, got an integer");
 	expect_error_part(FILE_WITH("'limits': [], "), "limits: expected an object, got an array");
 }
 
@@ -745,9 +745,86 @@ static void test_sni_wildcard_matches_any_subdomain_not_apex(void **state)
 	assert_false(sp_sni_match("*.example.com", ".example.com"));
 }
 
+/* ---- log.access_log, user, group (operations) ---- */
+
+static void test_access_log_takes_a_file_path(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH("'log': {'access_log': '/var/log/sp/access.log'}, "));
+	assert_true(c->log.access_log);
+	assert_string_equal(c->log.access_log_path, "/var/log/sp/access.log");
+	sp_conf_free(c);
+	c = expect_ok(FILE_WITH("'log': {'access_log': false}, "));
+	assert_false(c->log.access_log);
+	assert_null(c->log.access_log_path);
+	sp_conf_free(c);
+}
+
+static void test_access_log_string_without_slash_is_rejected(void **state)
+{
+	(void)state;
+	expect_error_part(FILE_WITH("'log': {'access_log': 'yes'}, "),
+			  "log.access_log: expected a boolean or a file path, got \"yes\"");
+}
+
+static void test_user_and_group_resolve_to_ids(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH("'user': 'root', 'group': 'root', "));
+	assert_true(c->user.set);
+	assert_string_equal(c->user.name, "root");
+	assert_int_equal(c->user.uid, 0);
+	assert_int_equal(c->user.gid, 0);
+	assert_true(c->group.set);
+	assert_int_equal(c->group.gid, 0);
+	sp_conf_free(c);
+}
+
+static void test_user_absent_means_no_drop(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH(""));
+	assert_false(c->user.set);
+	assert_false(c->group.set);
+	sp_conf_free(c);
+}
+
+static void test_numeric_user_id_is_accepted(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH("'user': '4242', "));
+	assert_true(c->user.set);
+	assert_int_equal(c->user.uid, 4242);
+	assert_int_equal(c->user.gid, 4242);
+	sp_conf_free(c);
+}
+
+static void test_unknown_user_is_an_error_with_position(void **state)
+{
+	(void)state;
+	expect_error("{'user': 'no-such-user-sp'," UPS ", " LIS "}",
+		     "conf.json:1:10: user: unknown user \"no-such-user-sp\"");
+	expect_error("{'group': 'no-such-group-sp'," UPS ", " LIS "}",
+		     "conf.json:1:11: group: unknown group \"no-such-group-sp\"");
+}
+
+static void test_bad_user_name_is_rejected(void **state)
+{
+	(void)state;
+	expect_error_part(FILE_WITH("'user': 'a b', "), "user: invalid name \"a b\"");
+	expect_error_part(FILE_WITH("'user': 0, "), "user: expected a string, got an integer");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_access_log_takes_a_file_path),
+	    cmocka_unit_test(test_access_log_string_without_slash_is_rejected),
+	    cmocka_unit_test(test_user_and_group_resolve_to_ids),
+	    cmocka_unit_test(test_user_absent_means_no_drop),
+	    cmocka_unit_test(test_numeric_user_id_is_accepted),
+	    cmocka_unit_test(test_unknown_user_is_an_error_with_position),
+	    cmocka_unit_test(test_bad_user_name_is_rejected),
 	    cmocka_unit_test(test_syntax_error_reports_jansson_position_and_stops),
 	    cmocka_unit_test(test_duplicate_key_is_a_syntax_error),
 	    cmocka_unit_test(test_top_level_must_be_an_object),
