@@ -278,6 +278,11 @@ static int send_proxy_header(sp_shard_t *sh, sp_session_t *s)
 	uint8_t hdr[128];
 	if (up->send_proxy_protocol == SP_PROXY_PROTO_NONE)
 		return 0;
+	if (s->local.ss_family == AF_UNSPEC) { /* looked up only when a header needs it */
+		socklen_t alen = sizeof(s->local);
+		if (getsockname(s->cfd, (struct sockaddr *)&s->local, &alen) < 0)
+			return -errno;
+	}
 	size_t len = sp_proxyproto_build(up->send_proxy_protocol == SP_PROXY_PROTO_V1 ? 1 : 2,
 					 (struct sockaddr *)&s->client,
 					 (struct sockaddr *)&s->local, hdr, sizeof(hdr));
@@ -552,9 +557,6 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	sp_timer_setup(&s->timer, on_session_timer, sh);
 	if (getpeername(fd, (struct sockaddr *)&s->client, &alen) < 0)
 		s->client.ss_family = AF_UNSPEC;
-	alen = sizeof(s->local);
-	if (getsockname(fd, (struct sockaddr *)&s->local, &alen) < 0)
-		s->local.ss_family = AF_UNSPEC;
 	set_nodelay(fd);
 
 	sh->active++;
