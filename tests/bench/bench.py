@@ -13,9 +13,9 @@ What runs (see METHOD below, which is also written into the report):
     (-w = workers), or nginx `http` when demo-upstream is absent;
   - variants: direct (wrk straight to the backend), haproxy (mode tcp,
     nbthread = workers), nginx (stream, worker_processes = workers,
-    reuseport), shardproxy-copy / shardproxy-splice (steering hash),
-    shardproxy-copy-none (steering none); shardproxy-auto,
-    shardproxy-copy-cpu and shardproxy-copy-lc on request (--only);
+    reuseport), shardproxy-auto (the default relay) / shardproxy-copy /
+    shardproxy-splice (steering hash); shardproxy-copy-none (steering
+    none), shardproxy-copy-cpu and shardproxy-copy-lc on request (--only);
   - per repeat, for each variant in turn (A B C A B C ...), a fresh proxy
     runs: keep-alive (wrk -t2 -c50 --latency), new connection per request
     (wrk -t2 -c50 -H 'Connection: close'), bulk (wrk -t1 -c4 on
@@ -59,10 +59,10 @@ ALL_VARIANTS = [
     "direct",
     "haproxy",
     "nginx",
+    "shardproxy-auto",
     "shardproxy-copy",
     "shardproxy-splice",
     "shardproxy-copy-none",
-    "shardproxy-auto",
     "shardproxy-copy-cpu",
     "shardproxy-copy-lc",
 ]
@@ -1047,9 +1047,10 @@ METHOD = """\
     the descriptor limit allows, default buffers, no splicing, no logging;
   - `nginx`: nginx `stream`, `worker_processes {workers}`, `listen ... reuseport`,
     `proxy_pass` to the backend, no access log;
-  - `shardproxy-copy` / `shardproxy-splice`: `"relay": "copy"` / `"splice"`,
-    `"steering": "hash"`; `shardproxy-copy-none`: copy with `"steering": "none"`
-    (plain `SO_REUSEPORT`, no BPF); all with `"access_log": false`,
+  - `shardproxy-auto` / `shardproxy-copy` / `shardproxy-splice`: `"relay":
+    "auto"` (the default: copy, bulk directions moved to splice) / `"copy"` /
+    `"splice"`, `"steering": "hash"`; `shardproxy-copy-none` (on request): copy
+    with `"steering": "none"` (plain `SO_REUSEPORT`, no BPF); all with `"access_log": false`,
     `"level": "warn"` (stderr to a file) and the admin endpoint on for `/stats`.
 - **Order**: {repeats} repeat(s); in each, every variant in turn (A B C … A B C …),
   each time a freshly started proxy. Each figure is the **median** over the
