@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -31,8 +32,11 @@ static int open_one(const sp_addr_t *addr, const char **step)
 	if (fd < 0)
 		return -errno;
 	*step = "setsockopt";
+	/* TCP_NODELAY here is inherited by every accepted socket: shards
+	 * relay what they receive at once, and save a setsockopt per client. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		goto err;
 	/* "[::]:80" means IPv6 only, as nginx does: predictable, and a v4
 	 * listener on the same port can coexist. */

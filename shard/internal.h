@@ -161,6 +161,7 @@ typedef struct sp_shard {
 	uint32_t active;
 	sp_session_t *free_list;
 	uint32_t nfresh;       /* slots [0, nfresh) have been used at least once */
+	bool need_peer;        /* something reads the client address (log, routes...) */
 	uint16_t *bufq_next;   /* copy: per buffer id, the next in its queue */
 	uint16_t *bufq_len;    /* copy: per buffer id, bytes received into it */
 	uint32_t nstarved;     /* copy: directions waiting for buffers */

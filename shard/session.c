@@ -198,10 +198,15 @@ void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
 	if (d->shut)
 		return;
 	d->shut = true;
+	/* Both ways done: dst has nothing left to read (its own FIN was read
+	 * and passed on), so the close that ends the session sends this FIN;
+	 * a shutdown(2) first would only cost a syscall and a state change. */
+	if (s->dir[!dir].shut) {
+		sp_session_fail(sh, s, SP_END_DONE);
+		return;
+	}
 	/* The FIN travels on; the other direction may still carry data. */
 	shutdown(d->dst, SHUT_WR);
-	if (s->dir[!dir].shut)
-		sp_session_fail(sh, s, SP_END_DONE);
 }
 
 /* The server's health slot, when its upstream is health-checked. */
@@ -555,9 +560,9 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	s->listener = sh->accepts[accept_idx].listener;
 	s->start_ms = s->last_active_ms = sh->now_ms;
 	sp_timer_setup(&s->timer, on_session_timer, sh);
-	if (getpeername(fd, (struct sockaddr *)&s->client, &alen) < 0)
+	if (sh->need_peer && getpeername(fd, (struct sockaddr *)&s->client, &alen) < 0)
 		s->client.ss_family = AF_UNSPEC;
-	set_nodelay(fd);
+	/* TCP_NODELAY comes from the listening socket (proxy/listen.c). */
 
 	sh->active++;
 	stat_add(&sh->args->stats->accepted, 1);

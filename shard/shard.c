@@ -313,6 +313,23 @@ static uint32_t pow2_clamp(uint64_t v, uint32_t lo, uint32_t hi)
 	return p;
 }
 
+/* Does anything look at the client's address? If not, accepting skips the
+ * getpeername(2). */
+static bool needs_peer_address(const sp_conf_t *c)
+{
+	if (c->log.access_log)
+		return true;
+	for (size_t u = 0; u < c->nupstreams; u++)
+		if (c->upstreams[u].balance == SP_BALANCE_SOURCE_HASH ||
+		    c->upstreams[u].send_proxy_protocol != SP_PROXY_PROTO_NONE)
+			return true;
+	for (size_t l = 0; l < c->nlisteners; l++)
+		for (size_t r = 0; r < c->listeners[l].nroutes; r++)
+			if (c->listeners[l].routes[r].nsource)
+				return true;
+	return false;
+}
+
 static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 {
 	char err[256];
@@ -322,6 +339,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	sh->args = a;
 	sh->conf = a->conf;
 	sh->now_ms = clock_ms();
+	sh->need_peer = needs_peer_address(a->conf);
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
