@@ -89,6 +89,30 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 	return h;
 }
 
+static bool same_server(const check_t *a, const check_t *b)
+{
+	return strcmp(a->up->name, b->up->name) == 0 && a->srv->addr.len == b->srv->addr.len &&
+	       memcmp(&a->srv->addr.ss, &b->srv->addr.ss, a->srv->addr.len) == 0;
+}
+
+void sp_health_inherit(sp_health_t *h, const sp_health_t *prev)
+{
+	if (!h || !prev)
+		return;
+	for (size_t i = 0; i < h->n; i++) {
+		check_t *c = &h->checks[i];
+		for (size_t j = 0; j < prev->n; j++) {
+			const check_t *o = &prev->checks[j];
+			if (!same_server(c, o))
+				continue;
+			c->ok_streak = o->ok_streak;
+			c->fail_streak = o->fail_streak;
+			h->down[c->idx] = __atomic_load_n(&prev->down[o->idx], __ATOMIC_RELAXED);
+			break;
+		}
+	}
+}
+
 void sp_health_free(sp_health_t *h)
 {
 	if (!h)

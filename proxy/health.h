@@ -19,6 +19,10 @@ typedef struct sp_health sp_health_t;
 /* down and fails are shared-memory arrays of SP_HEALTH_MAX_SERVERS entries. */
 sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails);
 void sp_health_free(sp_health_t *h);
+/* A reload: servers of h that prev also checks (same upstream name, same
+ * address) keep their state, so a server known to be down stays down
+ * instead of taking traffic again until `fall` new checks fail. */
+void sp_health_inherit(sp_health_t *h, const sp_health_t *prev);
 uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream);
 /* Check sockets in flight, to poll for POLLOUT; returns how many written. */
 int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max);

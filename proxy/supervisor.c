@@ -691,6 +691,8 @@ static int start_gen(sp_sup_t *sup, sp_gen_t *g)
 		sp_error("generation %u: health checks: out of memory", g->id);
 		return -1;
 	}
+	if (sup->cur && sup->cur != g)
+		sp_health_inherit(g->health, sup->cur->health);
 	sup->starting = g;
 	for (unsigned i = 0; i < g->nslots; i++)
 		if (spawn(sup, g, i) < 0)

@@ -687,6 +687,32 @@ def test_routing_passive_failures_mark_a_server_down(t):
 
 
 @lib.timeout(30)
+def test_routing_reload_keeps_a_down_server_down(t):
+    """Health state survives a reload for servers the new file still has:
+    a server known to be down takes no client after the reload either."""
+    a, b = named(t, "a"), named(t, "b")
+    port = lib.free_port()
+    slow = {"interval_ms": 600000, "timeout_ms": 1000, "fall": 2, "rise": 1}
+    p = t.proxy(lib.config([lib.listener("l", port, "u")],
+                           [lib.upstream("u", [a.address, b.address], retries=1, health_check=slow)]))
+    m = p.mark()
+    b.close()
+    for i in range(10):
+        check(who(port) == "a", "retries=1: connection %d did not land on a" % i)
+    p.expect_log(r"server %s is down" % b.address, timeout_s=2, after=m)
+    # the new file gives no second chance: one failed connect fails the client
+    m = p.reload(lib.config([lib.listener("l", port, "u")],
+                            [lib.upstream("u", [a.address, b.address], retries=0, health_check=slow)]))
+    p.expect_log(r"reload: generation 2 ready", after=m)
+    for i in range(20):
+        try:
+            got = who(port)
+        except (OSError, lib.TestFailure) as e:
+            lib.fail("connection %d after the reload failed (the down server was tried again): %r" % (i, e))
+        check(got == "a", "connection %d after the reload reached %s" % (i, got))
+
+
+@lib.timeout(30)
 def test_routing_backup_used_only_when_primaries_are_down(t):
     a, b, bk = named(t, "a"), named(t, "b"), named(t, "backup")
     port = lib.free_port()
