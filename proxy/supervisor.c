@@ -546,9 +546,9 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	static sp_shard_args_t a; /* static: too big for a comfortable stack */
 	const sp_conf_t *conf = g->conf;
 
-	/* The supervisor's signals stay blocked; a shard answers SIGTERM from
-	 * its supervisor only, so a terminal's Ctrl-C (sent to the whole
-	 * process group) is the supervisor's to handle, once. */
+	/* The supervisor's signals stay blocked; a shard drains on the
+	 * supervisor's SP_SIG_DRAIN only, so a terminal's Ctrl-C or a SIGTERM
+	 * to the whole process group is the supervisor's to handle, once. */
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);
@@ -798,7 +798,7 @@ static void begin_drain(sp_gen_t *g)
 			continue;
 		}
 		p->state = PROC_DRAINING;
-		kill(p->pid, SIGTERM);
+		kill(p->pid, SP_SIG_DRAIN);
 	}
 	g->kill_at = now_ms() + g->conf->limits.drain_timeout_ms + KILL_GRACE_MS;
 	sp_health_free(g->health); /* its servers are the new generation's to check */
@@ -1035,7 +1035,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 	uint32_t drain = sup->cur->conf->limits.drain_timeout_ms;
 	for (int k = 0; k < 2; k++)
 		if (sup->gens[k].conf) {
-			signal_gen(&sup->gens[k], SIGTERM);
+			signal_gen(&sup->gens[k], SP_SIG_DRAIN);
 			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
 				drain = sup->gens[k].conf->limits.drain_timeout_ms;
 		}
@@ -1551,6 +1551,11 @@ static int setup_process(sp_sup_t *sup)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	sup->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	/* Blocked here too (not read): shards inherit the mask, so an order
+	 * that arrives before a new shard has its signalfd waits for it. */
+	sigemptyset(&set);
+	sigaddset(&set, SP_SIG_DRAIN);
+	sigprocmask(SIG_BLOCK, &set, NULL);
 	if (sup->sigfd < 0)
 		return -errno;
 	/* Shards report readiness here; each message is smaller than PIPE_BUF,

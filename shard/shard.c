@@ -1,6 +1,6 @@
 /* shard: one worker's loop. It arms a multishot accept per listening socket,
- * turns each accepted connection into a session, and on SIGTERM stops
- * accepting, lets its sessions finish (up to drain_timeout_ms) and returns.
+ * turns each accepted connection into a session, and on the supervisor's
+ * drain order (SP_SIG_DRAIN) stops accepting, lets its sessions finish (up to drain_timeout_ms) and returns.
  * Lifecycle hooks read in order: shard_init -> arm -> loop -> drain -> exit. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,6 +28,17 @@ static uint64_t clock_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A completion for a session slot already reused carried a buffer: the
+ * kernel took it from the ring, so it goes straight back. (Unreachable as
+ * sessions stand: a slot is freed only when its last op has completed; this
+ * keeps the ring whole if that ever changes.) */
+static void drop_buffer(void *ctx, uint16_t bid)
+{
+	sp_shard_t *sh = ctx;
+	sp_bufring_took(&sh->bufs);
+	sp_bufring_put(&sh->bufs, bid);
 }
 
 static void on_wake(void *ctx)
@@ -149,16 +160,16 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t f
 	(void)op;
 	(void)slot;
 	(void)flags;
-	/* Only the supervisor's SIGTERM counts (or anyone's once it is gone):
-	 * a signal to the whole process group (Ctrl-C in a terminal, kill
-	 * -- -PGID, systemd's control-group kill) reaches the supervisor too,
-	 * and it drains every shard in order; acting on both would make the
-	 * supervisor's own SIGTERM look like a second one and cut sessions. */
-	if (res == (int)sizeof(sh->siginfo) && sh->siginfo.ssi_pid != (uint32_t)sh->sup_pid &&
-	    getppid() == sh->sup_pid) {
-		sp_debug("SIGTERM from pid %u ignored: the supervisor decides",
-			 (unsigned)sh->siginfo.ssi_pid);
-	} else if (res == (int)sizeof(sh->siginfo)) {
+	/* The supervisor's drain order counts; SIGTERM (or SIGINT) only once the
+	 * supervisor is gone. A signal to the whole process group (Ctrl-C in a
+	 * terminal, kill -- -PGID, systemd's control-group kill) reaches the
+	 * supervisor too, and it orders every shard to drain in turn. */
+	bool order = res == (int)sizeof(sh->siginfo) &&
+		     (sh->siginfo.ssi_signo == SP_SIG_DRAIN || getppid() != sh->sup_pid);
+	if (res == (int)sizeof(sh->siginfo) && !order) {
+		sp_debug("%s from pid %u ignored: the supervisor decides",
+			 strsignal((int)sh->siginfo.ssi_signo), (unsigned)sh->siginfo.ssi_pid);
+	} else if (order) {
 		if (!sh->draining)
 			start_drain(sh);
 		else
@@ -344,6 +355,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SP_SIG_DRAIN);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sh->sigfd = signalfd(-1, &set, SFD_CLOEXEC);
 	if (sh->sigfd < 0) {
@@ -357,6 +369,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return ret;
 	}
 	sh->ring.on_wake = on_wake;
+	sh->ring.drop_buffer = drop_buffer;
 	/* Engines: "auto" starts every direction on copy and moves bulk ones
 	 * to splice (relay_copy.c, watch_bulk), so it needs both resources. */
 	switch (a->conf->relay) {
@@ -489,7 +502,7 @@ static int drop_privileges(const sp_shard_args_t *a)
 		}
 	}
 	/* A change of credentials clears the parent-death signal: set it again. */
-	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	prctl(PR_SET_PDEATHSIG, SP_SIG_DRAIN);
 	return 0;
 }
 
@@ -525,7 +538,7 @@ int sp_shard_main(const sp_shard_args_t *a)
 	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
 	sp_log_setup(who, (int)a->conf->log.level);
 	/* If the supervisor dies, drain and go rather than serve unsupervised. */
-	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	prctl(PR_SET_PDEATHSIG, SP_SIG_DRAIN);
 	pin_cpu(a->cpu);
 
 	ret = shard_init(sh, a);

@@ -5,10 +5,17 @@
 #define SP_SHARD_H
 
 #include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "conf/conf.h"
+
+/* The supervisor's order to a shard: drain (stop accepting, finish the open
+ * sessions), or, a second time, stop at once. A signal of its own, not
+ * SIGTERM: a SIGTERM sent to the whole process group and the supervisor's
+ * order would merge into one pending SIGTERM, and the order be lost. */
+#define SP_SIG_DRAIN SIGUSR2
 
 #define SP_SHARD_MAX_FDS_PER_LISTENER 8
 #define SP_SHARD_MAX_LISTENERS 64

@@ -76,6 +76,30 @@ def test_sigterm_idle_proxy_exits_0_promptly(t):
           "processes left behind: %s" % lib.pgid_members(pgid))
 
 
+def test_sigterm_to_whole_process_group_idle_proxy_exits_0_promptly(t):
+    """The group's SIGTERM and the supervisor's order to its shards must not
+    merge into one pending signal that the shards then ignore."""
+    up, port, p = _echo_proxy(t)
+    pgid = p.pid
+    p.wait_shards(2)
+    socks = [lib.connect(port) for _ in range(50)]
+    for s in socks:
+        lib.roundtrip(s)
+        s.close()
+    check(lib.wait_until(lambda: up.active() == 0, 5), "sessions did not end")
+    for attempt in range(3):  # the merge is a race: give it a few chances
+        if attempt:
+            p = t.proxy(p.conf)
+            pgid = p.pid
+            p.wait_shards(2)
+        t0 = time.monotonic()
+        os.killpg(pgid, signal.SIGTERM)
+        rc = p.wait_exit(10)
+        check(rc == 0, "exit status %s after SIGTERM to the process group, want 0; log:\n%s" % (rc, p.tail()))
+        check(time.monotonic() - t0 < 3, "idle proxy took %.1f s to stop on a group SIGTERM"
+              % (time.monotonic() - t0))
+
+
 def test_second_sigterm_stops_at_once(t):
     up, port, p = _echo_proxy(t, limits={"drain_timeout_ms": 30000})
     s = lib.connect(port)
