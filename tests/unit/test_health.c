@@ -1,0 +1,351 @@
+/* health: servers are numbered across upstreams in file order; a new
+ * generation starts with every server up, except that a reload keeps the
+ * state (down, and the streak of failed checks) of each server the previous
+ * generation checked under the same upstream name and address, wherever it
+ * now sits in the list, and of no other. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf/conf.h"
+#include "proxy/health.h"
+#include "runtime/log.h"
+
+#define HC "'health_check': {'interval_ms': 100, 'timeout_ms': 100, 'fall': 2, 'rise': 2}"
+#define LISTENER                                                                                   \
+	"'listeners': [{'name': 'l', 'listen': '127.0.0.1:8080', 'routes': [{'upstream': 'a'}]}]"
+
+/* The shared-memory arrays one generation writes its verdicts to. */
+typedef struct {
+	uint8_t *down;
+	uint32_t *fails;
+} shm_t;
+
+static shm_t shm_new(void)
+{
+	shm_t s = {calloc(SP_HEALTH_MAX_SERVERS, 1),
+		   calloc(SP_HEALTH_MAX_SERVERS, sizeof(uint32_t))};
+	assert_non_null(s.down);
+	assert_non_null(s.fails);
+	return s;
+}
+
+static void shm_free(shm_t *s)
+{
+	free(s->down);
+	free(s->fails);
+}
+
+/* A configuration from JSON written with ' for ". */
+static sp_conf_t *load(const char *text)
+{
+	sp_conf_errors_t e = {0};
+	char *t = strdup(text);
+	assert_non_null(t);
+	for (char *p = t; *p; p++)
+		if (*p == '\'')
+			*p = '"';
+	sp_conf_t *c = sp_conf_load_buffer("health.json", t, strlen(t), &e);
+	free(t);
+	sp_conf_errors_print(&e, stderr);
+	assert_int_equal(e.n, 0);
+	assert_non_null(c);
+	sp_conf_errors_free(&e);
+	return c;
+}
+
+/* Index of server k of the upstream named name. */
+static uint32_t idx(const sp_conf_t *c, const char *name, size_t k)
+{
+	int u = sp_conf_upstream_index(c, name);
+	assert_true(u >= 0);
+	assert_true(k < c->upstreams[u].nservers);
+	return sp_health_index(c, (size_t)u) + (uint32_t)k;
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	sp_log_setup("test_health", SP_LL_ERROR); /* "is down" warnings are expected */
+	return 0;
+}
+
+static void test_health_index_numbers_servers_across_upstreams_in_order(void **state)
+{
+	(void)state;
+	sp_conf_t *c = load("{" LISTENER ", 'upstreams': ["
+			    "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'},"
+			    " {'address': '127.0.0.1:9002'}]},"
+			    "{'name': 'b', 'servers': [{'address': '127.0.0.1:9003'},"
+			    " {'address': '127.0.0.1:9004'}, {'address': '127.0.0.1:9005'}]},"
+			    "{'name': 'c', 'servers': [{'address': '127.0.0.1:9006'}]}]}");
+	assert_int_equal(sp_health_index(c, 0), 0);
+	assert_int_equal(sp_health_index(c, 1), 2);
+	assert_int_equal(sp_health_index(c, 2), 5);
+	assert_int_equal(sp_health_index(c, 3), 6); /* one past the last: the total */
+	assert_int_equal(idx(c, "b", 2), 4);
+	sp_conf_free(c);
+}
+
+static void test_health_new_generation_starts_with_every_server_up(void **state)
+{
+	(void)state;
+	sp_conf_t *c = load("{" LISTENER ", 'upstreams': ["
+			    "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'},"
+			    " {'address': '127.0.0.1:9002'}]},"
+			    "{'name': 'b', 'servers': [{'address': '127.0.0.1:9003'}]}]}");
+	shm_t s = shm_new();
+	/* whatever an older generation left in this half of shared memory */
+	memset(s.down, 1, 3);
+	for (int i = 0; i < 3; i++)
+		s.fails[i] = 77;
+	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	assert_non_null(h);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(s.down[i], 0);
+		assert_int_equal(s.fails[i], 0);
+	}
+	sp_health_inherit(h, NULL); /* the first generation has no predecessor */
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(s.down[i], 0);
+	sp_health_free(h);
+	shm_free(&s);
+	sp_conf_free(c);
+}
+
+static void test_health_inherit_keeps_down_of_the_same_server_at_its_new_index(void **state)
+{
+	(void)state;
+	sp_conf_t *old =
+	    load("{" LISTENER ", 'upstreams': ["
+		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'},"
+		 " {'address': '127.0.0.1:9002'}]},"
+		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9003'}]}]}");
+	/* the reload adds a server in front of each list and an upstream in
+	 * front of b: every old server moves */
+	sp_conf_t *neu = load("{" LISTENER ", 'upstreams': ["
+			      "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9000'},"
+			      " {'address': '127.0.0.1:9001'}, {'address': '127.0.0.1:9002'}]},"
+			      "{'name': 'z', " HC ", 'servers': [{'address': '127.0.0.1:9100'}]},"
+			      "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9099'},"
+			      " {'address': '127.0.0.1:9003'}]}]}");
+	shm_t s1 = shm_new(), s2 = shm_new();
+	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
+	assert_non_null(prev);
+	s1.down[idx(old, "a", 1)] = 1; /* 127.0.0.1:9002 */
+	s1.down[idx(old, "b", 0)] = 1; /* 127.0.0.1:9003 */
+
+	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
+	assert_non_null(h);
+	sp_health_inherit(h, prev);
+	assert_int_equal(s2.down[idx(neu, "a", 0)], 0); /* new server */
+	assert_int_equal(s2.down[idx(neu, "a", 1)], 0); /* 9001: was up */
+	assert_int_equal(s2.down[idx(neu, "a", 2)], 1); /* 9002 */
+	assert_int_equal(s2.down[idx(neu, "z", 0)], 0);
+	assert_int_equal(s2.down[idx(neu, "b", 0)], 0);
+	assert_int_equal(s2.down[idx(neu, "b", 1)], 1); /* 9003 */
+	/* nothing else of the new half was touched */
+	for (uint32_t i = 0; i < 7; i++)
+		if (i != idx(neu, "a", 2) && i != idx(neu, "b", 1))
+			assert_int_equal(s2.down[i], 0);
+	/* the previous generation's verdicts are read, not changed */
+	assert_int_equal(s1.down[idx(old, "a", 1)], 1);
+	assert_int_equal(s1.down[idx(old, "b", 0)], 1);
+
+	sp_health_free(h);
+	sp_health_free(prev);
+	shm_free(&s1);
+	shm_free(&s2);
+	sp_conf_free(old);
+	sp_conf_free(neu);
+}
+
+static void test_health_inherit_keeps_nothing_of_other_servers(void **state)
+{
+	(void)state;
+	sp_conf_t *old =
+	    load("{" LISTENER ", 'upstreams': ["
+		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]},"
+		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.2:9002'}]}]}");
+	/* same index, other addresses; and the old addresses under other
+	 * upstream names */
+	sp_conf_t *neu =
+	    load("{" LISTENER ", 'upstreams': ["
+		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9011'},"
+		 " {'address': '127.0.0.2:9002'}]},"
+		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.3:9002'},"
+		 " {'address': '127.0.0.1:9001'}]},"
+		 "{'name': 'c', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	shm_t s1 = shm_new(), s2 = shm_new();
+	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
+	assert_non_null(prev);
+	s1.down[idx(old, "a", 0)] = 1;
+	s1.down[idx(old, "b", 0)] = 1;
+	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
+	assert_non_null(h);
+	sp_health_inherit(h, prev);
+	for (uint32_t i = 0; i < 5; i++)
+		if (s2.down[i])
+			fail_msg(
+			    "server %u of the new generation inherited 'down' from another server",
+			    i);
+	sp_health_free(h);
+	sp_health_free(prev);
+	shm_free(&s1);
+	shm_free(&s2);
+	sp_conf_free(old);
+	sp_conf_free(neu);
+}
+
+static void test_health_server_no_longer_checked_starts_up(void **state)
+{
+	(void)state;
+	sp_conf_t *old =
+	    load("{" LISTENER ", 'upstreams': ["
+		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	sp_conf_t *neu = load("{" LISTENER ", 'upstreams': ["
+			      "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	shm_t s1 = shm_new(), s2 = shm_new();
+	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
+	assert_non_null(prev);
+	s1.down[0] = 1;
+	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
+	assert_non_null(h);
+	sp_health_inherit(h, prev);
+	/* nobody checks it any more, so nothing would ever bring it back up */
+	assert_int_equal(s2.down[0], 0);
+	assert_int_equal(sp_health_timeout(h), -1);
+	sp_health_free(h);
+	sp_health_free(prev);
+	shm_free(&s1);
+	shm_free(&s2);
+	sp_conf_free(old);
+	sp_conf_free(neu);
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Run the checks that are due now to their end (at most 1 s). */
+static void run_due_checks(sp_health_t *h)
+{
+	struct pollfd pfd[8];
+	uint64_t deadline = mono_ms() + 1000;
+	sp_health_run(h, NULL, 0);
+	for (;;) {
+		int n = sp_health_pollfds(h, pfd, 8);
+		if (n == 0)
+			return;
+		if (mono_ms() > deadline)
+			fail_msg("a health check to a refused port did not finish in 1 s");
+		assert_true(poll(pfd, (nfds_t)n, 200) >= 0);
+		sp_health_run(h, pfd, n);
+	}
+}
+
+/* A loopback port that refuses connections while the returned socket lives:
+ * bound, never listening. */
+static int refusing_port(in_port_t *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+static void test_health_inherit_keeps_the_streak_of_failed_checks(void **state)
+{
+	(void)state;
+	char text[512];
+	in_port_t port;
+	int guard = refusing_port(&port);
+	/* fall 2: one failed check is not enough to go down */
+	snprintf(text, sizeof(text),
+		 "{" LISTENER ", 'upstreams': [{'name': 'a', " HC
+		 ", 'servers': [{'address': '127.0.0.1:%u'}]}]}",
+		 (unsigned)port);
+	sp_conf_t *c1 = load(text), *c2 = load(text), *c3 = load(text);
+	shm_t s1 = shm_new(), s2 = shm_new(), s3 = shm_new();
+
+	sp_health_t *prev = sp_health_new(c1, s1.down, s1.fails);
+	assert_non_null(prev);
+	assert_int_equal(sp_health_timeout(prev), 0); /* the first check is due at once */
+	run_due_checks(prev);
+	assert_int_equal(s1.down[0], 0);
+
+	/* reloaded: this generation's first failure is the second in a row */
+	sp_health_t *h = sp_health_new(c2, s2.down, s2.fails);
+	assert_non_null(h);
+	sp_health_inherit(h, prev);
+	assert_int_equal(s2.down[0], 0);
+	run_due_checks(h);
+	assert_int_equal(s2.down[0], 1);
+
+	/* the same without the reload's memory: still up after one failure */
+	sp_health_t *fresh = sp_health_new(c3, s3.down, s3.fails);
+	assert_non_null(fresh);
+	run_due_checks(fresh);
+	assert_int_equal(s3.down[0], 0);
+
+	sp_health_free(fresh);
+	sp_health_free(h);
+	sp_health_free(prev);
+	shm_free(&s1);
+	shm_free(&s2);
+	shm_free(&s3);
+	sp_conf_free(c1);
+	sp_conf_free(c2);
+	sp_conf_free(c3);
+	close(guard);
+}
+
+static void test_health_timeout_is_minus_one_when_nothing_is_checked(void **state)
+{
+	(void)state;
+	sp_conf_t *c = load("{" LISTENER ", 'upstreams': ["
+			    "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	shm_t s = shm_new();
+	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	assert_non_null(h);
+	assert_int_equal(sp_health_timeout(h), -1);
+	struct pollfd pfd[2];
+	sp_health_run(h, NULL, 0);
+	assert_int_equal(sp_health_pollfds(h, pfd, 2), 0); /* no check started */
+	sp_health_free(h);
+	shm_free(&s);
+	sp_conf_free(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_health_index_numbers_servers_across_upstreams_in_order),
+	    cmocka_unit_test(test_health_new_generation_starts_with_every_server_up),
+	    cmocka_unit_test(test_health_inherit_keeps_down_of_the_same_server_at_its_new_index),
+	    cmocka_unit_test(test_health_inherit_keeps_nothing_of_other_servers),
+	    cmocka_unit_test(test_health_server_no_longer_checked_starts_up),
+	    cmocka_unit_test(test_health_inherit_keeps_the_streak_of_failed_checks),
+	    cmocka_unit_test(test_health_timeout_is_minus_one_when_nothing_is_checked),
+	};
+	return cmocka_run_group_tests(tests, setup, NULL);
+}
