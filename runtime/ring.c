@@ -41,10 +41,17 @@ static void explain(int err, char *buf, size_t len)
 				disabled = -1;
 			fclose(f);
 		}
-		snprintf(buf, len,
-			 "io_uring_setup: Operation not permitted: io_uring is blocked "
-			 "(seccomp profile, e.g. Docker's default, or kernel.io_uring_disabled=%d)",
-			 disabled);
+		if (disabled > 0)
+			snprintf(buf, len,
+				 "io_uring_setup: Operation not permitted: io_uring is disabled by "
+				 "kernel.io_uring_disabled=%d (set it to 0, or to 1 and run as a member "
+				 "of kernel.io_uring_group)",
+				 disabled);
+		else
+			snprintf(buf, len,
+				 "io_uring_setup: Operation not permitted: io_uring is blocked by a "
+				 "seccomp profile (e.g. Docker's default: run with a profile that "
+				 "allows io_uring_setup, io_uring_enter, io_uring_register)");
 		break;
 	case ENOMEM:
 		getrlimit(RLIMIT_MEMLOCK, &rl);
