@@ -32,7 +32,7 @@ LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
 PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
 	libelf-dev zlib1g-dev libjansson-dev libcmocka-dev bpftool clang llvm \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
-	valgrind cppcheck clang-format prometheus
+	valgrind cppcheck clang-format prometheus openssl
 
 LIB_SRC := $(wildcard conf/*.c runtime/*.c shard/*.c proxy/*.c) bpf/steer.c
 LIB_SRC := $(filter-out proxy/main.c,$(LIB_SRC))
