@@ -7,6 +7,7 @@ Python 3 standard library only. Usage:
     python3 tests/bench/bench.py --build build --out docs/BENCHMARKS.md
     BENCH_QUICK=1 python3 tests/bench/bench.py ...     # or --quick: < 2 min
     ... --only shardproxy-copy,haproxy --repeats 5 --duration 10
+    python3 tests/bench/bench.py --scaling            # only the scaling section
 
 What runs (see METHOD below, which is also written into the report):
   - one HTTP backend shared by every variant: build/demo-upstream
@@ -23,7 +24,13 @@ What runs (see METHOD below, which is also written into the report):
   - from /proc: CPU (utime+stime) of every proxy process over each wrk run,
     PSS (smaps_rollup) before and with the idle connections, io-wq worker
     threads (iou-wrk-*) sampled during the runs; from shardproxy's admin
-    /stats: per-shard accepted/active counts.
+    /stats: per-shard accepted/active counts;
+  - at the end of a full run (not --quick, --only or --no-scaling; ~1.5 min),
+    or alone with --scaling: shardproxy-auto with 1 and 2 shards, wrk and the
+    backend pinned with taskset (keep-alive and new-connection req/s, CPU per
+    100k requests), and PSS of shardproxy-auto and HAProxy at 1,000 / 5,000 /
+    10,000 idle connections; written as "## Scaling and memory curve", just
+    before "## Findings" (kept as it is by runs that do not measure it).
 
 Everything started runs in its own process group and is killed at exit
 (try/finally, atexit, SIGINT/SIGTERM handlers). Ports are chosen at runtime.
@@ -321,8 +328,13 @@ def parse_wrk(text):
     return r
 
 
-def run_wrk(args, url, duration, extra=(), threads=2, conns=50):
-    argv = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
+def taskset(cpus):
+    """argv prefix pinning a command (and what it forks) to `cpus` ("0", "0,1"), or []."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def run_wrk(args, url, duration, extra=(), threads=2, conns=50, pin=None):
+    argv = taskset(pin) + ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency",
             *extra, url]
     p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -507,13 +519,14 @@ def mktmp(tag):
     return d
 
 
-def start_demo_backend(binpath, workers):
+def start_demo_backend(binpath, workers, pin=None):
     for _attempt in range(5):
         port = free_port()
         d = mktmp("backend")
         logp = os.path.join(d, "backend.log")
         lf = open(logp, "w")
-        p = spawn([binpath, "-l", "%s:%d" % (HOST, port), "-w", str(workers)], stdout=lf, stderr=lf)
+        p = spawn(taskset(pin) + [binpath, "-l", "%s:%d" % (HOST, port), "-w", str(workers)],
+                  stdout=lf, stderr=lf)
         lf.close()
         if wait_http(port, 10):
             return Server("demo-upstream", port, p, logp)
@@ -662,7 +675,8 @@ def shardproxy_conf(workers, relay, steering, port, admin_port, backend_port, ma
     }
 
 
-def start_shardproxy(binpath, workers, relay, steering, backend_port, max_conns, level="warn"):
+def start_shardproxy(binpath, workers, relay, steering, backend_port, max_conns, level="warn",
+                     pin=None):
     for _attempt in range(5):
         port, admin_port = free_port(), free_port()
         if port == admin_port:
@@ -674,7 +688,7 @@ def start_shardproxy(binpath, workers, relay, steering, backend_port, max_conns,
                                       max_conns, level), f, indent=1)
         logp = os.path.join(d, "shardproxy.log")
         lf = open(logp, "w")
-        p = spawn([binpath, "-c", cfg], stdout=lf, stderr=lf)
+        p = spawn(taskset(pin) + [binpath, "-c", cfg], stdout=lf, stderr=lf)
         lf.close()
         if wait_http(port, 15):
             s = Server("shardproxy", port, p, logp, admin_port)
@@ -1125,8 +1139,11 @@ def preserved_findings(path):
     return body
 
 
-def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, auto_relay):
+def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, auto_relay,
+                 scaling=None):
     a = ctx.args
+    # The scaling section: this run's if it measured one, else the report's existing one.
+    scaling_md = scaling_section(scaling) if scaling else section_of(read(path), SCALING_TITLE)
     findings = preserved_findings(path) or (
         "<!-- lead: to be filled in. What the table shows, what was changed because of it,\n"
         "     what perf/callgrind found, scaling projections. -->\n\n_To be written._")
@@ -1197,16 +1214,410 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
                             backend_workers=a.backend_workers, nproc=info["nproc"]))
     md.append("Rerun: `make bench` (default: 3 repeats, 5 s runs, under 10 minutes), "
               "`BENCH_QUICK=1 make bench` (1 repeat, 2 s runs, 1,000 idle connections, under "
-              "2 minutes), or `python3 tests/bench/bench.py --build build --only "
-              "shardproxy-copy,haproxy --repeats 5 --duration 10`.\n")
+              "2 minutes), `python3 tests/bench/bench.py --build build --only "
+              "shardproxy-copy,haproxy --repeats 5 --duration 10`, or `python3 "
+              "tests/bench/bench.py --scaling` (only the scaling section, about 1.5 minutes).\n")
     md.append("## What the numbers mean\n")
     md.append(MEANING)
+    if scaling_md:
+        md.append(scaling_md)
     md.append("## Findings\n")
     md.append(findings)
     md.append("")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(md))
+    os.replace(tmp, path)
+
+
+# ---- --scaling: cost per shard, and memory against idle connections ----------
+
+SCALING_TITLE = "## Scaling and memory curve"
+SCALING_LEVELS = (1000, 5000, 10000)
+
+
+def cpus_allowed(pid):
+    m = re.search(r"^Cpus_allowed_list:\s*(\S+)", read("/proc/%d/status" % pid) or "", re.M)
+    return m.group(1) if m else "?"
+
+
+def scaling_pins(ncpu):
+    """(proxy CPUs for 1 shard, for 2 shards, CPUs of wrk + backend)."""
+    if ncpu >= 4:
+        return "0", "0,1", "2-%d" % (ncpu - 1)
+    if ncpu == 3:
+        return "0", "0,1", "2"
+    return "0", "0,1", str(ncpu - 1)
+
+
+def run_scaling(ctx, demo):
+    """Throughput and CPU per request of shardproxy (relay auto) with 1 and 2
+    shards, interleaved, wrk and the backend pinned; then PSS of shardproxy-auto
+    and HAProxy at 1,000 / 5,000 / 10,000 idle connections. Returns a dict."""
+    a = ctx.args
+    t0 = time.monotonic()
+    ncpu = os.cpu_count() or 1
+    pin1, pin2, pin_load = scaling_pins(ncpu)
+    load_cpus = 1 if "-" not in pin_load else ncpu - 2
+    wrk_threads = 1 if load_cpus == 1 else 2
+    data = {"when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "git": cmd_out(["git", "-C", REPO, "describe", "--always", "--dirty"]),
+            "nproc": ncpu, "repeats": a.scaling_repeats, "duration": a.scaling_duration,
+            "pins": {"1": pin1, "2": pin2, "load": pin_load}, "wrk_threads": wrk_threads,
+            "backend_workers": load_cpus,
+            "loadavg": " ".join((read("/proc/loadavg") or "? ? ?").split()[:3]),
+            "runs": [], "mem": [], "notes": [], "affinity": {}}
+    if ncpu < 2:
+        data["notes"].append("one CPU: nothing to pin apart; scaling runs skipped")
+    backend = None
+    if os.access(demo, os.X_OK):
+        backend = start_demo_backend(demo, load_cpus, pin=pin_load)
+        data["backend"] = "`taskset -c %s demo-upstream -w %d`" % (pin_load, load_cpus)
+    else:
+        backend = ctx.backend if getattr(ctx, "backend", None) else None
+        data["backend"] = "%s (not pinned: demo-upstream missing)" % (ctx.backend_desc,)
+        if backend is None:
+            data["notes"].append("no backend")
+            return data
+    try:
+        for rep in range(a.scaling_repeats if ncpu >= 2 else 0):
+            for workers, pin in ((1, pin1), (2, pin2)):
+                say("scaling %d/%d: shardproxy-auto, %d shard(s) on CPU %s, wrk + backend on "
+                    "CPU %s" % (rep + 1, a.scaling_repeats, workers, pin, pin_load))
+                srv = start_shardproxy(ctx.shardproxy, workers, "auto", "hash", backend.port,
+                                       10000, pin=pin)
+                if srv is None:
+                    data["notes"].append("%d shard(s), repeat %d: did not start" % (workers, rep + 1))
+                    continue
+                r = {"workers": workers, "repeat": rep}
+                try:
+                    time.sleep(0.3)
+                    st = shard_counts(admin_stats(srv))
+                    data["affinity"][str(workers)] = "supervisor %s; %s" % (
+                        cpus_allowed(srv.pid), ", ".join("shard %d on CPU %s" % (k, cpus_allowed(v[4]))
+                                                         for k, v in sorted(st.items())))
+                    url = "http://%s:%d/" % (HOST, srv.port)
+                    for wname, extra in (("keepalive", ()), ("close", ("-H", "Connection: close"))):
+                        st0 = shard_counts(admin_stats(srv))
+                        pids = srv.pids()
+                        c0 = cpu_ticks(pids)
+                        w = run_wrk(a, url, a.scaling_duration, extra, wrk_threads, 50, pin=pin_load)
+                        c1 = cpu_ticks(srv.pids())
+                        st1 = shard_counts(admin_stats(srv))
+                        r[wname] = {"rps": w["rps"], "requests": w["requests"],
+                                    "cpu_s": cpu_delta_s(c0, c1),
+                                    "sup_cpu_s": (c1.get(srv.pid, 0) - c0.get(srv.pid, 0)) / CLK_TCK,
+                                    "errors": w["errors"],
+                                    "shards": [st1[k][0] - st0.get(k, (0,))[0] for k in sorted(st1)]}
+                        if w["errors"]:
+                            data["notes"].append("%d shard(s), repeat %d, %s: wrk errors %s, non-2xx %d"
+                                                 % (workers, rep + 1, wname, w["socket_errors"],
+                                                    w["non2xx"]))
+                        say("  %s: %.0f req/s, %.2f CPU-s/100k" % (
+                            wname, w["rps"] or 0, per100k(r[wname]) or 0))
+                        time.sleep(0.3)
+                finally:
+                    alive = srv.alive()
+                    srv.stop()
+                    if not alive:
+                        data["notes"].append("%d shard(s), repeat %d: proxy exited" % (workers, rep + 1))
+                data["runs"].append(r)
+        data["scaling_s"] = time.monotonic() - t0
+
+        # memory against idle connections
+        t1 = time.monotonic()
+        hard = hard_nofile()
+        hap_cap = ((hard - 300) // 2) // 100 * 100
+        names = ["shardproxy-auto"] + (["haproxy"] if shutil.which("haproxy") else [])
+        for name in names:
+            say("memory curve: %s" % name)
+            if name == "haproxy":
+                srv = start_haproxy(a.workers, backend.port)
+            else:
+                srv = start_shardproxy(ctx.shardproxy, a.workers, "auto", "hash", backend.port,
+                                       max(SCALING_LEVELS) + 2000)
+            m = {"variant": name, "points": [], "skipped": []}
+            data["mem"].append(m)
+            if srv is None:
+                m["skipped"].append("did not start")
+                continue
+            procs = []
+            try:
+                time.sleep(0.5)
+                m["fresh_kib"] = pss_kib(srv.pids())
+                m["nprocs"] = len(srv.pids())
+                held = 0
+                for level in SCALING_LEVELS:
+                    target = level
+                    if name == "haproxy" and level > hap_cap:
+                        m["skipped"].append(
+                            "%s connections: HAProxy holds the client and the upstream socket of "
+                            "every connection in its one process, 2 × %s = %s descriptors plus "
+                            "its listeners, over the hard RLIMIT_NOFILE of %s; measured at %s "
+                            "instead (its maxconn here is %s)"
+                            % (fmt_int(level), fmt_int(level), fmt_int(2 * level), fmt_int(hard),
+                               fmt_int(hap_cap), fmt_int((hard - 200) // 2)))
+                        target = hap_cap
+                    if target <= held:
+                        continue
+                    add = target - held
+                    ps, ok, failed = hold_idle(srv.port, add, max(1, -(-add // 4000)))
+                    procs += ps
+                    held += ok
+                    time.sleep(1.0)
+                    m["points"].append({"level": level, "target": target, "held": held,
+                                        "failed": failed, "pss_kib": pss_kib(srv.pids())})
+                    if failed:
+                        data["notes"].append("%s at %s: %d connections failed"
+                                             % (name, fmt_int(target), failed))
+                    say("  %s held: %.1f MiB" % (fmt_int(held), m["points"][-1]["pss_kib"] / 1024))
+            finally:
+                release_idle(procs)
+                srv.stop()
+        data["mem_s"] = time.monotonic() - t1
+    finally:
+        if backend is not getattr(ctx, "backend", None):
+            backend.stop()
+    data["elapsed_s"] = time.monotonic() - t0
+    return data
+
+
+def fmt_int(n):
+    return "{:,}".format(n)
+
+
+def sig3(x):
+    """x rounded to 3 significant figures, as an int (a projection is no more precise)."""
+    return int(float("%.3g" % x))
+
+
+def scaling_section(d):
+    """Markdown of the scaling section (starting with SCALING_TITLE)."""
+    md = [SCALING_TITLE + "\n"]
+    md.append("Generated by %s on %s (git `%s`), in %.0f s; load average (1/5/15 min) at the "
+              "start %s. A full `make bench` measures it again at its end and rewrites it; "
+              "runs that do not (quick mode, `--only`, `--no-scaling`) keep it as it is. "
+              "`python3 tests/bench/bench.py --scaling` measures only this section.\n"
+              % (d.get("how", "`python3 tests/bench/bench.py --scaling`"), d["when"], d["git"],
+                 d.get("elapsed_s", 0), d["loadavg"]))
+    pins = d["pins"]
+    md.append("### Cost per request with 1 and 2 shards\n")
+    md.append(
+        "shardproxy, `\"relay\": \"auto\"`, `\"steering\": \"hash\"`, a fresh proxy per run; "
+        "%d repeat(s), each running 1 shard then 2 shards (interleaved), %d s per wrk run; "
+        "median (min–max). Pinned with `taskset -c`: wrk (`-t%d -c50`) and the backend (%s) "
+        "on CPU %s; the proxy launched on CPU %s for 1 shard and on CPUs %s for 2 shards "
+        "(shardproxy then pins shard slot *i* to the *i*-th CPU it is allowed; read back from "
+        "`/proc/PID/status`: 1 shard: %s; 2 shards: %s). CPU = utime + stime of the supervisor "
+        "and the shards over the wrk run (the supervisor's own share is its column).\n"
+        % (d["repeats"], d["duration"], d["wrk_threads"], d["backend"], pins["load"], pins["1"],
+           pins["2"], d["affinity"].get("1", "?"), d["affinity"].get("2", "?")))
+    if d["nproc"] <= 2:
+        md.append(
+            "**This is not a clean scaling measurement.** The box has %d CPUs and the load "
+            "generator and the backend must run somewhere: the 1-shard run gives that shard "
+            "CPU 0 to itself, but in the 2-shard run the second shard shares CPU %s with wrk "
+            "and the backend, so its req/s says how much the second shard can take from a core "
+            "that is already busy, not what a second core adds. What this box can show cleanly "
+            "is the CPU cost per request with 1 shard and whether it changes with 2.\n"
+            % (d["nproc"], pins["load"]))
+    rows = []
+    summ, summ_busy, sup_max, tot_cpu = {}, {}, 0.0, []
+    for workers in (1, 2):
+        runs = [r for r in d["runs"] if r["workers"] == workers]
+        for wname, label in (("keepalive", "keep-alive"), ("close", "new connection per request")):
+            ws = [r[wname] for r in runs if r.get(wname)]
+            rps = med_range([w["rps"] for w in ws])
+            cpu = med_range([per100k(w) for w in ws])
+            busy = med_range([w["cpu_s"] / d["duration"] / workers * 100 for w in ws
+                              if w.get("cpu_s") is not None])
+            sup = med_range([w["sup_cpu_s"] for w in ws])
+            spread = []
+            for w in ws:
+                tot = sum(w["shards"]) or 1
+                spread.append("/".join("%.0f%%" % (100.0 * x / tot) for x in w["shards"]))
+            summ[(workers, wname)] = (rps[0], cpu[0])
+            summ_busy[(workers, wname)] = busy[0]
+            sup_max = max([sup_max] + [w["sup_cpu_s"] for w in ws])
+            tot_cpu += [w["cpu_s"] for w in ws if w.get("cpu_s") is not None]
+            if rps[0] is None:
+                rows.append("| %d | %s | – | – | – | – | – |" % (workers, label))
+                continue
+            rows.append("| %d | %s | %s (%s–%s) | %.2f (%.2f–%.2f) | %.0f%% | %.2f | %s |" % (
+                workers, label, fmt_int(round(rps[0])), fmt_int(round(rps[1])),
+                fmt_int(round(rps[2])), cpu[0], cpu[1], cpu[2], busy[0] or 0, sup[0] or 0,
+                ", ".join(sorted(set(spread))) if workers > 1 else "–"))
+    md.append("| shards | workload | req/s | proxy CPU-s per 100k req | proxy CPU busy (% of "
+              "its shards' cores) | supervisor CPU-s per run | accepted per shard |\n"
+              "|---:|---|---:|---:|---:|---:|---|")
+    md.extend(rows)
+    md.append("")
+    ratio = []
+    for wname, label in (("keepalive", "keep-alive"), ("close", "new connection")):
+        r1, c1 = summ.get((1, wname), (None, None))
+        r2, c2 = summ.get((2, wname), (None, None))
+        if r1 and r2 and c1 and c2:
+            ratio.append("%s: 2 shards / 1 shard = %.2f× req/s, %.2f× CPU per request"
+                         % (label, r2 / r1, c2 / c1))
+    if ratio:
+        md.append("Ratios of medians: " + "; ".join(ratio) + ".\n")
+
+    md.append("### Memory against idle connections\n")
+    md.append("PSS (`/proc/PID/smaps_rollup`, summed over every process of the proxy: supervisor "
+              "+ shards for shardproxy, HAProxy's one process), one proxy per variant with %d "
+              "workers, not pinned, fresh (no load before), then holding 1,000, then 5,000, then "
+              "10,000 idle connections (each answered one `GET /`, opened by client processes of "
+              "at most 4,000 connections each, whose descriptor limits are their own); read 1 s "
+              "after each step. One pass, not a median; shardproxy's "
+              "`limits.max_connections` is 12,000 for every step, so its slot table is the same "
+              "size throughout.\n" % (d["nproc"]))
+    md.append("| variant | processes | fresh | 1,000 idle | 5,000 idle | 10,000 idle | "
+              "KiB per connection (1,000 → most held) |\n|---|---:|---:|---:|---:|---:|---:|")
+    for m in d["mem"]:
+        cells = []
+        by = {p["level"]: p for p in m["points"]}
+        for level in SCALING_LEVELS:
+            p = by.get(level)
+            if not p:
+                cells.append("not measured")
+            elif p["target"] != level or p["held"] != level:
+                cells.append("%.1f MiB (at %s)" % (p["pss_kib"] / 1024, fmt_int(p["held"])))
+            else:
+                cells.append("%.1f MiB" % (p["pss_kib"] / 1024))
+        slope = "–"
+        if len(m["points"]) >= 2:
+            p0, p1 = m["points"][0], m["points"][-1]
+            if p1["held"] > p0["held"]:
+                slope = "%.2f" % ((p1["pss_kib"] - p0["pss_kib"]) / (p1["held"] - p0["held"]))
+        md.append("| %s | %s | %s | %s | %s |" % (
+            m["variant"], m.get("nprocs", "–"),
+            "%.1f MiB" % (m["fresh_kib"] / 1024) if m.get("fresh_kib") else "–",
+            " | ".join(cells), slope))
+    md.append("")
+    for m in d["mem"]:
+        for s in m["skipped"]:
+            md.append("- %s: %s." % (m["variant"], s))
+    if any(m["skipped"] for m in d["mem"]):
+        md.append("")
+
+    md.append("### Projection to a 16- and a 64-core box\n")
+    ka = summ.get((1, "keepalive"), (None, None))[1]
+    cl = summ.get((1, "close"), (None, None))[1]
+    if ka and cl:
+        per_core_ka = 1e5 / ka
+        per_core_cl = 1e5 / cl
+        md.append(
+            "From the 1-shard run (one shard alone on its core): %.2f CPU-s per 100k keep-alive "
+            "requests = %.1f µs of proxy CPU per request, so one core fully given to a shard "
+            "relays about **%s keep-alive req/s**; %.2f CPU-s per 100k new connections = %.1f µs "
+            "per connection, about **%s new connections/s** per core. If that per-request cost "
+            "stayed the same on every core (linear scaling, one shard per core, the load "
+            "generator and the backends elsewhere):\n"
+            % (ka, ka * 10, fmt_int(sig3(per_core_ka)), cl, cl * 10,
+               fmt_int(sig3(per_core_cl))))
+        md.append("| cores given to shards | keep-alive req/s | new connections/s |\n|---:|---:|---:|")
+        for n in (1, 16, 64):
+            md.append("| %d | %s | %s |" % (n, fmt_int(sig3(n * per_core_ka)),
+                                            fmt_int(sig3(n * per_core_cl))))
+        md.append("")
+        busy_ka, busy_cl = summ_busy.get((1, "keepalive")), summ_busy.get((1, "close"))
+        if busy_ka is not None and busy_cl is not None and max(busy_ka, busy_cl) < 90:
+            md.append(
+                "The shard was not saturated in those runs (%.0f%% and %.0f%% busy): CPU %s, "
+                "running wrk and the backend, was the limit, so the 1-shard req/s above is the "
+                "load generator's ceiling and the per-core figure is the measured cost per "
+                "request extrapolated to a busy core. A busy shard batches more completions "
+                "per `io_uring_enter`, so if anything this overstates the cost per request.\n"
+                % (busy_ka, busy_cl, pins["load"]))
+        md.append(
+            "Read this as the ceiling linear scaling would give, not as a promise. On loopback "
+            "the kernel processes a segment's receive path in the sender's context, so the "
+            "proxy's CPU here includes part of the TCP receive work of wrk and the backend, "
+            "and theirs includes part of the proxy's; with a NIC, the receive softirq runs on "
+            "whichever core the queue's interrupt targets, and the driver, interrupts and "
+            "(for new connections) SYN/ACK and TIME_WAIT handling come on top. What would "
+            "stop the line from staying straight:\n")
+    else:
+        md.append("No 1-shard figures were measured, so no projection.\n")
+    md.append(SCALING_LIMITS.format(
+        sup="at most %.2f CPU-s in any run, while the whole proxy used %.2f–%.2f CPU-s per run"
+        % (sup_max, min(tot_cpu), max(tot_cpu)) if tot_cpu else "not measured in this run"))
+    if d["notes"]:
+        md.append("Notes from the run:\n")
+        for n in d["notes"]:
+            md.append("- %s" % n)
+        md.append("")
+    return "\n".join(md) + "\n"
+
+
+SCALING_LIMITS = """\
+- **The kernel's TCP and softirq work per connection.** The profile of a shard
+  under new connections is mostly the kernel (handshake, softirq, teardown,
+  slab; see Findings); that work scales with cores only as far as the
+  kernel's shared structures do: the established and bind hash tables (locked
+  per bucket), the listener's SYN handling, and, for the upstream side, the
+  ephemeral port search: one source IP to one backend `IP:port` has about
+  28,000 ports (`ip_local_port_range`), each held by TIME_WAIT for 60 s after
+  the proxy closes first, which caps new upstream connections per
+  (source IP, backend) pair well below what 64 cores could accept unless
+  `tcp_tw_reuse`, several source addresses or several backends spread them.
+- **NIC queues and RSS against `SO_REUSEPORT` steering.** Linear scaling needs
+  at least one receive queue per core with its interrupt on that core. With
+  `"steering": "hash"` the shard is chosen by the 4-tuple hash independently of
+  the queue that received the packets, so a connection's softirq work can run
+  on one core and its relay on another (cross-core cache traffic, and
+  one core doing all the softirq if the NIC has few queues); `"steering":
+  "cpu"` picks the shard pinned to the CPU that handled the SYN, which lines up
+  with RSS/RPS when the queues are spread over the cores.
+- **The single supervisor is off the data path.** It forks, watches and
+  reloads shards and rebuilds the steering maps; it does no accept, connect or
+  relay work. Its CPU during the runs (the supervisor column above):
+  {sup}. It does not grow with traffic; it would matter only for the reload
+  and restart paths.
+- **Buffer ring memory per shard.** The copy engine's provided-buffer ring is
+  at most 1,024 × 16 KiB = 16 MiB per shard (what it can hold in flight); 64
+  shards may touch 1 GiB under bulk traffic, plus each shard's share of the
+  session slots (`limits.max_connections`) and its pipe pool for splice. The
+  idle-connection curve above is what this costs per connection.
+- **Memory bandwidth for copy against splice.** Copy moves every byte through
+  user memory (socket → buffer → socket: two copies per direction besides the
+  kernel's own), splice moves pages between sockets through a pipe; at tens of
+  cores doing bulk, copy hits the memory bus before the CPU, which is why
+  `auto` moves bulk directions to splice. Small keep-alive messages are not
+  bandwidth-bound.
+- **The accept queue per slot.** Each listener has one `SO_REUSEPORT` socket,
+  and so one accept queue, per shard slot, shared by the old and new
+  generation during a reload; steering balances new connections among the live
+  slots, but a burst lands in whichever queues the hash picks, and one slow
+  shard's queue fills while others are idle (`least_conn` reads counters that
+  lag a burst; see Findings).
+"""
+
+
+def section_of(text, title):
+    """The section `title` (a '## ' heading line) of text with its body, up to the
+    next '## ' heading, or None."""
+    if not text:
+        return None
+    m = re.search(r"^%s\n.*?(?=^## |\Z)" % re.escape(title), text, re.M | re.S)
+    return m.group(0).rstrip("\n") + "\n" if m else None
+
+
+def put_scaling_section(path, section):
+    """Put `section` into the report at path: in place of an existing one, else
+    just before '## Findings', else at the end. Nothing from '## Findings' on is
+    changed."""
+    old = read(path) or ""
+    m = re.search(r"^## Findings\n", old, re.M)
+    head, tail = (old[:m.start()], old[m.start():]) if m else (old, "")
+    ex = re.search(r"^%s\n.*?(?=^## |\Z)" % re.escape(SCALING_TITLE), head, re.M | re.S)
+    if ex:
+        head = head[:ex.start()] + section + "\n" + head[ex.end():]
+    else:
+        head = head.rstrip("\n") + "\n\n" + section + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(head + tail)
     os.replace(tmp, path)
 
 
@@ -1235,6 +1646,14 @@ def parse_args(argv):
     ap.add_argument("--idle-clients", type=int, default=None)
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop starting new repeats after this many seconds")
+    ap.add_argument("--scaling", action="store_true",
+                    help="run only the scaling and memory-curve measurements (1 and 2 shards, "
+                         "pinned; PSS at 1,000/5,000/10,000 idle connections) and put their "
+                         "section into the report (default --out docs/BENCHMARKS.md)")
+    ap.add_argument("--no-scaling", action="store_true",
+                    help="do not append the scaling measurements to a full run")
+    ap.add_argument("--scaling-repeats", type=int, default=3)
+    ap.add_argument("--scaling-duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--idle-client", nargs=2, type=int, metavar=("PORT", "COUNT"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -1251,11 +1670,52 @@ def parse_args(argv):
     return a
 
 
+def scaling_main(a):
+    """--scaling: only the scaling and memory-curve measurements, written as one
+    section of the existing report."""
+    t_start = time.monotonic()
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = Ctx()
+    ctx.args = a
+    build = a.build if os.path.isabs(a.build) else os.path.join(REPO, a.build)
+    ctx.shardproxy = os.path.join(build, "shardproxy")
+    ctx.backend = None
+    ctx.backend_desc = None
+    demo = os.path.join(build, "demo-upstream")
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            say("%s is not installed" % tool)
+            return 2
+    if not os.access(ctx.shardproxy, os.X_OK) or not os.access(demo, os.X_OK):
+        say("%s or %s is missing (make BUILD=%s all)" % (ctx.shardproxy, demo, a.build))
+        return 2
+    data = run_scaling(ctx, demo)
+    section = scaling_section(data)
+    print(section)
+    print("%.0f s" % (time.monotonic() - t_start))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+    out = a.out or "docs/BENCHMARKS.md"
+    out = out if os.path.isabs(out) else os.path.join(REPO, out)
+    put_scaling_section(out, section)
+    say("wrote the scaling section of %s" % out)
+    return 0
+
+
 def main(argv):
     a = parse_args(argv)
     if a.idle_client:
         idle_client_main(*a.idle_client)
         return 0
+    if a.scaling:
+        return scaling_main(a)
 
     t_start = time.monotonic()
     atexit.register(cleanup)
@@ -1368,6 +1828,19 @@ def main(argv):
         per_repeat = time.monotonic() - t_rep
     a.repeats = repeats_done
 
+    # The scaling and memory curve (~2 min) at the end of a full default run only.
+    # Skipped (the report keeps its existing section) when the run is already long.
+    scaling = None
+    if not a.quick and not a.only and not a.no_scaling and shutil.which("taskset") \
+            and os.access(ctx.shardproxy, os.X_OK) and os.access(demo, os.X_OK):
+        if time.monotonic() - t_start > a.time_limit - 60:
+            notes.append("scaling section not measured (the run had used %.0f s); the report "
+                         "keeps the existing one" % (time.monotonic() - t_start))
+            say(notes[-1])
+        else:
+            scaling = run_scaling(ctx, demo)
+        scaling["how"] = "the end of `make bench`"
+
     summary = summarize(results, variants)
     rows = table_rows(summary, variants)
     elapsed = time.monotonic() - t_start
@@ -1394,7 +1867,7 @@ def main(argv):
     if a.out:
         out = a.out if os.path.isabs(a.out) else os.path.join(REPO, a.out)
         write_report(ctx, out, info, rows, shard_info, memory_rows(results, variants), notes,
-                     elapsed, auto_relay)
+                     elapsed, auto_relay, scaling)
         say("wrote %s" % out)
     return 0
 
