@@ -61,7 +61,9 @@ static void explain(int err, char *buf, size_t len)
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
 		break;
 	case ENOSYS:
-		snprintf(buf, len, "io_uring_setup: not implemented: this kernel has no io_uring");
+		snprintf(buf, len,
+			 "io_uring_setup: Function not implemented: this kernel was built without "
+			 "io_uring (shardproxy needs Linux 6.0 or newer with CONFIG_IO_URING)");
 		break;
 	default:
 		snprintf(buf, len, "io_uring_setup: %s", strerror(err));
