@@ -205,12 +205,13 @@ class TcpServer:
     """Threaded TCP server on 127.0.0.1: one thread per connection running
     self.handle(conn). close() stops accepting and shuts every connection."""
 
-    def __init__(self, name="up", backlog=1024):
+    def __init__(self, name="up", backlog=1024, host=LOOPBACK, port=0):
         self.name = name
-        self.sock = socket.create_server((LOOPBACK, 0), backlog=backlog)
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=fam, backlog=backlog)
         self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.address = "%s:%d" % (LOOPBACK, self.port)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.address = ("[%s]:%d" if fam == socket.AF_INET6 else "%s:%d") % (host, self.port)
         self.lock = threading.Lock()
         self.conns = set()
         self.accepted = 0

@@ -20,7 +20,7 @@ from lib import check
 # ---- upstreams -----------------------------------------------------------------
 
 
-class Named:
+class Named(lib.TcpServer):
     """A threaded TCP server on host:port (0 = any) that greets with its name,
     then records what it receives until EOF. records: the non-empty byte
     strings received, one per connection (health checks send nothing)."""
@@ -28,44 +28,17 @@ class Named:
     def __init__(self, name, host=lib.LOOPBACK, port=0, tls=None, echo=False):
         """tls: (certificate file, key file) to terminate TLS with; echo: send
         back what is received (always with tls)."""
-        self.name = name
         self.tls = None
         if tls:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(*tls)
             self.tls.sni_callback = self._on_sni
         self.echo = echo or tls is not None
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=fam, backlog=1024)
-        self.sock.settimeout(0.1)
-        self.host, self.port = host, self.sock.getsockname()[1]
-        self.address = ("[%s]:%d" if fam == socket.AF_INET6 else "%s:%d") % (host, self.port)
-        self.lock = threading.Lock()
         self.records = []
         self.snis = []
-        self.accepted = 0
-        self.conns = set()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        super().__init__(name=name, host=host, port=port)
 
-    def _loop(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self.stopping:
-                    return
-                time.sleep(0.01)
-                continue
-            with self.lock:
-                self.accepted += 1
-                self.conns.add(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn):
+    def handle(self, conn):
         got = bytearray()
         try:
             conn.settimeout(10)
@@ -86,12 +59,6 @@ class Named:
             if got:
                 with self.lock:
                     self.records.append(bytes(got))
-            with self.lock:
-                self.conns.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass
 
     def _on_sni(self, sslobj, name, ctx):
         with self.lock:
@@ -102,21 +69,6 @@ class Named:
         check(ok, "upstream %s: %d connections with data recorded, want %d" % (self.name, len(self.records), n))
         with self.lock:
             return list(self.records)
-
-    def close(self):
-        self.stopping = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.thread.join(2)
-        with self.lock:
-            conns = list(self.conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def named(t, name, **kw):
