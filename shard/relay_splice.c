@@ -5,12 +5,43 @@
  * io-wq). A direction holds a pipe only while bytes sit in it. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include "shard/internal.h"
 
 /* Splice calls per readiness event before yielding to other sessions. */
 #define PUMP_BUDGET 16
+
+/* A bulk direction (one splice read of BULK_READ bytes or more) whose
+ * destination path has a smoothed round trip under SHORT_PATH_RTT_US gets a
+ * fixed send buffer of SHORT_PATH_SNDBUF (the kernel doubles it for its
+ * bookkeeping). Autotuning grows a fast sender's buffer towards tcp_wmem's
+ * maximum (4 MiB) although the receiver's window, not the buffer, limits
+ * it: megabytes sit unsent ("rwnd_limited" in ss -ti) and the receiver's
+ * window updates, or the pacing timer, send them from the receiver's CPU
+ * time. 512 KiB still covers the bandwidth-delay product of 4 Gbit/s at
+ * 1 ms and of 40 Gbit/s at 100 us; longer paths keep autotuning. Numbers
+ * in docs/BENCHMARKS.md. */
+#define BULK_READ (64 * 1024)
+#define SHORT_PATH_RTT_US 1000u
+#define SHORT_PATH_SNDBUF (256 * 1024)
+
+/* Once per direction, at its first bulk read: is the path short? */
+static void size_sndbuf(sp_dir_t *dir)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	int v = SHORT_PATH_SNDBUF;
+
+	dir->sized = true;
+	if (getsockopt(dir->dst, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_rtt == 0 ||
+	    ti.tcpi_rtt >= SHORT_PATH_RTT_US)
+		return;
+	(void)setsockopt(dir->dst, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+}
 
 static void arm_poll(sp_shard_t *sh, sp_session_t *s, int d, bool out)
 {
@@ -78,6 +109,8 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 				   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 		if (n > 0) {
 			dir->in_pipe += (uint32_t)n;
+			if (!dir->sized && n >= BULK_READ)
+				size_sndbuf(dir);
 			continue;
 		}
 		if (n == 0) {

@@ -4,7 +4,10 @@ the access log accounts for the bytes."""
 
 import json
 import random
+import re
+import shutil
 import socket
+import subprocess
 import threading
 
 import lib
@@ -75,6 +78,72 @@ def test_relay_auto_moves_bulk_to_splice_and_keeps_small_on_copy(t):
           "auto: 64 MiB transfer broken: %r" % (r if not isinstance(r, dict) else
                                                  {k: r[k] for k in ("received", "end", "error")},))
     check(max(seen, default=0) > base, "auto: a 64 MiB transfer never moved to splice (no pipe seen)")
+
+
+def _send_buffers(port):
+    """{client port: SO_SNDBUF as the kernel keeps it (ss's tb)} of the
+    proxy's accepted sockets on port."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", "( sport = :%d )" % port],
+                         capture_output=True, text=True, timeout=10).stdout
+    bufs = {}
+    peer = None
+    for line in out.splitlines():
+        m = re.search(r"127\.0\.0\.1:%d\s+127\.0\.0\.1:(\d+)" % port, line)
+        if m:
+            peer = int(m.group(1))
+        m = re.search(r"\btb(\d+)", line)
+        if m and peer is not None:
+            bufs[peer] = int(m.group(1))
+            peer = None
+    return bufs
+
+
+def _bulk_sizes_send_buffer(t, relay):
+    """A bulk direction on a short path (loopback: microseconds) gets a fixed
+    256 KiB send buffer on its destination (the kernel keeps twice that)
+    instead of autotuning towards tcp_wmem's 4 MiB; bytes still arrive
+    intact. Here: a client sends 16 MiB to an echo server and reads nothing
+    at first, so the proxy's socket back to it fills up; ss shows that
+    socket's buffer while it is full."""
+    if not shutil.which("ss"):
+        raise lib.Skip("ss (iproute2) is not installed")
+    up, port, _ = _echo_proxy(t, relay, workers=1)
+    with open("/proc/sys/net/core/wmem_max") as f:
+        want = 2 * min(256 * 1024, int(f.read()))
+    s = lib.connect(port)
+    me = s.getsockname()[1]
+    lib.roundtrip(s, b"small first")
+    before = _send_buffers(port).get(me)
+    check(before is not None and before != want,
+          "%s: before any bulk the send buffer is %r, want autotuning's" % (relay, before))
+    data = lib.payload(16 * MiB, seed=5)
+    sender = threading.Thread(target=lib.send_all, args=(s, data), daemon=True)
+    sender.start()
+    seen = []
+    lib.wait_until(lambda: seen.append(_send_buffers(port).get(me)) or seen[-1] == want, 10)
+    s.settimeout(60)
+    back = bytearray()
+    while len(back) < len(data):
+        d = s.recv(262144)
+        if not d:
+            break
+        back += d
+    sender.join(10)
+    s.close()
+    check(bytes(back) == bytes(data),
+          "%s: 16 MiB echo: %d bytes came back, %s" % (
+              relay, len(back), "intact" if bytes(back) == bytes(data) else "corrupted"))
+    check(seen and seen[-1] == want,
+          "%s: under bulk, the proxy's socket to the client kept send buffers %r, want %d "
+          "(ss -tm tb)" % (relay, sorted(set(x for x in seen if x)), want))
+
+
+def test_relay_splice_bulk_on_short_path_fixes_send_buffer(t):
+    _bulk_sizes_send_buffer(t, "splice")
+
+
+def test_relay_auto_bulk_on_short_path_fixes_send_buffer(t):
+    _bulk_sizes_send_buffer(t, "auto")
 
 
 def _concurrent(t, relay, sessions=200):
