@@ -216,10 +216,12 @@ static void check_pipe_limits(const sp_conf_t *conf)
 	f = fopen("/proc/sys/fs/pipe-user-pages-soft", "r");
 	if (!f)
 		return;
+	long page = sysconf(_SC_PAGESIZE);
+	unsigned long per_pipe = SP_PIPE_SIZE / (unsigned long)(page > 0 ? page : 4096);
 	if (fscanf(f, "%lu", &soft) == 1 && soft)
 		sp_info("relay splice: fs.pipe-user-pages-soft is %lu pages, about %lu full-size "
 			"pipes for this user; a session holds a pipe only while bytes are in it",
-			soft, soft / 16);
+			soft, soft / per_pipe);
 	fclose(f);
 }
 

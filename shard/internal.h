@@ -63,12 +63,6 @@ typedef enum {
  * per-session memory bound is 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE, plus what
  * one multishot round may land before the pause takes effect. */
 #define SP_COPY_QMAX 8
-/* Pipe capacity asked with F_SETPIPE_SZ: 64 pages. A pipe holds pages only
- * while bytes sit in it, and bigger pipes mean fewer splice calls and
- * wake-ups per byte (bulk: 0.26 -> 0.20 CPU s/GiB and +9% against 64 KiB,
- * docs/BENCHMARKS.md). An unprivileged user over fs.pipe-user-pages-soft
- * gets the 64 KiB default instead; the engine works with either. */
-#define SP_PIPE_SIZE (256 * 1024)
 #define SP_SPLICE_CHUNK SP_PIPE_SIZE
 
 /* One direction of a session: bytes read from src are written to dst. */
