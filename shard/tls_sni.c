@@ -98,7 +98,8 @@ static sp_parse_t rd_int(struct hs_reader *r, size_t n, size_t *v)
 }
 
 /* A host_name of len bytes into sni, lower-cased, each byte checked as it
- * arrives: letters, digits, '-', '_', labels of 1..63 split by single dots. */
+ * arrives: letters, digits, '-', '_', labels of 1..63 split by single dots,
+ * and at most one dot at the end, which is dropped. */
 static sp_parse_t rd_host_name(struct hs_reader *r, size_t len, char *sni, size_t cap)
 {
 	size_t label = 0;
@@ -124,7 +125,12 @@ static sp_parse_t rd_host_name(struct hs_reader *r, size_t len, char *sni, size_
 		sni[i] = (char)c;
 		sni[i + 1] = '\0';
 	}
-	return label ? SP_PARSE_OK : SP_PARSE_INVALID; /* no trailing dot */
+	/* A fully qualified "example.com." names the same host as
+	 * "example.com" (RFC 6066 says clients send it without the dot; some
+	 * do not), and route patterns drop the dot the same way. */
+	if (label == 0)
+		sni[len - 1] = '\0';
+	return SP_PARSE_OK;
 }
 
 /* The server_name extension body: a ServerNameList filling it exactly, at

@@ -321,6 +321,25 @@ def test_routing_sni_incomplete_hello_closed_at_peek_timeout_and_on_drain(t):
 
 
 @lib.timeout(30)
+def test_routing_sni_fully_qualified_name_with_trailing_dot_matches(t):
+    """A client that sends "API.example.com." (fully qualified, as Python's
+    ssl and some resolvers' callers do) reaches the route for
+    api.example.com and *.internal.example.com alike; "x.." is still no name."""
+    ups = {n: named(t, n) for n in ("api", "internal", "web")}
+    port = lib.free_port()
+    t.proxy(lib.config([lib.listener("tls", port, routes=SNI_ROUTES + [{"upstream": "web"}])],
+                       [lib.upstream(n, [u.address]) for n, u in ups.items()]))
+    for name, want in (("API.example.com.", b"api\n"), ("db.internal.example.com.", b"internal\n")):
+        hello = client_hello(name)
+        check(name.encode() in hello, "the ClientHello does not carry %r as written" % name)
+        reply, _, _ = send_and_read(port, hello)
+        check(reply == want, "SNI %r: reply %r, want %r" % (name, reply, want))
+    hello = client_hello("api.example.com.")
+    bad = hello.replace(b"api.example.com.", b"api.example.c..")
+    reply, _, _ = send_and_read(port, bad)
+    check(reply == b"web\n", "SNI 'api.example.c..': reply %r, want web (no name)" % reply)
+
+
 def test_routing_sni_not_tls_truncated_or_oversized_falls_to_route_without_sni(t):
     ups = {n: named(t, n) for n in ("api", "internal", "web")}
     port, only_sni = lib.free_port(), lib.free_port()

@@ -310,7 +310,7 @@ static void test_name_that_is_not_a_dns_name_is_invalid(void **state)
 	const char *bad[] = {
 	    "www.exa ple.com",	     "www.exa/ple.com", "www.exa\0ple.com",
 	    "www.exa\xc3\xa9le.com", "*.w.example.com", ".ww.example.com",
-	    "www.example.co.",	     "www..xample.com", "www.exa:ple.com",
+	    "www.example.c..",	     "www..xample.com", "www.exa:ple.com",
 	};
 	size_t off = name_offset(ch_tls13_sni, sizeof(ch_tls13_sni));
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
@@ -322,6 +322,15 @@ static void test_name_that_is_not_a_dns_name_is_invalid(void **state)
 	memcpy(work + off, "www.exa ple.com", 15);
 	assert_invalid(work, off + 8);
 	assert_int_equal(parse(work, off + 7, (char[256]){0}), SP_PARSE_INCOMPLETE);
+}
+
+static void test_one_trailing_dot_is_dropped(void **state)
+{
+	(void)state;
+	size_t off = name_offset(ch_tls13_sni, sizeof(ch_tls13_sni));
+	memcpy(work, ch_tls13_sni, sizeof(ch_tls13_sni));
+	memcpy(work + off, "www.Example.co.", 15);
+	assert_sni(work, sizeof(ch_tls13_sni), "www.example.co");
 }
 
 static void test_underscore_hyphen_and_digits_are_allowed(void **state)
@@ -622,6 +631,7 @@ int main(void)
 	    cmocka_unit_test(test_name_too_long_for_cap_is_invalid),
 	    cmocka_unit_test(test_name_too_long_is_invalid_before_its_bytes_arrive),
 	    cmocka_unit_test(test_name_that_is_not_a_dns_name_is_invalid),
+	    cmocka_unit_test(test_one_trailing_dot_is_dropped),
 	    cmocka_unit_test(test_underscore_hyphen_and_digits_are_allowed),
 	    cmocka_unit_test(test_label_longer_than_63_is_invalid),
 	    cmocka_unit_test(test_overrunning_lengths_are_invalid_as_soon_as_read),
