@@ -1108,9 +1108,11 @@ MEANING = """\
 - **New connection per request** adds, per request, a client accept, an
   upstream connect and two closes: it is dominated by the kernel's TCP
   handshake work and by how a proxy accepts (multishot accept, steering).
-- **Bulk** is bounded by memory copies: a proxy that copies through user space
-  moves every byte twice more than `direct`; `splice` moves pages between
-  sockets through a pipe without copying them to user space.
+- **Bulk** costs every proxy a second loopback TCP hop: its send path and the
+  delivery into wrk's socket run on the same two cores as wrk and the backend
+  (`direct` is already CPU-bound). A proxy that copies through user space
+  also moves every byte twice more; `splice` moves pages between sockets
+  through a pipe without copying them to user space (Findings, item 4).
 - **PSS per idle connection** is what the proxy's processes hold per connection
   (buffers, session state), shared pages split between processes; kernel socket
   memory (the same two sockets for every proxy) is not included.
