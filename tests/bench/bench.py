@@ -1214,7 +1214,7 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
                             duration=a.duration, idle=a.idle, idle_clients=a.idle_clients,
                             idle_note=idle_note, tck=1000 // CLK_TCK,
                             backend_workers=a.backend_workers, nproc=info["nproc"]))
-    md.append("Rerun: `make bench` (default: 3 repeats, 5 s runs, under 10 minutes), "
+    md.append("Rerun: `make bench` (default: 4 repeats, 5 s runs, under 10 minutes), "
               "`BENCH_QUICK=1 make bench` (1 repeat, 2 s runs, 1,000 idle connections, under "
               "2 minutes), `python3 tests/bench/bench.py --build build --only "
               "shardproxy-copy,haproxy --repeats 5 --duration 10`, or `python3 "
@@ -1662,7 +1662,7 @@ def parse_args(argv):
     if os.environ.get("BENCH_QUICK") == "1":
         a.quick = True
     if a.repeats is None:
-        a.repeats = 1 if a.quick else 3
+        a.repeats = 1 if a.quick else 4
     if a.duration is None:
         a.duration = 2 if a.quick else 5
     if a.backend_workers is None:
@@ -1841,7 +1841,7 @@ def main(argv):
             say(notes[-1])
         else:
             scaling = run_scaling(ctx, demo)
-        scaling["how"] = "the end of `make bench`"
+            scaling["how"] = "the end of `make bench`"
 
     summary = summarize(results, variants)
     rows = table_rows(summary, variants)
