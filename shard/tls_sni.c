@@ -99,12 +99,16 @@ static sp_parse_t rd_int(struct hs_reader *r, size_t n, size_t *v)
 
 /* A host_name of len bytes into sni, lower-cased, each byte checked as it
  * arrives: letters, digits, '-', '_', labels of 1..63 split by single dots,
- * and at most one dot at the end, which is dropped. */
+ * and at most one dot at the end, which is not stored: a fully qualified
+ * "example.com." names the same host as "example.com" (RFC 6066 says
+ * clients send it without the dot; some do not), and route patterns drop
+ * the dot the same way. So a name of len == cap fits only if it ends with
+ * that dot, which is known when its last byte arrives. */
 static sp_parse_t rd_host_name(struct hs_reader *r, size_t len, char *sni, size_t cap)
 {
 	size_t label = 0;
 
-	if (len == 0 || len > DNS_NAME_MAX || len >= cap)
+	if (len == 0 || len > DNS_NAME_MAX || len > cap)
 		return SP_PARSE_INVALID;
 	for (size_t i = 0; i < len; i++) {
 		uint8_t c;
@@ -115,6 +119,8 @@ static sp_parse_t rd_host_name(struct hs_reader *r, size_t len, char *sni, size_
 			if (label == 0)
 				return SP_PARSE_INVALID;
 			label = 0;
+			if (i == len - 1)
+				return SP_PARSE_OK; /* the trailing dot */
 		} else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
 			   c == '_') {
 			if (++label > DNS_LABEL_MAX)
@@ -122,14 +128,11 @@ static sp_parse_t rd_host_name(struct hs_reader *r, size_t len, char *sni, size_
 		} else {
 			return SP_PARSE_INVALID;
 		}
+		if (i + 1 >= cap) /* no room for this byte and the terminating NUL */
+			return SP_PARSE_INVALID;
 		sni[i] = (char)c;
 		sni[i + 1] = '\0';
 	}
-	/* A fully qualified "example.com." names the same host as
-	 * "example.com" (RFC 6066 says clients send it without the dot; some
-	 * do not), and route patterns drop the dot the same way. */
-	if (label == 0)
-		sni[len - 1] = '\0';
 	return SP_PARSE_OK;
 }
 

@@ -299,8 +299,13 @@ static void test_name_too_long_is_invalid_before_its_bytes_arrive(void **state)
 	(void)state;
 	size_t off = name_offset(ch_tls13_sni, sizeof(ch_tls13_sni));
 	char sni[256];
-	assert_int_equal(sp_tls_sni_parse(ch_tls13_sni, off, sni, 15), SP_PARSE_INVALID);
+	/* 15 bytes of name: cap 14 cannot hold it even without a trailing dot */
+	assert_int_equal(sp_tls_sni_parse(ch_tls13_sni, off, sni, 14), SP_PARSE_INVALID);
 	assert_int_equal(sp_tls_sni_parse(ch_tls13_sni, off, sni, 16), SP_PARSE_INCOMPLETE);
+	/* cap 15 would hold "www.example.co." without its dot: decided by the
+	 * last byte ('m' here) */
+	assert_int_equal(sp_tls_sni_parse(ch_tls13_sni, off + 14, sni, 15), SP_PARSE_INCOMPLETE);
+	assert_int_equal(sp_tls_sni_parse(ch_tls13_sni, off + 15, sni, 15), SP_PARSE_INVALID);
 }
 
 static void test_name_that_is_not_a_dns_name_is_invalid(void **state)
@@ -331,6 +336,13 @@ static void test_one_trailing_dot_is_dropped(void **state)
 	memcpy(work, ch_tls13_sni, sizeof(ch_tls13_sni));
 	memcpy(work + off, "www.Example.co.", 15);
 	assert_sni(work, sizeof(ch_tls13_sni), "www.example.co");
+	/* the dot is not stored, so 14 bytes and the NUL are room enough */
+	char sni[256];
+	memset(sni, 0x5a, sizeof(sni));
+	assert_int_equal(sp_tls_sni_parse(work, sizeof(ch_tls13_sni), sni, 15), SP_PARSE_OK);
+	assert_string_equal(sni, "www.example.co");
+	assert_int_equal(sni[15], 0x5a);
+	assert_int_equal(sp_tls_sni_parse(work, sizeof(ch_tls13_sni), sni, 14), SP_PARSE_INVALID);
 }
 
 static void test_underscore_hyphen_and_digits_are_allowed(void **state)
