@@ -62,8 +62,8 @@ static void explain(int err, char *buf, size_t len)
 		break;
 	case ENOSYS:
 		snprintf(buf, len,
-			 "io_uring_setup: Function not implemented: this kernel was built without "
-			 "io_uring (shardproxy needs Linux 6.0 or newer with CONFIG_IO_URING)");
+			 "io_uring_setup: ENOSYS: this kernel has no io_uring system call "
+			 "(shardproxy needs Linux 6.0 or newer with CONFIG_IO_URING)");
 		break;
 	default:
 		snprintf(buf, len, "io_uring_setup: %s", strerror(err));
