@@ -12,17 +12,12 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "tests/unit/conf_text.h"
 
 /* Test JSON is written with ' for " so it reads without escapes. */
 static sp_conf_t *load(const char *text, sp_conf_errors_t *e)
 {
-	char *t = strdup(text);
-	for (char *p = t; *p; p++)
-		if (*p == '\'')
-			*p = '"';
-	sp_conf_t *c = sp_conf_load_buffer("conf.json", t, strlen(t), e);
-	free(t);
-	return c;
+	return conf_text_load("conf.json", text, e);
 }
 
 /* The text must fail with exactly one error, equal to want. */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "conf/conf.h"
+#include "tests/unit/conf_text.h"
 #include "proxy/health.h"
 #include "runtime/log.h"
 
@@ -50,19 +51,7 @@ static void shm_free(shm_t *s)
 /* A configuration from JSON written with ' for ". */
 static sp_conf_t *load(const char *text)
 {
-	sp_conf_errors_t e = {0};
-	char *t = strdup(text);
-	assert_non_null(t);
-	for (char *p = t; *p; p++)
-		if (*p == '\'')
-			*p = '"';
-	sp_conf_t *c = sp_conf_load_buffer("health.json", t, strlen(t), &e);
-	free(t);
-	sp_conf_errors_print(&e, stderr);
-	assert_int_equal(e.n, 0);
-	assert_non_null(c);
-	sp_conf_errors_free(&e);
-	return c;
+	return conf_text_load_ok("health.json", text);
 }
 
 /* Index of server k of the upstream named name. */

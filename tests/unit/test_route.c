@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "conf/conf.h"
+#include "tests/unit/conf_text.h"
 #include "shard/route.h"
 
 /* Test JSON is written with ' for " so it reads without escapes. Upstreams
@@ -25,19 +26,7 @@
 
 static sp_conf_t *load(const char *text)
 {
-	sp_conf_errors_t e = {0};
-	char *t = strdup(text);
-	assert_non_null(t);
-	for (char *p = t; *p; p++)
-		if (*p == '\'')
-			*p = '"';
-	sp_conf_t *c = sp_conf_load_buffer("route.json", t, strlen(t), &e);
-	free(t);
-	sp_conf_errors_print(&e, stderr);
-	assert_int_equal(e.n, 0);
-	assert_non_null(c);
-	sp_conf_errors_free(&e);
-	return c;
+	return conf_text_load_ok("route.json", text);
 }
 
 /* A client address: "a.b.c.d" or an IPv6 address (v4-mapped included). */
