@@ -275,6 +275,18 @@ class TcpServer:
         self.thread.join(2)
 
 
+def read_to_eof(conn):
+    """Read conn until the peer's FIN: (bytes, sha256 hex) of what came."""
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        data = conn.recv(262144)
+        if not data:
+            return n, h.hexdigest()
+        h.update(data)
+        n += len(data)
+
+
 class EchoServer(TcpServer):
     """Echoes every byte back while hashing what it received. Optionally sends
     greeting (e.g. its name and a newline) first. On the client's EOF it records
@@ -332,13 +344,8 @@ class ReplyAfterEofServer(TcpServer):
         super().__init__(**kw)
 
     def handle(self, conn):
-        h = hashlib.sha256()
-        while True:
-            data = conn.recv(262144)
-            if not data:
-                break
-            h.update(data)
-        conn.sendall(h.hexdigest().encode() + self.extra)
+        _n, digest = read_to_eof(conn)
+        conn.sendall(digest.encode() + self.extra)
         conn.shutdown(socket.SHUT_WR)
 
 
@@ -354,16 +361,9 @@ class HalfCloseFirstServer(TcpServer):
     def handle(self, conn):
         conn.sendall(self.first)
         conn.shutdown(socket.SHUT_WR)
-        h = hashlib.sha256()
-        n = 0
-        while True:
-            data = conn.recv(262144)
-            if not data:
-                break
-            h.update(data)
-            n += len(data)
+        n, digest = read_to_eof(conn)
         with self.lock:
-            self.records.append({"bytes": n, "sha": h.hexdigest()})
+            self.records.append({"bytes": n, "sha": digest})
 
 
 class _HttpHandler(http.server.BaseHTTPRequestHandler):

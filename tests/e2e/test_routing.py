@@ -645,18 +645,28 @@ def test_routing_stopped_server_marked_down_by_health_checks_then_no_client_fail
     check(c.get("b", 0) >= 5, "server back up, yet it got %s" % c)
 
 
-@lib.timeout(30)
-def test_routing_passive_failures_mark_a_server_down(t):
+# active checks too rare to matter: only live traffic can tell
+SLOW_CHECKS = {"interval_ms": 600000, "timeout_ms": 1000, "fall": 2, "rise": 1}
+
+
+def _b_fails_under_traffic(t):
+    """Servers a and b behind port (retries=1, SLOW_CHECKS); b goes away and
+    ten clients land on a. Returns (proxy, port, a, b, mark before b went)."""
     a, b = named(t, "a"), named(t, "b")
     port = lib.free_port()
-    # checks too rare to matter here: only live traffic can tell
-    slow = {"interval_ms": 600000, "timeout_ms": 1000, "fall": 2, "rise": 1}
     p = t.proxy(lib.config([lib.listener("l", port, "u")],
-                           [lib.upstream("u", [a.address, b.address], retries=1, health_check=slow)]))
+                           [lib.upstream("u", [a.address, b.address], retries=1,
+                                         health_check=SLOW_CHECKS)]))
     m = p.mark()
     b.close()
     for i in range(10):
         check(who(port) == "a", "retries=1: connection %d did not land on a" % i)
+    return p, port, a, b, m
+
+
+@lib.timeout(30)
+def test_routing_passive_failures_mark_a_server_down(t):
+    p, _port, _a, b, m = _b_fails_under_traffic(t)
     p.expect_log(r"server %s is down \(\d+ connection failures" % b.address, timeout_s=2, after=m)
 
 
@@ -664,19 +674,11 @@ def test_routing_passive_failures_mark_a_server_down(t):
 def test_routing_reload_keeps_a_down_server_down(t):
     """Health state survives a reload for servers the new file still has:
     a server known to be down takes no client after the reload either."""
-    a, b = named(t, "a"), named(t, "b")
-    port = lib.free_port()
-    slow = {"interval_ms": 600000, "timeout_ms": 1000, "fall": 2, "rise": 1}
-    p = t.proxy(lib.config([lib.listener("l", port, "u")],
-                           [lib.upstream("u", [a.address, b.address], retries=1, health_check=slow)]))
-    m = p.mark()
-    b.close()
-    for i in range(10):
-        check(who(port) == "a", "retries=1: connection %d did not land on a" % i)
+    p, port, a, b, m = _b_fails_under_traffic(t)
     p.expect_log(r"server %s is down" % b.address, timeout_s=2, after=m)
     # the new file gives no second chance: one failed connect fails the client
     m = p.reload(lib.config([lib.listener("l", port, "u")],
-                            [lib.upstream("u", [a.address, b.address], retries=0, health_check=slow)]))
+                            [lib.upstream("u", [a.address, b.address], retries=0, health_check=SLOW_CHECKS)]))
     p.expect_log(r"reload: generation 2 ready", after=m)
     for i in range(20):
         try:
