@@ -854,6 +854,8 @@ class Proxy:
             write_config(self.path, conf)
         self.errfile = os.path.join(ctx.tmpdir, "%s.stderr" % name)
         self.outfile = os.path.join(ctx.tmpdir, "%s.stdout" % name)
+        if user is not None:
+            self.bin = ctx.binary_for_user()
         cmd = [self.bin, "-c", self.path]
         if workers is not None:
             cmd += ["-w", str(workers)]
@@ -1109,6 +1111,31 @@ class Ctx:
         _register(p.pid)
         self.defer(lambda: _stop_proc(p, 2))
         return p
+
+    def binary_for_user(self):
+        """The binary copied where any user can execute it, for tests that run
+        it as another user: the checkout may live under a directory others
+        cannot enter (e.g. /root, mode 0700), and exec needs search permission
+        on every directory of the path. Made once per test, removed with it."""
+        if getattr(self, "_user_binary", None):
+            return self._user_binary
+        d = tempfile.mkdtemp(prefix="e2e-bin-")
+        self.defer(lambda: shutil.rmtree(d, ignore_errors=True))
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "shardproxy")
+        shutil.copyfile(self.binary, path)
+        os.chmod(path, 0o755)
+        walk = d
+        while True:
+            if os.stat(walk).st_mode & 0o001 == 0:
+                raise Skip("%s: directory %s is not searchable by other users (set TMPDIR to one that is)"
+                           % (path, walk))
+            up = os.path.dirname(walk)
+            if up == walk:
+                break
+            walk = up
+        self._user_binary = path
+        return path
 
     def run(self, args, timeout_s=20):
         """Run the binary to completion: (exit code, stdout + stderr)."""

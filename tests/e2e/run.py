@@ -12,7 +12,17 @@ default 60 s), so a hung test is killed, its proxies and upstreams with it.
 Prints `PASS name (1.2s)`, `FAIL name: reason` or `SKIP name: reason` per
 test, then a summary; exits 1 if any test failed. A failed test (other than
 one failed by a sanitizer report) runs once more after the others; if it
-passes then, it is reported as FLAKY and listed in the summary.
+passes then, it is reported as FLAKY: it does not fail the run, but it is
+not counted as passed either, so a timing bug cannot hide behind the rerun.
+The summary ends with
+
+  90 tests in 312 s: 86 passed, 2 flaky, 1 failed, 1 skipped
+  failed: test_c
+  flaky: 2 (failed, then passed on the rerun): test_a test_b
+  86 passed, 1 failed, 1 skipped
+
+the last line alone in the `N passed, N failed, N skipped` form CI parsers
+read ("passed" excludes the flaky ones); the `flaky: N` line is always there.
 """
 
 import argparse
@@ -34,9 +44,9 @@ import lib  # noqa: E402
 DEFAULT_TIMEOUT = 60
 
 
-def discover(substr=None):
+def discover(substr=None, where=HERE):
     tests = []
-    for fn in sorted(os.listdir(HERE)):
+    for fn in sorted(os.listdir(where)):
         if not (fn.startswith("test_") and fn.endswith(".py")):
             continue
         modname = fn[:-3]
@@ -141,16 +151,21 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the tests and exit")
     ap.add_argument("--slow", type=float, default=None,
                     help="multiply every wall-clock bound (default: 2 for a sanitizer build)")
+    ap.add_argument("--dir", default=HERE,
+                    help="where the test_*.py files are (default: this directory)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
+    a.dir = os.path.abspath(a.dir)
+    if a.dir != HERE:
+        sys.path.insert(0, a.dir)
     if a.one:
         modname, name = a.one.split(":")
         run_one(a.build, modname, name, a.result)
         return 0
 
-    tests = discover(a.substr)
+    tests = discover(a.substr, a.dir)
     if a.list:
         for modname, name, _, tmo, needs in tests:
             print("%-70s %4ds %s" % ("%s:%s" % (modname, name), tmo, ",".join(needs)))
@@ -186,7 +201,7 @@ def main():
             except OSError:
                 pass
         env["E2E_PIDS"] = pids
-        cmd = [sys.executable, os.path.abspath(__file__), "--build", a.build,
+        cmd = [sys.executable, os.path.abspath(__file__), "--build", a.build, "--dir", a.dir,
                "--one", "%s:%s" % (modname, name), "--result", result]
         out = None if a.verbose else open(outp, "wb")
         if a.verbose:
@@ -256,8 +271,8 @@ def main():
 
     # The machine is shared by the client, the proxy and the upstreams, and
     # some tests measure time or spread: a failure is run once more, alone.
-    # One that passes then is reported as FLAKY (counted as passed, listed);
-    # one that fails again fails the run.
+    # One that passes then is reported as FLAKY (counted apart from the
+    # passed ones, listed); one that fails again fails the run.
     flaky = []
     for modname, name, tmo in retry:
         status, reason, elapsed, outp = run_test(modname, name, tmo)
@@ -267,15 +282,20 @@ def main():
             failed.append(name)
         else:
             print("FLAKY %s: failed, then %s on rerun (%.1fs)" % (name, status, elapsed), flush=True)
-            counts[status] += 1
-            flaky.append(name)
+            if status == "PASS":
+                flaky.append(name)
+            else:  # a skip on the rerun is a skip, not a pass
+                counts[status] += 1
     counts["FAIL"] = len(failed)
     total = time.monotonic() - t_start
-    print("\n%d passed, %d failed, %d skipped in %.0f s" % (counts["PASS"], counts["FAIL"], counts["SKIP"], total))
-    if flaky:
-        print("flaky (failed once, passed on rerun): " + " ".join(flaky))
+    print("\n%d tests in %.0f s: %d passed, %d flaky, %d failed, %d skipped"
+          % (len(tests), total, counts["PASS"], len(flaky), counts["FAIL"], counts["SKIP"]))
     if failed:
         print("failed: " + " ".join(failed))
+    print("flaky: %d (failed, then passed on the rerun)%s" % (len(flaky), ": " + " ".join(flaky) if flaky else ""))
+    # Last, and alone on its line: the form CI parsers read. Flaky tests are
+    # not in "passed"; the line above counts them.
+    print("%d passed, %d failed, %d skipped" % (counts["PASS"], counts["FAIL"], counts["SKIP"]))
     try:
         import shutil
         shutil.rmtree(work, ignore_errors=True)
