@@ -32,7 +32,8 @@ LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
 PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
 	libelf-dev zlib1g-dev libjansson-dev libcmocka-dev bpftool clang llvm \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
-	valgrind cppcheck clang-format prometheus openssl
+	valgrind cppcheck clang-format prometheus openssl \
+	redis-server redis-tools postgresql-15 postgresql-client-15 linux-perf strace
 
 LIB_SRC := $(wildcard conf/*.c runtime/*.c shard/*.c proxy/*.c) bpf/steer.c
 LIB_SRC := $(filter-out proxy/main.c,$(LIB_SRC))
@@ -45,6 +46,19 @@ DEMO_BIN := $(BUILD)/demo-upstream
 
 all: $(BUILD)/shardproxy $(DEMO_BIN)
 
+# Debian starts a service when its package is installed (redis-server,
+# postgresql-15, haproxy, nginx) wherever an init runs; the bench starts its own
+# on free ports, so during the install a policy-rc.d that exits 101 ("action
+# forbidden") stops that. One already there (e.g. Docker's) is moved aside and
+# put back afterwards, on success, failure or interrupt.
+RCD := /usr/sbin/policy-rc.d
+DEPS_NO_SERVICES := \
+	if [ -e $(RCD) ] || [ -L $(RCD) ]; then mv -f $(RCD) $(RCD).shardproxy-deps || exit 1; fi; \
+	trap 'rc=$$?; rm -f $(RCD); if [ -e $(RCD).shardproxy-deps ] || [ -L $(RCD).shardproxy-deps ]; then \
+		mv -f $(RCD).shardproxy-deps $(RCD); fi; exit $$rc' EXIT; \
+	trap 'exit 130' INT TERM HUP; \
+	printf '\043!/bin/sh\nexit 101\n' > $(RCD) && chmod 0755 $(RCD) || exit 1;
+
 deps:
 	@missing=""; for p in $(PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -52,6 +66,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "deps: installing$$missing"; \
+			$(DEPS_NO_SERVICES) \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
 			|| { echo "deps: apt-get failed"; exit 1; }; \
 		else \

@@ -20,10 +20,12 @@
 
 /* Enums are stored through an int pointer by the generic enum setter. */
 _Static_assert(sizeof(sp_steering_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(sp_affinity_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(sp_proxy_proto_t) == sizeof(int), "enum size");
 
 static const char *const steering_names[] = {"hash", "cpu", "least_conn", "none"};
 static const char *const relay_names[] = {"auto", "copy", "splice"};
+static const char *const affinity_names[] = {"pin", "none"};
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"text", "json"};
 static const char *const balance_names[] = {"round_robin", "least_conn", "source_hash",
@@ -948,6 +950,8 @@ static const conf_field_t root_fields[] = {
     {CUSTOM("workers", sp_conf_t, workers, set_workers)},
     {ENUM("steering", sp_conf_t, steering, SP_STEER_HASH, steering_names)},
     {ENUM("relay", sp_conf_t, relay, SP_RELAY_AUTO, relay_names)},
+    /* Default from docs/BENCHMARKS.md (Findings: CPU placement). */
+    {ENUM("cpu_affinity", sp_conf_t, cpu_affinity, SP_AFFINITY_PIN, affinity_names)},
     {OBJECT("log", log_schema)},
     {OBJECT("admin", admin_schema), .nullable = true},
     {OBJECT("limits", limits_schema)},
@@ -1118,6 +1122,11 @@ const char *sp_conf_steering_name(sp_steering_t s)
 const char *sp_conf_relay_name(sp_relay_t r)
 {
 	return enum_name(relay_names, ARRAY_SIZE(relay_names), r);
+}
+
+const char *sp_conf_affinity_name(sp_affinity_t a)
+{
+	return enum_name(affinity_names, ARRAY_SIZE(affinity_names), a);
 }
 
 const char *sp_conf_balance_name(sp_balance_t b)

@@ -539,7 +539,10 @@ int sp_shard_main(const sp_shard_args_t *a)
 	sp_log_setup(who, (int)a->conf->log.level);
 	/* If the supervisor dies, drain and go rather than serve unsupervised. */
 	prctl(PR_SET_PDEATHSIG, SP_SIG_DRAIN);
-	pin_cpu(a->cpu);
+	/* "none": keep the supervisor's mask and let the scheduler move the shard off
+	 * a CPU that a backend or client keeps busy (docs/BENCHMARKS.md). */
+	if (a->conf->cpu_affinity == SP_AFFINITY_PIN)
+		pin_cpu(a->cpu);
 
 	ret = shard_init(sh, a);
 	if (ret == 0)

@@ -203,3 +203,28 @@ def test_default_workers_auto_one_shard_per_cpu(t):
     p = t.proxy(conf)
     p.wait_shards(os.sysconf("SC_NPROCESSORS_ONLN"))
     lib.check_echo(port, b"hello", up)
+
+
+def _shard_masks(t, affinity):
+    up = t.echo()
+    port = lib.free_port()
+    conf = lib.config([lib.listener("l", port, "u")], [lib.upstream("u", [up.address])], workers=2,
+                      cpu_affinity=affinity)
+    p = t.proxy(conf)
+    shards = p.wait_shards(2)
+    lib.check_echo(port, b"hello", up)
+    return os.sched_getaffinity(p.pid), [os.sched_getaffinity(s) for s in shards]
+
+
+def test_cpu_affinity_pin_puts_each_shard_on_its_own_cpu(t):
+    lib.require_cpus(2)
+    sup, masks = _shard_masks(t, "pin")
+    check(all(len(m) == 1 for m in masks) and masks[0] != masks[1] and all(m <= sup for m in masks),
+          "pin: shard masks %s (supervisor %s), want one distinct CPU each" % (masks, sup))
+
+
+def test_cpu_affinity_none_leaves_shards_on_the_supervisors_cpus(t):
+    lib.require_cpus(2)
+    sup, masks = _shard_masks(t, "none")
+    check(all(m == sup for m in masks),
+          "none: shard masks %s, want the supervisor's %s" % (masks, sup))

@@ -152,6 +152,11 @@ static void test_bad_enum_lists_allowed_values(void **state)
 	expect_error("{\n  'steering': 'fast',\n  " UPS ",\n  " LIS "\n}",
 		     "conf.json:2:15: steering: invalid value \"fast\"; expected one of: "
 		     "\"hash\", \"cpu\", \"least_conn\", \"none\"");
+	expect_error("{\n  'cpu_affinity': 'soft',\n  " UPS ",\n  " LIS "\n}",
+		     "conf.json:2:19: cpu_affinity: invalid value \"soft\"; expected one of: "
+		     "\"pin\", \"none\"");
+	expect_error("{\n  'cpu_affinity': true,\n  " UPS ",\n  " LIS "\n}",
+		     "conf.json:2:19: cpu_affinity: expected one of: \"pin\", \"none\"; got a boolean");
 	expect_error_part(UPSTREAM_WITH(", 'send_proxy_protocol': 'v3'"),
 			  "expected one of: null, \"v1\", \"v2\"");
 }
@@ -385,6 +390,7 @@ static void test_defaults_applied_on_minimal_file(void **state)
 	assert_int_equal(c->workers, 0);
 	assert_int_equal(c->steering, SP_STEER_HASH);
 	assert_int_equal(c->relay, SP_RELAY_AUTO);
+	assert_int_equal(c->cpu_affinity, SP_AFFINITY_PIN);
 	assert_int_equal(c->log.level, SP_LOG_INFO);
 	assert_true(c->log.access_log);
 	assert_int_equal(c->log.format, SP_LOG_TEXT);
@@ -517,6 +523,18 @@ static void test_bare_source_address_is_a_host_cidr(void **state)
 	assert_int_equal(r->source[2].family, AF_INET);
 	assert_int_equal(r->source[2].prefix, 8);
 	assert_int_equal(r->source[2].addr[0], 10);
+	sp_conf_free(c);
+}
+
+/* cpu_affinity "none" leaves shard placement to the scheduler (shard.c skips the pin). */
+static void test_cpu_affinity_none_and_pin_parse(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok("{'cpu_affinity': 'none', " UPS ", " LIS "}");
+	assert_int_equal(c->cpu_affinity, SP_AFFINITY_NONE);
+	sp_conf_free(c);
+	c = expect_ok("{'cpu_affinity': 'pin', " UPS ", " LIS "}");
+	assert_int_equal(c->cpu_affinity, SP_AFFINITY_PIN);
 	sp_conf_free(c);
 }
 
@@ -659,6 +677,8 @@ static void test_names_and_index_lookups(void **state)
 	(void)state;
 	assert_string_equal(sp_conf_steering_name(SP_STEER_LEAST_CONN), "least_conn");
 	assert_string_equal(sp_conf_relay_name(SP_RELAY_SPLICE), "splice");
+	assert_string_equal(sp_conf_affinity_name(SP_AFFINITY_NONE), "none");
+	assert_string_equal(sp_conf_affinity_name(SP_AFFINITY_PIN), "pin");
 	assert_string_equal(sp_conf_balance_name(SP_BALANCE_RANDOM_TWO), "random_two");
 	sp_conf_t *c = expect_ok("{" UPS ", " LIS "}");
 	assert_int_equal(sp_conf_listener_index(c, "l"), 0);
@@ -851,6 +871,7 @@ int main(void)
 	    cmocka_unit_test(test_all_errors_of_a_file_are_reported_in_file_order),
 	    cmocka_unit_test(test_missing_file_is_one_error_naming_it),
 	    cmocka_unit_test(test_defaults_applied_on_minimal_file),
+	    cmocka_unit_test(test_cpu_affinity_none_and_pin_parse),
 	    cmocka_unit_test(test_health_check_object_gets_its_defaults),
 	    cmocka_unit_test(test_null_disables_health_check_and_admin),
 	    cmocka_unit_test(test_send_proxy_protocol_accepts_null_v1_v2),
