@@ -175,6 +175,19 @@ struct io_uring_sqe *sp_ring_sqe(sp_ring_t *r, unsigned op, uint32_t slot, uint3
 	return sqe;
 }
 
+void sp_ring_reserve(sp_ring_t *r, unsigned n)
+{
+	unsigned cap = r->uring.sq.ring_entries;
+	if (n > cap)
+		n = cap;
+	/* io_uring_submit flushes every queued SQE (a short count only means
+	 * the kernel completed some inline), so one call frees the whole SQ;
+	 * the loop covers a submit interrupted before it consumed anything. */
+	while (io_uring_sq_space_left(&r->uring) < n)
+		if (io_uring_submit(&r->uring) < 0 && io_uring_sq_space_left(&r->uring) < n)
+			break;
+}
+
 static void dispatch(sp_ring_t *r, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;

@@ -66,6 +66,13 @@ void sp_ring_set_gens(sp_ring_t *r, const uint32_t *gens, uint32_t n);
  * queued to make room (submission is otherwise batched per loop turn). */
 struct io_uring_sqe *sp_ring_sqe(sp_ring_t *r, unsigned op, uint32_t slot, uint32_t gen);
 
+/* Make room for n SQEs that must reach the kernel in one submit (an op and
+ * its IOSQE_IO_LINK'd LINK_TIMEOUT): sp_ring_sqe flushes a full SQ, and a
+ * flush between the two would split the link, leaving the op with no
+ * timeout. Submits what is queued when fewer than n entries are free; n is
+ * clamped to the ring's size. */
+void sp_ring_reserve(sp_ring_t *r, unsigned n);
+
 /* One loop turn: submit everything queued, wait for at least one completion
  * or until timeout_ms (-1: no timeout), dispatch all completions. Returns the
  * number dispatched or -errno (-EINTR is returned as 0). */

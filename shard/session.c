@@ -265,6 +265,8 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	set_nodelay(s->ufd);
 	s->state = SS_CONNECTING;
 
+	/* The connect and its linked timeout go to the kernel in one submit. */
+	sp_ring_reserve(&sh->ring, 2);
 	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_CONNECT);
 	io_uring_prep_connect(sqe, s->ufd, (const struct sockaddr *)&srv->addr.ss, srv->addr.len);
 	sqe->flags |= IOSQE_IO_LINK;

@@ -339,6 +339,61 @@ static void test_ring_sqe_is_never_null_when_the_sq_is_full(void **state)
 	sp_ring_exit(&r);
 }
 
+/* A linked pair (an op and its LINK_TIMEOUT) must reach the kernel in one
+ * submit: split across two, the op runs with no timeout and the lone
+ * timeout fails with -EINVAL. sp_ring_reserve makes room for the pair
+ * first. Here, on a ring of 4 SQEs with 3 already queued, a read on an empty
+ * pipe linked to a 20 ms timeout must end -ECANCELED by that timeout. */
+static void test_ring_reserve_keeps_a_linked_pair_in_one_submit(void **state)
+{
+	(void)state;
+	sp_ring_t r;
+	int p[2];
+	char buf[8];
+	struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000};
+	assert_int_equal(pipe(p), 0);
+	open_ring(&r, 4);
+	assert_int_equal(r.uring.sq.ring_entries, 4);
+	sp_ring_on(&r, 1, record, false);
+	sp_ring_on(&r, 2, record, false);
+	sp_ring_on(&r, 3, record, false);
+	for (uint32_t i = 0; i < 3; i++)
+		queue_nop(&r, 1, i, 0);
+	sp_ring_reserve(&r, 2);
+	assert_true(io_uring_sq_space_left(&r.uring) >= 2);
+	struct io_uring_sqe *sqe = sp_ring_sqe(&r, 2, 0, 0);
+	io_uring_prep_read(sqe, p[0], buf, sizeof(buf), 0);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_prep_link_timeout(sp_ring_sqe(&r, 3, 0, 0), &ts, 0);
+	assert_int_equal(run_for(&r, 5), 5);
+	int read_res = 1, timeout_res = 1;
+	for (unsigned i = 0; i < ncalls && i < 5; i++) {
+		if (calls[i].op == 2)
+			read_res = calls[i].res;
+		else if (calls[i].op == 3)
+			timeout_res = calls[i].res;
+	}
+	assert_int_equal(read_res, -ECANCELED); /* the timeout fired on it */
+	assert_int_equal(timeout_res, -ETIME);
+	sp_ring_exit(&r);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* Asking for more room than the ring has is clamped, never a hang. */
+static void test_ring_reserve_more_than_the_ring_holds_empties_it(void **state)
+{
+	(void)state;
+	sp_ring_t r;
+	open_ring(&r, 4);
+	sp_ring_on(&r, 1, record, false);
+	queue_nop(&r, 1, 0, 0);
+	sp_ring_reserve(&r, 64);
+	assert_int_equal(io_uring_sq_space_left(&r.uring), 4);
+	assert_int_equal(run_for(&r, 1), 1);
+	sp_ring_exit(&r);
+}
+
 static void test_ring_stale_recv_gives_its_buffer_back_through_drop_buffer(void **state)
 {
 	(void)state;
@@ -453,6 +508,8 @@ int main(void)
 	    cmocka_unit_test(test_ring_run_once_times_out_idle_with_zero),
 	    cmocka_unit_test(test_ring_on_wake_runs_once_per_turn_before_any_dispatch),
 	    cmocka_unit_test(test_ring_sqe_is_never_null_when_the_sq_is_full),
+	    cmocka_unit_test(test_ring_reserve_keeps_a_linked_pair_in_one_submit),
+	    cmocka_unit_test(test_ring_reserve_more_than_the_ring_holds_empties_it),
 	    cmocka_unit_test(test_ring_stale_recv_gives_its_buffer_back_through_drop_buffer),
 	    cmocka_unit_test(test_ring_probe_finds_what_init_finds),
 	    cmocka_unit_test(test_ring_features_describe_names_flags_and_ops),
