@@ -142,6 +142,8 @@ typedef struct {
 	int fd;
 	uint16_t listener;
 	bool armed;
+	bool multishot;  /* armed as multishot (else one connection per arm) */
+	bool cancelling; /* a cancel is on its way to this accept */
 } sp_accept_t;
 
 typedef struct sp_shard {
@@ -169,7 +171,11 @@ typedef struct sp_shard {
 	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
 	unsigned naccepts;
 	bool accept_paused;    /* fd/memory exhaustion: resume on accept_timer */
-	bool at_limit;         /* max_sessions reached */
+	uint32_t accept_pending; /* one-shot accepts armed: each may bring a session */
+	/* Room (free session slots) above which a multishot accept is safe:
+	 * one multishot round takes a whole backlog, so below this the shard
+	 * accepts one connection per arm and never takes more than fit. */
+	uint32_t accept_burst;
 	sp_timer_t accept_timer;
 
 	int sigfd;

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/signalfd.h>
@@ -49,31 +51,73 @@ static void on_wake(void *ctx)
 
 /* ---- accepting ---------------------------------------------------------- */
 
-static void arm_accept(sp_shard_t *sh, unsigned i)
+/* Free session slots, counting one for each one-shot accept in flight. */
+static uint32_t accept_room(const sp_shard_t *sh)
+{
+	uint64_t used = (uint64_t)sh->active + sh->accept_pending;
+	return used < sh->args->max_sessions ? sh->args->max_sessions - (uint32_t)used : 0;
+}
+
+/* Far from the limit, a multishot accept (one SQE, a completion per
+ * connection). Near it, a one-shot accept per socket: a multishot round
+ * drains the socket's whole backlog in the kernel before we see any of it,
+ * so at the limit it would take connections that do not fit and have to
+ * close (reset) them. A one-shot accept brings at most one, counted in
+ * accept_pending, so sessions never exceed max_sessions. */
+static void arm_accept(sp_shard_t *sh, unsigned i, bool multishot)
 {
 	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_ACCEPT, i, 0);
-	io_uring_prep_multishot_accept(sqe, sh->accepts[i].fd, NULL, NULL,
-				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (multishot) {
+		io_uring_prep_multishot_accept(sqe, sh->accepts[i].fd, NULL, NULL,
+					       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	} else {
+		io_uring_prep_accept(sqe, sh->accepts[i].fd, NULL, NULL,
+				     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		sh->accept_pending++;
+	}
 	sh->accepts[i].armed = true;
+	sh->accepts[i].multishot = multishot;
+	sh->accepts[i].cancelling = false;
+}
+
+static void cancel_accept(sp_shard_t *sh, unsigned i)
+{
+	if (!sh->accepts[i].armed || sh->accepts[i].cancelling)
+		return;
+	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
+	io_uring_prep_cancel64(sqe, sp_udata_pack(SP_OP_ACCEPT, i, 0), 0);
+	sh->accepts[i].cancelling = true;
 }
 
 static void rearm_accepts(sp_shard_t *sh)
 {
-	if (sh->draining || sh->accept_paused || sh->at_limit)
+	if (sh->draining || sh->accept_paused)
 		return;
-	for (unsigned i = 0; i < sh->naccepts; i++)
-		if (!sh->accepts[i].armed)
-			arm_accept(sh, i);
+	for (unsigned i = 0; i < sh->naccepts; i++) {
+		if (sh->accepts[i].armed)
+			continue;
+		uint32_t room = accept_room(sh);
+		if (room == 0)
+			return; /* at the limit: clients wait in the backlog */
+		arm_accept(sh, i, room > sh->accept_burst);
+	}
 }
 
 static void stop_accepts(sp_shard_t *sh)
 {
-	for (unsigned i = 0; i < sh->naccepts; i++) {
-		if (!sh->accepts[i].armed)
-			continue;
-		struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
-		io_uring_prep_cancel64(sqe, sp_udata_pack(SP_OP_ACCEPT, i, 0), 0);
-	}
+	for (unsigned i = 0; i < sh->naccepts; i++)
+		cancel_accept(sh, i);
+}
+
+/* Close to the limit: multishot accepts give way to one-shot ones (the
+ * cancel's completion re-arms them as one-shot, rearm_accepts). */
+static void narrow_accepts(sp_shard_t *sh)
+{
+	if (accept_room(sh) > sh->accept_burst)
+		return;
+	for (unsigned i = 0; i < sh->naccepts; i++)
+		if (sh->accepts[i].multishot)
+			cancel_accept(sh, i);
 }
 
 static void on_accept_timer(sp_timer_t *t, void *arg)
@@ -103,14 +147,15 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flag
 	sp_shard_t *sh = ctx;
 	(void)op;
 
-	if (!(flags & IORING_CQE_F_MORE))
+	if (!(flags & IORING_CQE_F_MORE)) {
+		if (sh->accepts[i].armed && !sh->accepts[i].multishot)
+			sh->accept_pending--;
 		sh->accepts[i].armed = false;
+		sh->accepts[i].multishot = false;
+	}
 	if (res >= 0) {
 		sp_session_accepted(sh, i, res);
-		if (sh->active >= sh->args->max_sessions && !sh->at_limit) {
-			sh->at_limit = true;
-			stop_accepts(sh);
-		}
+		narrow_accepts(sh);
 	} else if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
 		pause_accepts(sh, -res);
 	} else if (res != -ECANCELED) {
@@ -124,10 +169,7 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flag
 
 void sp_shard_session_closed(sp_shard_t *sh)
 {
-	if (sh->at_limit && sh->active < sh->args->max_sessions) {
-		sh->at_limit = false;
-		rearm_accepts(sh);
-	}
+	rearm_accepts(sh);
 }
 
 /* ---- signals and draining ----------------------------------------------- */
@@ -506,6 +548,25 @@ static int drop_privileges(const sp_shard_args_t *a)
 	return 0;
 }
 
+/* The most a multishot round can bring at once: every backlog this shard
+ * accepts from, full (the listening socket's TCP_INFO gives its limit as
+ * tcpi_sacked), plus a margin for connections completing while a cancel is
+ * on its way. */
+static uint32_t accept_burst(const sp_shard_t *sh)
+{
+	uint64_t burst = 64;
+	for (unsigned i = 0; i < sh->naccepts; i++) {
+		struct tcp_info ti;
+		socklen_t len = sizeof(ti);
+		if (getsockopt(sh->accepts[i].fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+		    ti.tcpi_state == TCP_LISTEN)
+			burst += ti.tcpi_sacked;
+		else
+			burst += 4096; /* net.core.somaxconn's default */
+	}
+	return burst > UINT32_MAX ? UINT32_MAX : (uint32_t)burst;
+}
+
 static bool accepts_idle(const sp_shard_t *sh)
 {
 	for (unsigned i = 0; i < sh->naccepts; i++)
@@ -554,6 +615,7 @@ int sp_shard_main(const sp_shard_args_t *a)
 		return 2;
 	}
 	arm_signal(sh);
+	sh->accept_burst = accept_burst(sh);
 	rearm_accepts(sh);
 	io_uring_submit(&sh->ring.uring);
 	notify(a, SP_SHARD_EV_READY, 0);
