@@ -4,6 +4,7 @@
 #ifndef SP_SHARD_INTERNAL_H
 #define SP_SHARD_INTERNAL_H
 
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -59,10 +60,15 @@ typedef enum {
 #define SP_COPY_BUF_SIZE (16 * 1024) /* < 64 KiB: lengths are kept in 16 bits */
 #define SP_COPY_NBUFS_MIN 256
 #define SP_COPY_NBUFS_MAX 1024
-/* Buffers queued per direction before the copy engine stops reading: the
- * per-session memory bound is 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE, plus what
- * one multishot round may land before the pause takes effect. */
+/* Buffers a copy direction holds at most, queued or being received: the
+ * per-session memory bound is exactly 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE
+ * (256 KiB). It holds because each recv is one-shot and takes one buffer:
+ * a multishot round would land as many as the socket had (~21 seen). */
 #define SP_COPY_QMAX 8
+/* While fewer than nbufs / SP_COPY_LOW_DIV buffers are free, a direction
+ * that already holds one waits for the ones that hold none: slow readers
+ * cannot pin the whole ring and starve fresh sessions. */
+#define SP_COPY_LOW_DIV 8
 #define SP_SPLICE_CHUNK SP_PIPE_SIZE
 
 /* One direction of a session: bytes read from src are written to dst. */
@@ -72,9 +78,9 @@ typedef struct {
 	bool eof;  /* src sent FIN */
 	bool shut; /* the FIN has been passed on to dst */
 	/* copy engine */
-	bool recv_armed;   /* a multishot recv is in flight */
-	bool recv_paused;  /* backpressure: recv cancelled until the queue drains */
-	bool starved;      /* the buffer ring ran dry; re-arm when buffers return */
+	bool recv_armed;   /* a recv is in flight */
+	bool recv_paused;  /* auto: the recv is being cancelled for the hand-over */
+	bool starved;      /* waits in the shard's starved list for a buffer */
 	bool send_busy;    /* one send in flight keeps bytes in order */
 	bool to_splice;    /* auto: bulk seen; hand over to splice once drained */
 	bool spliced;      /* auto: this direction now belongs to splice */
@@ -84,11 +90,15 @@ typedef struct {
 	 * session carries no queue storage of its own. */
 	uint16_t qhead, qtail, qn;
 	uint32_t qoff; /* bytes of the head buffer already sent */
+	/* Links in the shard's FIFO of starved directions: key + 1 of the
+	 * neighbours (key = session index * 2 + direction), 0 for none. */
+	uint32_t starve_prev, starve_next;
 	/* splice engine */
 	int pipe[2];
 	uint32_t in_pipe;
 	bool poll_in, poll_out;
 	bool sized; /* the dst send buffer has been sized for bulk (relay_splice.c) */
+	bool pipe_wait; /* out of descriptors for a pipe: the session timer retries */
 } sp_dir_t;
 
 
@@ -107,6 +117,9 @@ typedef struct sp_session {
 	struct sockaddr_storage client; /* peer, or the source a PROXY header gave */
 	struct sockaddr_storage local;  /* address the client connected to */
 	uint64_t peek_deadline;
+	/* Out of descriptors for the upstream socket: the session timer retries
+	 * the connect until this deadline (connect_timeout_ms); 0: not waiting. */
+	uint64_t fd_wait_until;
 	struct __kernel_timespec connect_ts;
 	uint64_t start_ms, last_active_ms;
 	sp_timer_t timer;
@@ -167,6 +180,7 @@ typedef struct sp_shard {
 	uint16_t *bufq_next;   /* copy: per buffer id, the next in its queue */
 	uint16_t *bufq_len;    /* copy: per buffer id, bytes received into it */
 	uint32_t nstarved;     /* copy: directions waiting for buffers */
+	uint32_t starve_head, starve_tail; /* copy: their FIFO (key + 1, 0: empty) */
 
 	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
 	unsigned naccepts;
@@ -205,6 +219,16 @@ void sp_sessions_free(sp_shard_t *sh);
 
 /* shard.c */
 void sp_shard_session_closed(sp_shard_t *sh);
+/* Out of descriptors or memory (what names the call that failed): stop
+ * accepting for SP_ACCEPT_PAUSE_MS so open sessions can finish. */
+void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err);
+#define SP_ACCEPT_PAUSE_MS 100
+/* Errors that mean the process or system is short of descriptors or memory,
+ * which sessions closing will relieve: wait, do not fail. */
+static inline bool sp_fd_shortage(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOMEM || err == ENOBUFS;
+}
 void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s);
 
 /* Counted SQE for a session op: inflight++ for ops with one final CQE. */

@@ -1,8 +1,10 @@
-/* relay_copy: the copy engine. Each direction keeps one multishot recv armed
- * on its source; the kernel lands data in buffers of the shard's provided
- * ring, and the session sends them on in order, one send in flight per
- * socket. When SP_COPY_QMAX buffers wait for a slow reader, the recv is
- * cancelled (backpressure) and re-armed once the queue is half drained. */
+/* relay_copy: the copy engine. Each direction keeps one recv in flight on
+ * its source; the kernel lands data in a buffer of the shard's provided
+ * ring, and the session sends the buffers on in order, one send in flight
+ * per socket. A direction holds at most SP_COPY_QMAX buffers (queued plus
+ * the one its recv may take): each recv is one-shot, so the bound is exact.
+ * Directions that find the ring empty, or hold buffers while it runs low,
+ * wait in a FIFO and are resumed in turn as buffers come back. */
 #include <errno.h>
 
 #include "shard/internal.h"
@@ -11,11 +13,63 @@ static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
 	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_RECV + (unsigned)d);
-	io_uring_prep_recv_multishot(sqe, dir->src, NULL, 0, 0);
+	io_uring_prep_recv(sqe, dir->src, NULL, SP_COPY_BUF_SIZE, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = sh->bufs.bgid;
 	dir->recv_armed = true;
 	dir->recv_paused = false;
+}
+
+/* ---- the FIFO of starved directions --------------------------------------- */
+
+static uint32_t dir_key(const sp_session_t *s, int d)
+{
+	return s->idx * 2 + (uint32_t)d + 1;
+}
+
+static sp_dir_t *key_dir(sp_shard_t *sh, uint32_t key)
+{
+	return &sh->sessions[(key - 1) / 2].dir[(key - 1) % 2];
+}
+
+static void starve_push(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	uint32_t key = dir_key(s, d);
+	if (dir->starved)
+		return;
+	dir->starved = true;
+	dir->starve_next = 0;
+	dir->starve_prev = sh->starve_tail;
+	if (sh->starve_tail)
+		key_dir(sh, sh->starve_tail)->starve_next = key;
+	else
+		sh->starve_head = key;
+	sh->starve_tail = key;
+	sh->nstarved++;
+}
+
+static void starve_remove(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	if (!dir->starved)
+		return;
+	if (dir->starve_prev)
+		key_dir(sh, dir->starve_prev)->starve_next = dir->starve_next;
+	else
+		sh->starve_head = dir->starve_next;
+	if (dir->starve_next)
+		key_dir(sh, dir->starve_next)->starve_prev = dir->starve_prev;
+	else
+		sh->starve_tail = dir->starve_prev;
+	dir->starve_prev = dir->starve_next = 0;
+	dir->starved = false;
+	sh->nstarved--;
+}
+
+static bool ring_low(const sp_shard_t *sh)
+{
+	return sh->bufs.nbufs - sh->bufs.out < sh->bufs.nbufs / SP_COPY_LOW_DIV;
 }
 
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
@@ -35,8 +89,7 @@ static void pause_recv(sp_shard_t *sh, sp_session_t *s, int d)
 	s->dir[d].recv_paused = true;
 }
 
-/* Re-arm a recv that ended (paused, starved, or stopped by the kernel) once
- * there is room again. */
+/* Re-arm a recv that ended once the direction may hold one more buffer. */
 static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
@@ -45,18 +98,19 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		 * took is sent, the direction is splice's from here on. */
 		if (s->state != SS_RELAY || dir->recv_armed || dir->qn || dir->send_busy || dir->eof)
 			return;
-		if (dir->starved) {
-			dir->starved = false;
-			sh->nstarved--;
-		}
+		starve_remove(sh, s, d);
 		dir->to_splice = false;
 		dir->spliced = true;
 		sp_splice_take_dir(sh, s, d);
 		return;
 	}
 	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->starved ||
-	    dir->qn > SP_COPY_QMAX / 2)
+	    dir->qn >= SP_COPY_QMAX)
 		return;
+	if (dir->qn && ring_low(sh)) {
+		starve_push(sh, s, d); /* others first: copy_resume calls again */
+		return;
+	}
 	arm_recv(sh, s, d);
 }
 
@@ -114,9 +168,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 			send_head(sh, s, d);
 		if (sh->engine == &sp_relay_auto)
 			watch_bulk(sh, s, d, res);
-		if (dir->qn >= SP_COPY_QMAX && dir->recv_armed && !dir->recv_paused)
-			pause_recv(sh, s, d);
-		else if (!more)
+		if (!more)
 			maybe_resume(sh, s, d);
 		return;
 	}
@@ -128,9 +180,9 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 	}
 	switch (-res) {
 	case ENOBUFS:
-		/* The shard's buffer ring ran dry; resume() re-arms us. */
-		dir->starved = true;
-		sh->nstarved++;
+		/* The shard's buffer ring ran dry: wait in line for a buffer
+		 * (copy_resume). */
+		starve_push(sh, s, d);
 		maybe_resume(sh, s, d); /* auto: a bulk direction may go now */
 		return;
 	case ECANCELED:
@@ -196,30 +248,28 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 			sp_bufring_put(&sh->bufs, bid);
 			dir->qn--;
 		}
-		if (dir->starved) {
-			dir->starved = false;
-			sh->nstarved--;
-		}
+		starve_remove(sh, s, d);
 	}
 }
 
-/* Sessions that hit an empty buffer ring wait for buffers to come back.
- * Known limit: this scans every slot, which is O(sessions); it runs only
- * after a starvation, when a quarter of the ring is free again. An intrusive
- * list would make it O(starved). */
+/* Every loop turn: hand the free buffers to starved directions, oldest
+ * first, one each (a recv takes one buffer). A direction that still cannot
+ * go (the ring ran dry again, or it holds buffers while the ring is low)
+ * goes back to the end of the line, so each waits at most one round. */
 static void copy_resume(sp_shard_t *sh)
 {
-	if (!sh->nstarved || sh->bufs.nbufs - sh->bufs.out < sh->bufs.nbufs / 4)
-		return;
-	for (uint32_t i = 0; i < sh->nfresh && sh->nstarved; i++) {
-		sp_session_t *s = &sh->sessions[i];
-		for (int d = 0; d < 2; d++) {
-			if (!s->dir[d].starved || s->state == SS_FREE)
-				continue;
-			s->dir[d].starved = false;
-			sh->nstarved--;
-			maybe_resume(sh, s, d);
-		}
+	uint32_t budget = sh->bufs.nbufs - sh->bufs.out;
+	uint32_t visits = sh->nstarved;
+
+	while (budget && visits-- && sh->starve_head) {
+		uint32_t key = sh->starve_head;
+		sp_session_t *s = &sh->sessions[(key - 1) / 2];
+		int d = (int)((key - 1) % 2);
+		starve_remove(sh, s, d);
+		bool armed = s->dir[d].recv_armed;
+		maybe_resume(sh, s, d);
+		if (!armed && s->dir[d].recv_armed)
+			budget--;
 	}
 }
 
