@@ -171,8 +171,8 @@ static uint64_t raise_nofile(void)
 static uint32_t shard_sessions(sp_sup_t *sup, const sp_conf_t *conf, unsigned nslots, bool warn)
 {
 	uint64_t share = (conf->limits.max_connections + nslots - 1) / nslots;
-	unsigned per = conf->relay == SP_RELAY_SPLICE ? 4 : 2;
-	uint64_t reserve = 64 + (uint64_t)conf->nlisteners * SP_SHARD_MAX_FDS_PER_LISTENER;
+	unsigned per = sp_shard_fds_per_session(conf);
+	uint64_t reserve = sp_shard_fds_reserve(conf);
 	uint64_t need = share * per + reserve;
 	char why[160] = "";
 	if (need <= sup->nofile)

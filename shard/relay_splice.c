@@ -98,11 +98,19 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 			sp_dir_eof_flushed(sh, s, d);
 			return;
 		}
-		if (dir->pipe[0] < 0 && sp_pipepool_get(&sh->pipes, dir->pipe) < 0) {
-			/* Out of fds or pipe memory. Waiting would spin on a
-			 * readable socket, so this session ends; the shard's
-			 * accept pause relieves the pressure. */
-			sp_session_fail(sh, s, SP_END_ERROR);
+		int err;
+		if (dir->pipe[0] < 0 && (err = sp_pipepool_get(&sh->pipes, dir->pipe)) < 0) {
+			if (!sp_fd_shortage(-err)) {
+				sp_session_fail(sh, s, SP_END_ERROR);
+				return;
+			}
+			/* Out of descriptors or pipe memory: the shard stops
+			 * accepting, and this direction tries again from the
+			 * session timer (polling the readable socket would
+			 * spin) until sessions closing free some. */
+			sp_shard_pause_accepts(sh, "pipe2", -err);
+			dir->pipe_wait = true;
+			sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
 			return;
 		}
 		ssize_t n = splice(dir->src, NULL, dir->pipe[1], NULL, SP_SPLICE_CHUNK,

@@ -172,6 +172,7 @@ void sp_session_touch(sp_shard_t *sh, sp_session_t *s)
  * last_active_ms, and the timer re-arms itself for the remainder, so busy
  * sessions cost no heap operation per byte. */
 static void on_peek_timer(sp_shard_t *sh, sp_session_t *s);
+static void connect_next(sp_shard_t *sh, sp_session_t *s);
 
 static void on_session_timer(sp_timer_t *t, void *arg)
 {
@@ -182,6 +183,21 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 		on_peek_timer(sh, s);
 		return;
 	}
+	if (s->state == SS_CONNECTING && s->fd_wait_until && s->ufd < 0 && !s->inflight) {
+		connect_next(sh, s); /* the socket(2) that found no descriptor, again */
+		return;
+	}
+	if (s->state != SS_RELAY)
+		return;
+	/* A direction that found no descriptor for a pipe tries again. */
+	bool waiting = false;
+	for (int d = 0; d < 2 && s->state == SS_RELAY; d++) {
+		if (!s->dir[d].pipe_wait)
+			continue;
+		s->dir[d].pipe_wait = false;
+		sp_splice_take_dir(sh, s, d);
+		waiting |= s->dir[d].pipe_wait;
+	}
 	if (s->state != SS_RELAY)
 		return;
 	uint64_t idle = sh->conf->upstreams[s->upstream].idle_timeout_ms;
@@ -189,7 +205,10 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 		sp_session_fail(sh, s, SP_END_IDLE_TIMEOUT);
 		return;
 	}
-	sp_timer_arm(&sh->timers, t, s->last_active_ms + idle);
+	uint64_t at = s->last_active_ms + idle;
+	if (waiting && sh->now_ms + SP_ACCEPT_PAUSE_MS < at)
+		at = sh->now_ms + SP_ACCEPT_PAUSE_MS;
+	sp_timer_arm(&sh->timers, t, at);
 }
 
 void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
@@ -249,21 +268,33 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 		return;
 	}
 	const sp_server_t *srv = &up->servers[i];
+	s->state = SS_CONNECTING;
+	s->ufd = socket(srv->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->ufd < 0) {
+		int err = errno;
+		if (sp_fd_shortage(err)) {
+			/* Not this server's fault, nor the client's: take no new
+			 * clients and try again soon, within connect_timeout_ms. */
+			sp_shard_pause_accepts(sh, "socket", err);
+			if (!s->fd_wait_until)
+				s->fd_wait_until = sh->now_ms + up->connect_timeout_ms;
+			if (sh->now_ms < s->fd_wait_until) {
+				sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
+				return;
+			}
+		}
+		sp_warn("upstream %s server %s: socket: %s", up->name, srv->addr.text,
+			strerror(err));
+		sp_session_fail(sh, s, SP_END_ERROR);
+		return;
+	}
+	s->fd_wait_until = 0;
+	set_nodelay(s->ufd);
 	sp_server_set_add(&s->tried, (unsigned)i);
 	s->server = (int16_t)i;
 	s->attempts++;
 	if (server_stats(sh, s))
 		stat_add(&server_stats(sh, s)->attempts, 1);
-
-	s->ufd = socket(srv->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->ufd < 0) {
-		sp_warn("upstream %s server %s: socket: %s", up->name, srv->addr.text,
-			strerror(errno));
-		sp_session_fail(sh, s, SP_END_ERROR);
-		return;
-	}
-	set_nodelay(s->ufd);
-	s->state = SS_CONNECTING;
 
 	/* The connect and its linked timeout go to the kernel in one submit. */
 	sp_ring_reserve(&sh->ring, 2);

@@ -21,7 +21,6 @@
 #include "runtime/log.h"
 #include "shard/internal.h"
 
-#define ACCEPT_PAUSE_MS 100
 #define RING_ENTRIES 4096
 #define BUF_GROUP 0
 
@@ -129,17 +128,18 @@ static void on_accept_timer(sp_timer_t *t, void *arg)
 }
 
 /* Out of descriptors or memory: stop taking connections for a moment rather
- * than spin on an accept that fails at once. Connections wait in the
- * listen backlog meanwhile; none is refused. */
-static void pause_accepts(sp_shard_t *sh, int err)
+ * than spin on an accept that fails at once, or take sessions that cannot
+ * get their upstream socket or pipe. Connections wait in the listen backlog
+ * meanwhile; none is refused. */
+void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err)
 {
 	if (sh->accept_paused)
 		return;
-	sp_warn("accept: %s: pausing accepts for %d ms (%u sessions open)", strerror(err),
-		ACCEPT_PAUSE_MS, sh->active);
+	sp_warn("%s: %s: pausing accepts for %d ms (%u sessions open)", what, strerror(err),
+		SP_ACCEPT_PAUSE_MS, sh->active);
 	sh->accept_paused = true;
 	stop_accepts(sh);
-	sp_timer_arm(&sh->timers, &sh->accept_timer, sh->now_ms + ACCEPT_PAUSE_MS);
+	sp_timer_arm(&sh->timers, &sh->accept_timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
 }
 
 static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flags)
@@ -156,12 +156,12 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flag
 	if (res >= 0) {
 		sp_session_accepted(sh, i, res);
 		narrow_accepts(sh);
-	} else if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
-		pause_accepts(sh, -res);
+	} else if (sp_fd_shortage(-res)) {
+		sp_shard_pause_accepts(sh, "accept", -res);
 	} else if (res != -ECANCELED) {
 		sp_warn("listener %s: accept: %s",
 			sh->conf->listeners[sh->accepts[i].listener].name, strerror(-res));
-		pause_accepts(sh, -res);
+		sp_shard_pause_accepts(sh, "accept", -res);
 	}
 	if (!sh->accepts[i].armed)
 		rearm_accepts(sh);
@@ -349,6 +349,19 @@ void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 				 __ATOMIC_RELAXED);
 }
 
+/* ---- descriptor budget ------------------------------------------------------ */
+
+unsigned sp_shard_fds_per_session(const sp_conf_t *conf)
+{
+	return conf->relay == SP_RELAY_COPY ? 2 : 6;
+}
+
+unsigned sp_shard_fds_reserve(const sp_conf_t *conf)
+{
+	unsigned pool = conf->relay == SP_RELAY_COPY ? 0 : 2 * SP_SHARD_IDLE_PIPES;
+	return 64 + pool + (unsigned)conf->nlisteners * SP_SHARD_MAX_FDS_PER_LISTENER;
+}
+
 /* ---- lifecycle -------------------------------------------------------------- */
 
 static void notify(const sp_shard_args_t *a, uint32_t event, int err)
@@ -445,7 +458,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		}
 	}
 	if (sh->engine != &sp_relay_copy) {
-		ret = sp_pipepool_init(&sh->pipes, 256, SP_PIPE_SIZE);
+		ret = sp_pipepool_init(&sh->pipes, SP_SHARD_IDLE_PIPES, SP_PIPE_SIZE);
 		if (ret < 0)
 			return ret;
 	}

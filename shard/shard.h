@@ -122,6 +122,15 @@ typedef struct {
 	bool access_sock; /* access_fd is a socket: send(MSG_DONTWAIT) never blocks */
 } sp_shard_args_t;
 
+/* Descriptors a shard may hold, for the supervisor's RLIMIT_NOFILE budget:
+ * per session (client and upstream sockets, plus with splice or auto a pipe
+ * of two descriptors per direction while bytes sit in it: 6), and on top of
+ * its sessions (the idle pipe pool, SP_SHARD_IDLE_PIPES pipes, the listening
+ * sockets, the ring, signalfd, log and notify descriptors). */
+#define SP_SHARD_IDLE_PIPES 256
+unsigned sp_shard_fds_per_session(const sp_conf_t *conf);
+unsigned sp_shard_fds_reserve(const sp_conf_t *conf);
+
 /* Run the shard until it has drained after SIGTERM; returns the exit code. */
 int sp_shard_main(const sp_shard_args_t *args);
 
