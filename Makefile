@@ -6,6 +6,7 @@
 #   make test SANITIZE=1   the same, built with ASan + UBSan (in build/san)
 #   make fuzz     each libFuzzer target for FUZZ_SECONDS (default 30)
 #   make bench    shardproxy vs HAProxy vs nginx stream vs direct -> docs/BENCHMARKS.md
+#   make soak     SOAK_SECONDS (default 600) of mixed load, reloads and shard kills; not in make test
 #   make format / make lint / make clean
 
 SANITIZE ?= 0
@@ -42,7 +43,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEMO_BIN := $(BUILD)/demo-upstream
 
-.PHONY: all deps run test unit e2e bench fuzz clean format lint
+.PHONY: all deps run test unit e2e bench fuzz soak clean format lint
 
 all: $(BUILD)/shardproxy $(DEMO_BIN)
 
@@ -146,6 +147,12 @@ test: unit e2e
 
 bench: all
 	$(PYTHON) tests/bench/bench.py --build $(BUILD) --out docs/BENCHMARKS.md
+
+# Not part of `make test`: it runs for SOAK_SECONDS (tests/soak/soak.py says
+# what it does and what passes).
+SOAK_SECONDS ?= 600
+soak: all
+	$(PYTHON) tests/soak/soak.py --build $(BUILD) --seconds $(SOAK_SECONDS)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
