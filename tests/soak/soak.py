@@ -77,8 +77,8 @@ MEM_TOLERANCE = 0.10
 # kill, so one generation of the same configuration serves the same load and
 # the samples of the window's second half compare like with like (every
 # reload starts new shards, whose memory grows with what they have touched).
-MEM_WINDOW = 10.0
-MEM_SAMPLE = 5.0
+MEM_WINDOW = 15.0
+MEM_SAMPLE = 6.0
 
 
 def now_wall():
@@ -635,6 +635,56 @@ def fd_kinds(pid, tmpdir):
     return c
 
 
+TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+              "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+              "0B": "CLOSING"}
+
+
+def _hexaddr(h):
+    ip, port = h.split(":")
+    if len(ip) == 8:
+        return "%s:%d" % (socket.inet_ntop(socket.AF_INET, bytes.fromhex(ip)[::-1]), int(port, 16))
+    raw = b"".join(bytes.fromhex(ip[i:i + 8])[::-1] for i in range(0, 32, 8))
+    return "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6, raw), int(port, 16))
+
+
+def describe_sockets(pid):
+    """Sorted descriptions ("tcp 127.0.0.1:80 LISTEN", "unix /path") of a
+    process's sockets, for saying which one leaked."""
+    inodes = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (pid, name)) as f:
+                next(f)
+                for line in f:
+                    x = line.split()
+                    inodes[x[9]] = "%s %s -> %s %s" % (name, _hexaddr(x[1]), _hexaddr(x[2]),
+                                                       TCP_STATES.get(x[3], x[3]))
+        except (OSError, StopIteration, ValueError, IndexError):
+            pass
+    try:
+        with open("/proc/%d/net/unix" % pid) as f:
+            next(f)
+            for line in f:
+                x = line.split()
+                inodes[x[6]] = "unix %s" % (x[7] if len(x) > 7 else "(unnamed)")
+    except (OSError, StopIteration, IndexError):
+        pass
+    out = []
+    try:
+        for n in os.listdir("/proc/%d/fd" % pid):
+            try:
+                t = os.readlink("/proc/%d/fd/%s" % (pid, n))
+            except OSError:
+                continue
+            m = re.match(r"socket:\[(\d+)\]", t)
+            if m:
+                out.append(inodes.get(m.group(1), "socket (not tcp/unix)"))
+    except OSError:
+        pass
+    return sorted(out)
+
+
 def fd_diff(base, end):
     """'kind before -> after' for every kind whose count changed."""
     return ", ".join("%s %d -> %d" % (k, base[k], end[k]) for k in sorted(set(base) | set(end))
@@ -837,7 +887,7 @@ class Soak:
             lib.upstream("web", [up1.address, up2.address], balance="round_robin"),
             lib.upstream("bulk", [bulk.address])],
             workers=self.a.workers, relay="auto", access_log=alog, log_format="text",
-            limits={"max_connections": 4096, "drain_timeout_ms": 1500}, **common)
+            limits={"max_connections": 512, "drain_timeout_ms": 1500}, **common)
         self.conf_b = lib.config(listeners, [
             lib.upstream("web", [{"address": up2.address, "weight": 2}, {"address": up1.address}],
                          balance="least_conn"),
@@ -871,6 +921,7 @@ class Soak:
         p.wait_shards(a.workers)
         time.sleep(0.5)
         self.base_sup = fd_kinds(p.pid, ctx.tmpdir)
+        self.base_sup_sockets = describe_sockets(p.pid)
         self.base_shards = sorted((fd_kinds(x, ctx.tmpdir) for x in p.shards()), key=lambda c: sorted(c.items()))
         self.base_nshards = len(p.shards())
         gen0 = stats(self.aport)["generation"]
@@ -937,14 +988,16 @@ class Soak:
                                      % (hit[1] if hit else "no result in 20 s"))
         deadline = time.monotonic() + 30
         while True:
-            try:
-                st = stats(self.aport)
-            except OSError:
-                st = None
+            # Descriptors first: the /stats request's own connection must
+            # not be counted (the supervisor closes it after answering).
             kids = p.shards()
             sup = fd_kinds(p.pid, ctx.tmpdir)
             shards = sorted((fd_kinds(x, ctx.tmpdir) or collections.Counter() for x in kids),
                             key=lambda c: sorted(c.items()))
+            try:
+                st = stats(self.aport)
+            except OSError:
+                st = None
             one_gen = st is not None and all(x["generation"] == st["generation"] and x["state"] == "ready"
                                              for x in st["shards"]) and len(st["shards"]) == self.base_nshards
             nopipe = [collections.Counter({k: v for k, v in c.items() if k != "pipe"}) for c in shards]
@@ -963,7 +1016,21 @@ class Soak:
         if sup != self.base_sup:
             self.failures.append("supervisor descriptors after the load differ from the start: %s"
                                  % fd_diff(self.base_sup, sup or collections.Counter()))
+            now = describe_sockets(p.pid)
+            self.notes.append("supervisor sockets not there at the start: %s"
+                              % ("; ".join((collections.Counter(now) - collections.Counter(self.base_sup_sockets))
+                                           .elements()) or "none"))
         if nopipe != base_nopipe:
+            for x in kids[:1]:
+                files = []
+                for n in os.listdir("/proc/%d/fd" % x):
+                    try:
+                        t = os.readlink("/proc/%d/fd/%s" % (x, n))
+                    except OSError:
+                        continue
+                    if t.startswith("/"):
+                        files.append("%s=%s" % (n, os.path.basename(t)))
+                self.notes.append("files open in shard pid %d after the load: %s" % (x, ", ".join(sorted(files))))
             self.failures.append("shard descriptors (pipes aside) after the load differ from the start: %s" % "; ".join(
                 "shard %d: %s" % (i, fd_diff(b, e)) for i, (b, e) in enumerate(zip(base_nopipe, nopipe))))
 
