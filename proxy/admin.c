@@ -3,7 +3,9 @@
  * Prometheus and health probes, and impossible to wedge the supervisor:
  * every client has a fixed request buffer (a bigger request gets 400), a
  * deadline to send its request (2 s) and one to take the answer (10 s), and
- * the answer is written as the socket takes it, never waited for.
+ * the answer is written as the socket takes it, never waited for. When every
+ * slot is taken, a new client takes the oldest one's (victim()), so idle
+ * connections cannot keep a health probe out.
  *
  *   curl -s http://127.0.0.1:9901/stats | jq .totals
  *   curl -s http://127.0.0.1:9901/metrics | promtool check metrics */
@@ -24,6 +26,7 @@
 typedef struct {
 	int fd;
 	size_t len;
+	uint64_t since; /* accepted at; the oldest goes first when all slots are taken */
 	uint64_t deadline;
 	char *out; /* the response being written, or NULL while reading */
 	size_t outlen, outoff;
@@ -271,6 +274,28 @@ static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
 	free(body);
 }
 
+/* Every slot is taken and a new client is waiting: make room by dropping the
+ * oldest client, the one least likely still to be useful: one whose answer
+ * is already out (lingering), else one that has not sent its request yet,
+ * else one being answered. Turning the newcomer away instead would let one
+ * peer that opens SP_ADMIN_MAX_CLIENTS idle connections (and reopens them at
+ * each deadline) keep /healthz from everyone else; this way a probe that
+ * sends its request with its connect is served on the next turn, unless
+ * that many newer connections arrive in between. */
+static int victim(const sp_admin_t *a)
+{
+	int best = 0, best_rank = 3;
+	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++) {
+		const client_t *c = &a->clients[i];
+		int rank = c->lingering ? 0 : !c->out ? 1 : 2;
+		if (rank < best_rank || (rank == best_rank && c->since < a->clients[best].since)) {
+			best = i;
+			best_rank = rank;
+		}
+	}
+	return best;
+}
+
 void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_render_fn render,
 		    void *ctx)
 {
@@ -317,11 +342,12 @@ void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_re
 			for (i = 0; i < SP_ADMIN_MAX_CLIENTS && a->clients[i].fd >= 0; i++)
 				;
 			if (i == SP_ADMIN_MAX_CLIENTS) {
-				close(fd); /* full: the client retries */
-				continue;
+				i = victim(a);
+				drop(&a->clients[i]);
 			}
 			a->clients[i].fd = fd;
 			a->clients[i].len = 0;
+			a->clients[i].since = now;
 			a->clients[i].deadline = now + CLIENT_DEADLINE_MS;
 		}
 	}
