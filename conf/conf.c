@@ -845,7 +845,15 @@ static void check_listeners(ctx_t *c, void *arr, size_t n, size_t node)
 
 static void check_upstreams(ctx_t *c, void *arr, size_t n, size_t node)
 {
+	const sp_upstream_t *up = arr;
+	size_t total = 0;
+
 	check_unique_names(c, arr, n, node, sizeof(sp_upstream_t), "upstream");
+	for (size_t i = 0; i < n; i++)
+		total += up[i].nservers;
+	if (total > SP_CONF_MAX_SERVERS)
+		err_at(c, node, "%zu servers in all; at most %d across all upstreams", total,
+		       SP_CONF_MAX_SERVERS);
 }
 
 _Static_assert(offsetof(sp_listener_t, name) == 0, "check_unique_names needs name first");

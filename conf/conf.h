@@ -14,6 +14,9 @@
 /* Hard caps, so every array a shard sizes from the conf is bounded. */
 #define SP_CONF_MAX_WORKERS 256
 #define SP_CONF_NAME_MAX 64
+/* Servers are numbered across upstreams for the health verdicts and the
+ * counters shards share with the supervisor; those arrays hold this many. */
+#define SP_CONF_MAX_SERVERS 65536
 
 typedef enum { SP_STEER_HASH, SP_STEER_CPU, SP_STEER_LEAST_CONN, SP_STEER_NONE } sp_steering_t;
 typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;

@@ -231,9 +231,12 @@ void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
 /* The server's health slot, when its upstream is health-checked. */
 static uint32_t *server_fails(sp_shard_t *sh, const sp_session_t *s, unsigned server)
 {
-	if (!sh->conf->upstreams[s->upstream].health_check.enabled || !sh->args->server_fails)
+	uint32_t i = sh->health_base[s->upstream] + server;
+	/* The shared arrays hold SP_CONF_MAX_SERVERS, which the config checks. */
+	if (!sh->conf->upstreams[s->upstream].health_check.enabled || !sh->args->server_fails ||
+	    i >= SP_CONF_MAX_SERVERS)
 		return NULL;
-	return &sh->args->server_fails[sh->health_base[s->upstream] + server];
+	return &sh->args->server_fails[i];
 }
 
 /* Servers marked down by health checks are skipped while any other is left;
@@ -244,7 +247,8 @@ static int pick_server(sp_shard_t *sh, sp_session_t *s)
 	sp_balancer_t *b = &sh->balancers[s->upstream];
 	uint64_t h = sp_hash_addr((struct sockaddr *)&s->client);
 
-	if (up->health_check.enabled && sh->args->server_down) {
+	if (up->health_check.enabled && sh->args->server_down &&
+	    sh->health_base[s->upstream] + up->nservers <= SP_CONF_MAX_SERVERS) {
 		const uint8_t *down = sh->args->server_down + sh->health_base[s->upstream];
 		sp_server_set_t ex = s->tried;
 		for (unsigned k = 0; k < up->nservers; k++)

@@ -830,6 +830,29 @@ static void test_bad_user_name_is_rejected(void **state)
 	expect_error_part(FILE_WITH("'user': 0, "), "user: expected a string, got an integer");
 }
 
+/* Health verdicts and per-server counters live in shared arrays indexed by
+ * the server's number across upstreams: a file with more servers than they
+ * hold is refused at load, so no shard indexes past them. */
+static void test_more_servers_in_all_than_the_shared_arrays_hold_is_an_error(void **state)
+{
+	(void)state;
+	size_t nup = SP_CONF_MAX_SERVERS / 256 + 1, cap = nup * 256 * 40 + 4096, n = 0;
+	char *t = malloc(cap);
+	assert_non_null(t);
+	n += (size_t)snprintf(t + n, cap - n, "{'upstreams': [");
+	for (size_t u = 0; u < nup; u++) {
+		n += (size_t)snprintf(t + n, cap - n, "%s{'name': 'u%.0zu', 'servers': [", u ? "," : "",
+				      u); /* 'u' (the route's), 'u1', 'u2', ... */
+		for (unsigned k = 0; k < 256; k++)
+			n += (size_t)snprintf(t + n, cap - n, "%s{'address': '127.0.0.1:%u'}",
+					      k ? "," : "", 1000 + k);
+		n += (size_t)snprintf(t + n, cap - n, "]}");
+	}
+	snprintf(t + n, cap - n, "], " LIS "}");
+	expect_error_part(t, "upstreams: 65792 servers in all; at most 65536 across all upstreams");
+	free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -891,6 +914,7 @@ int main(void)
 	    cmocka_unit_test(test_cidr_match_v4_mapped_client_matches_v4_cidr),
 	    cmocka_unit_test(test_sni_exact_match_ignores_case),
 	    cmocka_unit_test(test_sni_wildcard_matches_any_subdomain_not_apex),
+	    cmocka_unit_test(test_more_servers_in_all_than_the_shared_arrays_hold_is_an_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
