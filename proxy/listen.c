@@ -70,6 +70,16 @@ int sp_lgroup_grow(sp_lgroup_t *g, unsigned nslots, const char *where, char *err
 	return 0;
 }
 
+void sp_lgroup_shrink(sp_lgroup_t *g, unsigned nfds)
+{
+	if (nfds == 0) {
+		sp_lgroup_close(g);
+		return;
+	}
+	while (g->nfds > nfds)
+		close(g->fds[--g->nfds]);
+}
+
 void sp_lgroup_close(sp_lgroup_t *g)
 {
 	for (unsigned i = 0; i < g->nfds; i++)

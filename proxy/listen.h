@@ -30,5 +30,10 @@ sp_lgroup_t *sp_lgroup_find(sp_lgroup_t *groups, unsigned n, const sp_addr_t *ad
  * "listeners[1].listen 0.0.0.0:80: bind: Permission denied". */
 int sp_lgroup_grow(sp_lgroup_t *g, unsigned nslots, const char *where, char *err, size_t errlen);
 void sp_lgroup_close(sp_lgroup_t *g);
+/* Close the sockets of slots nfds.. again: a reload that failed after
+ * opening them must leave nothing bound that no shard accepts on (a
+ * listening socket in a reuseport group takes its share of new connections
+ * whether or not anyone accepts). nfds 0 closes the group. */
+void sp_lgroup_shrink(sp_lgroup_t *g, unsigned nfds);
 
 #endif
