@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,9 +30,15 @@ typedef struct {
 	uint32_t ok_streak, fail_streak;
 } check_t;
 
+/* Checks in flight wait in an epoll set, not in the caller's poll array:
+ * any number of servers, one descriptor to poll, and O(ready) to find the
+ * finished ones (a poll array of SP_ADMIN_MAX_CLIENTS + 256 entries used to
+ * leave checks past the 256th unwatched, so they always timed out). */
 struct sp_health {
 	check_t *checks;
 	size_t n;
+	int epfd;
+	size_t inflight;
 	uint8_t *down;
 	uint32_t *fails;
 };
@@ -59,6 +66,11 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 		return NULL;
 	h->down = down;
 	h->fails = fails;
+	h->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (h->epfd < 0) {
+		free(h);
+		return NULL;
+	}
 	for (size_t u = 0; u < conf->nupstreams; u++)
 		total += conf->upstreams[u].nservers;
 	if (total > SP_HEALTH_MAX_SERVERS)
@@ -67,6 +79,7 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 	memset(fails, 0, total * sizeof(*fails));
 	h->checks = calloc(total ? total : 1, sizeof(*h->checks));
 	if (!h->checks) {
+		close(h->epfd);
 		free(h);
 		return NULL;
 	}
@@ -120,6 +133,7 @@ void sp_health_free(sp_health_t *h)
 	for (size_t i = 0; i < h->n; i++)
 		if (h->checks[i].fd >= 0)
 			close(h->checks[i].fd);
+	close(h->epfd);
 	free(h->checks);
 	free(h);
 }
@@ -149,6 +163,10 @@ static void verdict(sp_health_t *h, check_t *c, bool ok, const char *why)
 
 static void finish(sp_health_t *h, check_t *c, bool ok, const char *why, uint64_t now)
 {
+	/* Out of the set before the close: a forked shard that still held a
+	 * copy of the socket would keep the registration alive. */
+	if (epoll_ctl(h->epfd, EPOLL_CTL_DEL, c->fd, NULL) == 0)
+		h->inflight--;
 	close(c->fd);
 	c->fd = -1;
 	c->due = now + c->up->health_check.interval_ms;
@@ -165,19 +183,24 @@ static void start(sp_health_t *h, check_t *c, uint64_t now)
 		return;
 	}
 	c->due = now + c->up->health_check.timeout_ms;
-	if (connect(c->fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+	if (connect(c->fd, (const struct sockaddr *)&a->ss, a->len) == 0) {
 		finish(h, c, true, NULL, now);
-	else if (errno != EINPROGRESS)
+	} else if (errno != EINPROGRESS) {
 		finish(h, c, false, strerror(errno), now);
+	} else {
+		struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+			h->inflight++;
+		/* else it times out: a failed check, logged as one */
+	}
 }
 
 int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max)
 {
-	int n = 0;
-	for (size_t i = 0; i < h->n && n < max; i++)
-		if (h->checks[i].fd >= 0)
-			pfds[n++] = (struct pollfd){.fd = h->checks[i].fd, .events = POLLOUT};
-	return n;
+	if (!h->inflight || max < 1)
+		return 0;
+	pfds[0] = (struct pollfd){.fd = h->epfd, .events = POLLIN};
+	return 1;
 }
 
 int sp_health_timeout(const sp_health_t *h)
@@ -195,21 +218,24 @@ int sp_health_timeout(const sp_health_t *h)
 
 void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n)
 {
+	struct epoll_event evs[64];
 	uint64_t now = mono_ms();
-	for (int k = 0; k < n; k++) {
-		if (!pfds[k].revents)
-			continue;
-		for (size_t i = 0; i < h->n; i++) {
-			check_t *c = &h->checks[i];
-			if (c->fd != pfds[k].fd)
-				continue;
+	int ready;
+	(void)pfds;
+	(void)n;
+	/* Whatever the caller's poll saw, the set knows which checks ended. */
+	do {
+		ready = h->inflight ? epoll_wait(h->epfd, evs, 64, 0) : 0;
+		for (int k = 0; k < ready; k++) {
+			check_t *c = evs[k].data.ptr;
 			int err = 0;
 			socklen_t len = sizeof(err);
+			if (c->fd < 0)
+				continue;
 			getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 			finish(h, c, err == 0, err ? strerror(err) : NULL, now);
-			break;
 		}
-	}
+	} while (ready == 64);
 	for (size_t i = 0; i < h->n; i++) {
 		check_t *c = &h->checks[i];
 		const sp_health_check_t *hc = &c->up->health_check;

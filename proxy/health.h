@@ -24,13 +24,15 @@ void sp_health_free(sp_health_t *h);
  * instead of taking traffic again until `fall` new checks fail. */
 void sp_health_inherit(sp_health_t *h, const sp_health_t *prev);
 uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream);
-/* Check sockets in flight, to poll for POLLOUT; returns how many written. */
+/* The descriptor to poll while checks are in flight (one, however many
+ * servers are checked); returns how many were written (0 or 1). */
 int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max);
 /* Milliseconds until sp_health_run should run again: the next check due or
  * timing out, or sooner to look at the shards' passive reports; -1 if no
  * server is checked. */
 int sp_health_timeout(const sp_health_t *h);
-/* Finish checks the poll found ready or that timed out, start due ones. */
+/* Finish checks that completed or timed out, start due ones. pfds/n are
+ * what sp_health_pollfds gave (the checks' own set says which ended). */
 void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n);
 
 #endif

@@ -325,6 +325,77 @@ static void test_health_timeout_is_minus_one_when_nothing_is_checked(void **stat
 	sp_conf_free(c);
 }
 
+/* A loopback listener whose accept queue is full: connects to it stay in
+ * flight (their SYNs are dropped) until it has room again. */
+static int full_listener(in_port_t *port, int *filler)
+{
+	int lfd = refusing_port(port);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(*port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(listen(lfd, 0), 0);
+	*filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(*filler, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return lfd;
+}
+
+/* The supervisor polls at most 256 health descriptors beside its own. With
+ * 260 servers that never answer in flight, a healthy server checked after
+ * them must still be seen answering, not starve until its timeout and be
+ * marked down. On loopback a check normally completes inside connect(), so
+ * the healthy server is a listener whose queue is full while the checks
+ * start and has room again by the SYN's retransmission at 1 s. */
+static void test_health_server_past_260_unanswered_checks_is_seen_answering(void **state)
+{
+	(void)state;
+	/* One server per upstream: the first checks of an upstream's servers
+	 * are spread over an interval, and these must all start at once. */
+	enum { NBH = 260 };
+	in_port_t bh_port, ok_port;
+	int bh_fill, ok_fill;
+	int bh = full_listener(&bh_port, &bh_fill), ok = full_listener(&ok_port, &ok_fill);
+	size_t cap = 256 + (NBH + 1) * 200, n = 0;
+	char *text = malloc(cap);
+	assert_non_null(text);
+	n += (size_t)snprintf(text + n, cap - n, "{" LISTENER ", 'upstreams': [");
+	for (int u = 0; u <= NBH; u++)
+		n += (size_t)snprintf(text + n, cap - n,
+				      "%s{'name': '%c%.0d', 'health_check': {'interval_ms': 2000, "
+				      "'timeout_ms': 2000, 'fall': 1, 'rise': 1}, "
+				      "'servers': [{'address': '127.0.0.1:%u'}]}",
+				      u ? "," : "", u ? 'u' : 'a', u,
+				      (unsigned)(u < NBH ? bh_port : ok_port));
+	snprintf(text + n, cap - n, "]}");
+	sp_conf_t *c = load(text);
+	shm_t s = shm_new();
+	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	assert_non_null(h);
+	uint64_t start = mono_ms();
+	bool widened = false;
+	while (mono_ms() < start + 2500) {
+		struct pollfd pfd[256];
+		int np = sp_health_pollfds(h, pfd, 256);
+		int t = sp_health_timeout(h);
+		assert_true(poll(pfd, (nfds_t)np, t < 0 || t > 50 ? 50 : t) >= 0);
+		sp_health_run(h, pfd, np);
+		if (!widened && mono_ms() > start + 300) { /* every check has started */
+			assert_int_equal(listen(ok, 64), 0);
+			widened = true;
+		}
+	}
+	for (uint32_t i = 0; i < NBH; i++)
+		assert_int_equal(s.down[i], 1); /* they timed out */
+	if (s.down[NBH])
+		fail_msg("the healthy server checked after %d unanswered ones was marked down", NBH);
+	sp_health_free(h);
+	shm_free(&s);
+	sp_conf_free(c);
+	free(text);
+	close(bh_fill);
+	close(ok_fill);
+	close(bh);
+	close(ok);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -335,6 +406,7 @@ int main(void)
 	    cmocka_unit_test(test_health_server_no_longer_checked_starts_up),
 	    cmocka_unit_test(test_health_inherit_keeps_the_streak_of_failed_checks),
 	    cmocka_unit_test(test_health_timeout_is_minus_one_when_nothing_is_checked),
+	    cmocka_unit_test(test_health_server_past_260_unanswered_checks_is_seen_answering),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
