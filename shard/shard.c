@@ -189,10 +189,22 @@ static void on_drain_timer(sp_timer_t *t, void *arg)
 	sp_session_close_all(sh, SP_END_DRAIN_TIMEOUT);
 }
 
+/* Stop accepting and close this shard's copies of the listening sockets at
+ * once: once the supervisor and every other shard have closed theirs too,
+ * the socket is gone and a new client is refused (retries elsewhere)
+ * instead of waiting in a backlog nobody accepts from. On a reload the new
+ * generation and the supervisor still hold the sockets, so nothing queued is
+ * lost. An accept still in flight holds its own reference until its cancel
+ * completes. */
 static void start_drain(sp_shard_t *sh)
 {
 	sh->draining = true;
 	stop_accepts(sh);
+	for (unsigned i = 0; i < sh->naccepts; i++)
+		if (sh->accepts[i].fd >= 0) {
+			close(sh->accepts[i].fd);
+			sh->accepts[i].fd = -1;
+		}
 	sp_timer_arm(&sh->timers, &sh->drain_timer, sh->now_ms + sh->conf->limits.drain_timeout_ms);
 }
 
@@ -608,10 +620,12 @@ int sp_shard_main(const sp_shard_args_t *a)
 	if (!sh)
 		return 2;
 	sh->sigfd = -1;
-	sh->sup_pid = getppid();
+	sh->sup_pid = a->sup_pid ? a->sup_pid : getppid();
 	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
 	sp_log_setup(who, (int)a->conf->log.level);
-	/* If the supervisor dies, drain and go rather than serve unsupervised. */
+	/* If the supervisor dies, drain and go rather than serve unsupervised.
+	 * It may already have died since the fork, before this was set: that
+	 * is checked below, once the signal could no longer be missed. */
 	prctl(PR_SET_PDEATHSIG, SP_SIG_DRAIN);
 	/* "none": keep the supervisor's mask and let the scheduler move the shard off
 	 * a CPU that a backend or client keeps busy (docs/BENCHMARKS.md). */
@@ -629,6 +643,12 @@ int sp_shard_main(const sp_shard_args_t *a)
 	}
 	arm_signal(sh);
 	sh->accept_burst = accept_burst(sh);
+	if (getppid() != sh->sup_pid) {
+		/* Orphaned before PR_SET_PDEATHSIG took (or before
+		 * drop_privileges set it again): no signal will come. */
+		sp_info("supervisor (pid %d) is gone: draining", (int)sh->sup_pid);
+		start_drain(sh);
+	}
 	rearm_accepts(sh);
 	io_uring_submit(&sh->ring.uring);
 	notify(a, SP_SHARD_EV_READY, 0);

@@ -106,6 +106,10 @@ typedef struct {
 	unsigned nlisten_fds[SP_SHARD_MAX_LISTENERS];
 	uint32_t max_sessions; /* this shard's share of limits.max_connections */
 	int notify_fd;         /* write end of the supervisor's notify pipe */
+	/* The supervisor's pid, read before the fork: a shard whose parent is
+	 * no longer this pid was orphaned, maybe before PR_SET_PDEATHSIG was
+	 * set (0: take getppid() at start, racy). */
+	pid_t sup_pid;
 	sp_shard_stats_t *stats;
 	uint32_t *steer_load; /* shared active-session counters for least_conn, or NULL */
 	/* Health verdicts from the supervisor (1 = down) and the shards' passive
