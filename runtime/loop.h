@@ -1,0 +1,139 @@
+/* loop: one event loop per shard, the whole face of runtime/ to the layers
+ * above. It owns its backend (io_uring, or epoll where io_uring is blocked),
+ * the handler table, the generation check on every completion, the timer heap
+ * and the clock. Operations go in tagged with (op, slot, generation); neutral
+ * completions come out (result, "more to come", buffer id). Nothing here
+ * names an io_uring or epoll type, so the shard reads the same on both
+ * (monoio's io_uring and "legacy" drivers are the model).
+ *
+ * Contract both backends keep:
+ * - a completion is never delivered from inside the call that started the
+ *   op, only from sp_loop_run_once;
+ * - a buffer given to send stays the caller's until the send completes;
+ * - multishot ops (accept, recv) complete with more=true while they stay
+ *   armed and end with exactly one completion with more=false;
+ * - per descriptor, at most one reading op (accept, recv, poll in) and one
+ *   writing op (send, connect, poll out) are in flight (epoll keeps one
+ *   waiter per direction; a second gets -EBUSY). */
+#ifndef SP_LOOP_H
+#define SP_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "runtime/timer.h"
+#include "runtime/udata.h"
+
+typedef struct sp_loop sp_loop_t;
+
+typedef enum {
+	SP_LOOP_URING = 1,
+	SP_LOOP_EPOLL = 2,
+} sp_loop_backend_t;
+
+/* Op codes the owner may use: [1, SP_LOOP_MAX_OPS). The loop keeps the last
+ * code for its own bookkeeping (cancels, connect timeouts). */
+#define SP_LOOP_MAX_OPS (SP_UDATA_MAX_OPS - 1)
+
+typedef struct {
+	int res;      /* >= 0: bytes, a descriptor, a poll mask; < 0: -errno */
+	bool more;    /* multishot: the op stays armed, more completions follow */
+	bool has_buf; /* res bytes landed in buffer `bid` of the loop's pool */
+	uint16_t bid;
+} sp_completion_t;
+
+/* One handler may serve several ops; op and slot come from the tag. */
+typedef void (*sp_loop_fn)(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c);
+
+typedef struct {
+	sp_loop_backend_t backend;
+	unsigned entries; /* ops in flight at once (io_uring SQ size, epoll op pool) */
+	unsigned timers;  /* timers the owner keeps armed at most */
+	void *ctx;        /* passed to every handler */
+} sp_loop_config_t;
+
+/* Set up a loop. On failure returns -errno and writes into err a sentence an
+ * operator can act on (io_uring blocked by seccomp or sysctl, memlock...). */
+int sp_loop_new(sp_loop_t **out, const sp_loop_config_t *cfg, char *err, size_t errlen);
+void sp_loop_free(sp_loop_t *l);
+sp_loop_backend_t sp_loop_backend(const sp_loop_t *l);
+const char *sp_loop_backend_name(sp_loop_backend_t b);
+/* The backend and what it runs with, one line (for logs). */
+void sp_loop_describe(const sp_loop_t *l, char *buf, size_t len);
+
+/* Handlers. With check_gen, a completion whose generation differs from
+ * gens[slot] (the slot was freed and reused since) is dropped, and a buffer
+ * it carried goes back to the pool. */
+void sp_loop_on(sp_loop_t *l, unsigned op, sp_loop_fn fn, bool check_gen);
+void sp_loop_set_gens(sp_loop_t *l, const uint32_t *gens, uint32_t n);
+
+static inline uint64_t sp_loop_tag(unsigned op, uint32_t slot, uint32_t gen)
+{
+	return sp_udata_pack(op, slot, gen);
+}
+
+/* The buffer pool multishot recv lands data in: nbufs (a power of two, at
+ * most 32768) buffers of bufsz bytes (< 64 KiB). io_uring lends it to the
+ * kernel as a provided-buffer ring; epoll hands buffers out itself. A recv
+ * that finds it empty ends with -ENOBUFS. */
+int sp_loop_bufs_init(sp_loop_t *l, uint32_t nbufs, uint32_t bufsz);
+uint8_t *sp_loop_buf(const sp_loop_t *l, uint16_t bid);
+/* Give a buffer a completion carried back to the pool. */
+void sp_loop_buf_put(sp_loop_t *l, uint16_t bid);
+uint32_t sp_loop_bufs_total(const sp_loop_t *l);
+uint32_t sp_loop_bufs_out(const sp_loop_t *l); /* held by completions not yet put back */
+
+/* Operations. Each returns 0 or -errno (-EBUSY: that direction of fd is
+ * taken; -ENOBUFS: too many ops in flight). */
+/* Multishot: each completion's res is a new non-blocking, close-on-exec fd. */
+int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd);
+/* Multishot into the buffer pool: res bytes in buffer bid; 0 at end of file. */
+int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd);
+/* One send (MSG_NOSIGNAL); res is the bytes taken, possibly fewer than len. */
+int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
+/* Connect a non-blocking socket; res 0, -errno, or -ETIMEDOUT once
+ * timeout_ms passed. addr must stay valid until the next sp_loop_run_once
+ * (io_uring reads it when the batch is submitted). Under io_uring,
+ * a connect the caller cancels may also report -ETIMEDOUT: the kernel
+ * reports a cancel and the linked timeout alike. */
+int sp_loop_connect(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
+		    socklen_t alen, unsigned timeout_ms);
+/* One-shot readiness: res > 0 once fd is readable (out: writable), error
+ * and hang-up included. */
+int sp_loop_poll(sp_loop_t *l, uint64_t tag, int fd, bool out);
+/* End the op `tag` on fd (its last completion comes with -ECANCELED, or with
+ * its own result if it finished first). */
+int sp_loop_cancel(sp_loop_t *l, int fd, uint64_t tag);
+/* End every op on fd. */
+int sp_loop_cancel_fd(sp_loop_t *l, int fd);
+/* Close a descriptor the loop may have watched; use it, not close(2), for
+ * every fd an op ever ran on (epoll forgets its registration here). */
+void sp_loop_close(sp_loop_t *l, int fd);
+
+/* Clock and timers: milliseconds on CLOCK_MONOTONIC, refreshed after every
+ * wait, so handlers never see the time from before a long sleep. */
+uint64_t sp_loop_now(const sp_loop_t *l);
+int sp_loop_timer_arm(sp_loop_t *l, sp_timer_t *t, uint64_t deadline);
+void sp_loop_timer_disarm(sp_loop_t *l, sp_timer_t *t);
+
+/* One turn: start what was queued, wait for completions (at most max_wait_ms,
+ * -1: until the next timer), dispatch them, fire due timers. Returns the
+ * number of completions and timers handled, or -errno. */
+int sp_loop_run_once(sp_loop_t *l, int max_wait_ms);
+
+typedef struct {
+	uint64_t stale_drops;  /* completions for a reused slot, dropped */
+	uint64_t cq_overflows; /* io_uring: turns that found the CQ overflowed */
+} sp_loop_stats_t;
+void sp_loop_stats(const sp_loop_t *l, sp_loop_stats_t *st);
+
+/* Can io_uring run this proxy here? Sets up a ring and checks every opcode
+ * and feature the loop uses (multishot accept and recv, provided-buffer
+ * rings, cancel by fd, linked timeouts). 0 when it can; else -errno and a
+ * specific reason in why (seccomp, kernel.io_uring_disabled, memlock, a
+ * missing opcode). On success, what the kernel offers goes into why. */
+int sp_loop_probe_uring(char *why, size_t len);
+
+#endif

@@ -1,0 +1,531 @@
+/* loop_epoll: the epoll backend of the loop (see loop.h), for where io_uring
+ * is blocked (container seccomp profiles, kernel.io_uring_disabled). The same
+ * operations with the same completions, by readiness:
+ * - every descriptor is registered once, edge-triggered, for both
+ *   directions; an op first tries its system call and waits for an edge
+ *   only after EAGAIN, so no readiness is ever lost and no epoll_ctl is paid
+ *   per op;
+ * - multishot accept and recv are emulated by draining to EAGAIN (a recv
+ *   that fills less than a buffer has drained the socket), a budget per
+ *   turn keeping one busy socket from starving the rest;
+ * - recv takes buffers from the loop's pool, as the provided-buffer ring
+ *   does under io_uring, and ends with -ENOBUFS when it is empty;
+ * - connect timeouts are timers in the loop's heap;
+ * - completions found while starting an op wait on a pending list until the
+ *   next turn, so no handler runs inside the call that started its op. */
+#include "runtime/loop_impl.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define NEVENTS 256
+#define ACCEPT_BUDGET 64 /* connections taken per listening socket per turn */
+#define RECV_BUDGET 16   /* buffers filled per socket per turn */
+#define NONE UINT32_MAX
+
+enum { K_ACCEPT, K_RECV, K_SEND, K_CONNECT, K_POLL };
+
+typedef struct {
+	uint64_t tag;
+	int fd;
+	uint8_t kind;
+	bool out;    /* waits in its fd's writing slot */
+	bool live;   /* allocated */
+	bool done;   /* finished: res is final, dispatched from the pending list */
+	bool queued; /* on the pending list */
+	short events; /* poll */
+	int res;
+	const void *buf; /* send */
+	size_t len;
+	sp_timer_t timer; /* connect timeout */
+	uint32_t next;    /* pending list, or free list */
+} eop_t;
+
+typedef struct {
+	uint32_t in, out; /* waiting op index, NONE for none */
+	bool reg;         /* registered with epoll */
+} fdent_t;
+
+typedef struct {
+	int epfd;
+	eop_t *ops;
+	uint32_t nops;
+	uint32_t free_head;
+	fdent_t *fds;
+	uint32_t nfds;
+	uint32_t phead, ptail; /* pending list (FIFO) */
+	uint16_t *bfree;       /* buffer pool: a stack of free ids */
+	uint32_t nbfree;
+	struct epoll_event events[NEVENTS];
+} ep_t;
+
+static int ep_init(sp_loop_t *l, char *err, size_t errlen)
+{
+	ep_t *e = calloc(1, sizeof(*e));
+	if (!e)
+		goto nomem;
+	e->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->epfd < 0) {
+		int ret = -errno;
+		snprintf(err, errlen, "epoll_create1: %s", strerror(errno));
+		free(e);
+		return ret;
+	}
+	e->nops = l->entries;
+	e->ops = calloc(e->nops, sizeof(*e->ops));
+	if (!e->ops) {
+		close(e->epfd);
+		free(e);
+		goto nomem;
+	}
+	for (uint32_t i = 0; i < e->nops; i++)
+		e->ops[i].next = i + 1 < e->nops ? i + 1 : NONE;
+	e->free_head = 0;
+	e->phead = e->ptail = NONE;
+	l->be_state = e;
+	return 0;
+nomem:
+	snprintf(err, errlen, "epoll: %s", strerror(ENOMEM));
+	return -ENOMEM;
+}
+
+static void ep_fini(sp_loop_t *l)
+{
+	ep_t *e = l->be_state;
+	if (!e)
+		return;
+	close(e->epfd);
+	free(e->ops);
+	free(e->fds);
+	free(e->bfree);
+	free(e);
+	l->be_state = NULL;
+}
+
+static int ep_bufs_init(sp_loop_t *l)
+{
+	ep_t *e = l->be_state;
+	e->bfree = malloc(l->nbufs * sizeof(*e->bfree));
+	if (!e->bfree)
+		return -ENOMEM;
+	/* Lowest ids on top: the buffers used first are the same few. */
+	for (uint32_t i = 0; i < l->nbufs; i++)
+		e->bfree[i] = (uint16_t)(l->nbufs - 1 - i);
+	e->nbfree = l->nbufs;
+	return 0;
+}
+
+static void ep_buf_put(sp_loop_t *l, uint16_t bid)
+{
+	ep_t *e = l->be_state;
+	e->bfree[e->nbfree++] = bid;
+}
+
+/* The descriptor table grows by doubling, up to the largest fd seen: it is
+ * indexed by fd, so lookups on every event cost nothing. */
+static fdent_t *fd_entry(ep_t *e, int fd)
+{
+	if (fd < 0)
+		return NULL;
+	if ((uint32_t)fd >= e->nfds) {
+		uint32_t n = e->nfds ? e->nfds : 1024;
+		while (n <= (uint32_t)fd)
+			n *= 2;
+		fdent_t *t = realloc(e->fds, n * sizeof(*t));
+		if (!t)
+			return NULL;
+		for (uint32_t i = e->nfds; i < n; i++)
+			t[i] = (fdent_t){.in = NONE, .out = NONE};
+		e->fds = t;
+		e->nfds = n;
+	}
+	return &e->fds[fd];
+}
+
+static void enqueue(ep_t *e, eop_t *op)
+{
+	uint32_t i = (uint32_t)(op - e->ops);
+	if (op->queued)
+		return;
+	op->queued = true;
+	op->next = NONE;
+	if (e->ptail == NONE)
+		e->phead = i;
+	else
+		e->ops[e->ptail].next = i;
+	e->ptail = i;
+}
+
+/* The op has its last result: off its fd, its timer stopped, and on the
+ * pending list for delivery. */
+static void finish(sp_loop_t *l, eop_t *op, int res)
+{
+	ep_t *e = l->be_state;
+	uint32_t i = (uint32_t)(op - e->ops);
+	fdent_t *f = &e->fds[op->fd];
+
+	if (op->done)
+		return;
+	op->done = true;
+	op->res = res;
+	if (f->in == i)
+		f->in = NONE;
+	if (f->out == i)
+		f->out = NONE;
+	sp_timer_disarm(&l->timers, &op->timer);
+	enqueue(e, op);
+}
+
+static void on_connect_timeout(sp_timer_t *t, void *arg)
+{
+	eop_t *op = (eop_t *)((char *)t - offsetof(eop_t, timer));
+	finish(arg, op, -ETIMEDOUT);
+}
+
+static int op_new(sp_loop_t *l, uint64_t tag, int fd, int kind, bool out, eop_t **opp)
+{
+	ep_t *e = l->be_state;
+	fdent_t *f = fd_entry(e, fd);
+
+	if (!f)
+		return fd < 0 ? -EBADF : -ENOMEM;
+	if ((out ? f->out : f->in) != NONE)
+		return -EBUSY;
+	if (e->free_head == NONE)
+		return -ENOBUFS;
+	if (!f->reg) {
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+					 .data.fd = fd};
+		if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+		    (errno != EEXIST || epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
+			return -errno;
+		f->reg = true;
+	}
+	uint32_t i = e->free_head;
+	eop_t *op = &e->ops[i];
+	e->free_head = op->next;
+	*op = (eop_t){.tag = tag, .fd = fd, .kind = (uint8_t)kind, .out = out, .live = true,
+		      .next = NONE};
+	sp_timer_setup(&op->timer, on_connect_timeout, l);
+	if (out)
+		f->out = i;
+	else
+		f->in = i;
+	*opp = op;
+	return 0;
+}
+
+static void op_free(ep_t *e, eop_t *op)
+{
+	op->live = false;
+	op->next = e->free_head;
+	e->free_head = (uint32_t)(op - e->ops);
+}
+
+static void deliver(sp_loop_t *l, eop_t *op, int res, bool more, bool has_buf, uint16_t bid)
+{
+	sp_completion_t c = {.res = res, .more = more, .has_buf = has_buf, .bid = bid};
+	sp_loop__dispatch(l, op->tag, &c);
+}
+
+/* Drain the listening socket; each connection is one "more" completion. */
+static void try_accept(sp_loop_t *l, eop_t *op)
+{
+	ep_t *e = l->be_state;
+	for (int i = 0; i < ACCEPT_BUDGET; i++) {
+		int fd = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				finish(l, op, -errno); /* as io_uring: an error ends the multishot */
+			return;
+		}
+		deliver(l, op, fd, true, false, 0);
+		if (op->done)
+			return; /* the handler cancelled it */
+	}
+	enqueue(e, op); /* budget spent: more next turn */
+}
+
+static void try_recv(sp_loop_t *l, eop_t *op)
+{
+	ep_t *e = l->be_state;
+	for (int i = 0; i < RECV_BUDGET; i++) {
+		if (e->nbfree == 0) {
+			finish(l, op, -ENOBUFS);
+			return;
+		}
+		uint16_t bid = e->bfree[--e->nbfree];
+		ssize_t n = recv(op->fd, sp_loop_buf(l, bid), l->bufsz, MSG_DONTWAIT);
+		if (n > 0) {
+			deliver(l, op, (int)n, true, true, bid);
+			/* A short read emptied the socket: wait for the next edge
+			 * rather than pay a recv that says EAGAIN. */
+			if (op->done || (size_t)n < l->bufsz)
+				return;
+			continue;
+		}
+		e->bfree[e->nbfree++] = bid;
+		if (n == 0) {
+			finish(l, op, 0);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			finish(l, op, -errno);
+		return;
+	}
+	enqueue(e, op);
+}
+
+static void try_send(sp_loop_t *l, eop_t *op)
+{
+	for (;;) {
+		ssize_t n = send(op->fd, op->buf, op->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n >= 0) {
+			finish(l, op, (int)n);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			finish(l, op, -errno);
+		return;
+	}
+}
+
+/* Writable after a non-blocking connect: SO_ERROR says how it went. An
+ * event for an fd number reused since it was collected can arrive before
+ * the connect is done; getpeername tells those apart. */
+static void check_connect(sp_loop_t *l, eop_t *op)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+	struct sockaddr_storage ss;
+	socklen_t slen = sizeof(ss);
+
+	if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		finish(l, op, -err);
+		return;
+	}
+	if (getpeername(op->fd, (struct sockaddr *)&ss, &slen) == 0)
+		finish(l, op, 0);
+}
+
+static void check_poll(sp_loop_t *l, eop_t *op)
+{
+	struct pollfd p = {.fd = op->fd, .events = op->events};
+	if (poll(&p, 1, 0) > 0)
+		finish(l, op, p.revents);
+}
+
+static void attempt(sp_loop_t *l, eop_t *op)
+{
+	switch (op->kind) {
+	case K_ACCEPT:
+		try_accept(l, op);
+		break;
+	case K_RECV:
+		try_recv(l, op);
+		break;
+	case K_SEND:
+		try_send(l, op);
+		break;
+	case K_CONNECT:
+		check_connect(l, op);
+		break;
+	case K_POLL:
+		check_poll(l, op);
+		break;
+	}
+}
+
+static int ep_accept(sp_loop_t *l, uint64_t tag, int fd)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_ACCEPT, false, &op);
+	if (ret == 0)
+		enqueue(l->be_state, op); /* drained at the next turn */
+	return ret;
+}
+
+static int ep_recv(sp_loop_t *l, uint64_t tag, int fd)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_RECV, false, &op);
+	if (ret == 0)
+		enqueue(l->be_state, op);
+	return ret;
+}
+
+static int ep_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_SEND, true, &op);
+	if (ret < 0)
+		return ret;
+	op->buf = buf;
+	op->len = len;
+	try_send(l, op);
+	return 0;
+}
+
+static int ep_connect(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
+		      socklen_t alen, unsigned timeout_ms)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_CONNECT, true, &op);
+	if (ret < 0)
+		return ret;
+	if (connect(fd, addr, alen) == 0)
+		finish(l, op, 0);
+	else if (errno != EINPROGRESS && errno != EINTR)
+		finish(l, op, -errno);
+	else /* the clock now: the caller may not have come from a wait */
+		sp_timer_arm(&l->timers, &op->timer, sp_loop__clock_ms() + timeout_ms);
+	return 0;
+}
+
+/* Readiness may predate the registration, and a caller that stopped short
+ * of EAGAIN gets no new edge, so a poll looks at the state once first. */
+static int ep_poll(sp_loop_t *l, uint64_t tag, int fd, bool out)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_POLL, out, &op);
+	if (ret < 0)
+		return ret;
+	op->events = out ? POLLOUT : POLLIN;
+	check_poll(l, op);
+	return 0;
+}
+
+static int ep_cancel(sp_loop_t *l, int fd, uint64_t tag)
+{
+	ep_t *e = l->be_state;
+	if (fd < 0 || (uint32_t)fd >= e->nfds)
+		return -ENOENT;
+	fdent_t *f = &e->fds[fd];
+	uint32_t cand[2] = {f->in, f->out};
+	for (int k = 0; k < 2; k++)
+		if (cand[k] != NONE && e->ops[cand[k]].tag == tag) {
+			finish(l, &e->ops[cand[k]], -ECANCELED);
+			return 0;
+		}
+	return -ENOENT;
+}
+
+static int ep_cancel_fd(sp_loop_t *l, int fd)
+{
+	ep_t *e = l->be_state;
+	if (fd < 0 || (uint32_t)fd >= e->nfds)
+		return -ENOENT;
+	fdent_t *f = &e->fds[fd];
+	if (f->in != NONE)
+		finish(l, &e->ops[f->in], -ECANCELED);
+	if (f->out != NONE)
+		finish(l, &e->ops[f->out], -ECANCELED);
+	return 0;
+}
+
+/* Closing drops the epoll registration with the file; the entry forgets it
+ * too, so the next socket given this number is registered afresh. */
+static void ep_close(sp_loop_t *l, int fd)
+{
+	ep_t *e = l->be_state;
+	if (fd >= 0 && (uint32_t)fd < e->nfds) {
+		ep_cancel_fd(l, fd); /* ops must not outlive their fd */
+		e->fds[fd].reg = false;
+	}
+	close(fd);
+}
+
+/* Deliver what finished and restart what has budget left, in FIFO order;
+ * what handlers queue meanwhile waits for the next turn. */
+static int run_pending(sp_loop_t *l)
+{
+	ep_t *e = l->be_state;
+	uint32_t i = e->phead;
+	int n = 0;
+
+	e->phead = e->ptail = NONE;
+	while (i != NONE) {
+		eop_t *op = &e->ops[i];
+		uint32_t next = op->next;
+		op->queued = false;
+		if (op->done) {
+			int res = op->res;
+			uint64_t tag = op->tag;
+			op_free(e, op); /* before the handler, which may reuse the slot */
+			sp_completion_t c = {.res = res};
+			sp_loop__dispatch(l, tag, &c);
+			n++;
+		} else {
+			attempt(l, op);
+		}
+		i = next;
+	}
+	return n;
+}
+
+static int ep_wait(sp_loop_t *l, int timeout_ms)
+{
+	ep_t *e = l->be_state;
+	int n = run_pending(l);
+
+	if (e->phead != NONE)
+		timeout_ms = 0;
+	int r = epoll_wait(e->epfd, e->events, NEVENTS, timeout_ms);
+	if (r < 0) {
+		if (errno != EINTR)
+			return -errno;
+		r = 0;
+	}
+	sp_loop__tick(l);
+	for (int k = 0; k < r; k++) {
+		uint32_t ev = e->events[k].events;
+		int fd = e->events[k].data.fd;
+		if ((uint32_t)fd >= e->nfds)
+			continue;
+		uint32_t in = e->fds[fd].in;
+		if (in != NONE && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+			attempt(l, &e->ops[in]);
+		uint32_t out = e->fds[fd].out; /* after: the reader's handler may have ended it */
+		if (out != NONE && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
+			attempt(l, &e->ops[out]);
+	}
+	return n + r;
+}
+
+static void ep_describe(const sp_loop_t *l, char *buf, size_t len)
+{
+	(void)l;
+	snprintf(buf, len, "epoll (edge-triggered; multishot accept and recv emulated)");
+}
+
+const sp_loop_backend_ops_t sp_loop_epoll_ops = {
+	.id = SP_LOOP_EPOLL,
+	.init = ep_init,
+	.fini = ep_fini,
+	.bufs_init = ep_bufs_init,
+	.buf_put = ep_buf_put,
+	.accept = ep_accept,
+	.recv = ep_recv,
+	.send = ep_send,
+	.connect = ep_connect,
+	.poll = ep_poll,
+	.cancel = ep_cancel,
+	.cancel_fd = ep_cancel_fd,
+	.close = ep_close,
+	.wait = ep_wait,
+	.describe = ep_describe,
+};

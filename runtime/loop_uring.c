@@ -1,0 +1,483 @@
+/* loop_uring: the io_uring backend of the loop (see loop.h), and the only
+ * file in the tree that includes liburing. Every op is one SQE whose
+ * user_data is the caller's tag; submission is batched, one
+ * io_uring_submit_and_wait per loop turn; recv selects buffers from a
+ * provided-buffer ring laid over the loop's pool. */
+#include "runtime/loop_impl.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define BUF_GROUP 0
+
+typedef struct {
+	struct io_uring ring;
+	unsigned setup_flags; /* IORING_SETUP_* actually in effect */
+	struct io_uring_buf_ring *br;
+	unsigned br_mask;
+	/* Connect timeouts: the kernel copies a linked timeout's timespec when
+	 * it takes the SQE, so one per SQ entry (indexed like the SQE) lives
+	 * long enough without any per-op state. */
+	struct __kernel_timespec *ts;
+	/* Which op codes are connects: their -ECANCELED means the linked
+	 * timeout fired, reported as -ETIMEDOUT. */
+	bool is_connect[SP_UDATA_MAX_OPS];
+} uring_t;
+
+/* Ring flags, best first. Each attempt drops the newest flag the kernel may
+ * not know:
+ * - SINGLE_ISSUER: only this thread submits, so the kernel skips the locking
+ *   that cross-thread submission needs.
+ * - DEFER_TASKRUN: completion work runs when we call io_uring_enter to wait,
+ *   not on an interrupt-driven task_work at random points, so a shard works
+ *   in big batches and is never preempted mid-loop for bookkeeping.
+ * - COOP_TASKRUN (fallback): no IPI to force task work; we enter the kernel
+ *   every loop turn anyway, so nothing is delayed.
+ * - SUBMIT_ALL: one bad SQE does not stop the rest of a batch.
+ * - CQSIZE: the CQ is four times the SQ, since multishot accept and recv post
+ *   many completions per submission; overflow would stall the loop. */
+static const unsigned setup_attempts[] = {
+	IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+	IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+	IORING_SETUP_SUBMIT_ALL,
+	0,
+};
+
+static int read_int_file(const char *path, int *v)
+{
+	FILE *f = fopen(path, "r");
+	int ok;
+	if (!f)
+		return -errno;
+	ok = fscanf(f, "%d", v) == 1;
+	fclose(f);
+	return ok ? 0 : -EINVAL;
+}
+
+/* "Seccomp: 2" in /proc/self/status: a seccomp filter is attached to us. */
+static bool seccomp_filtered(void)
+{
+	char line[128];
+	bool on = false;
+	FILE *f = fopen("/proc/self/status", "r");
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "Seccomp:", 8) == 0) {
+			on = atoi(line + 8) == 2;
+			break;
+		}
+	fclose(f);
+	return on;
+}
+
+/* Why io_uring_setup failed, in words an operator can act on. */
+static void explain(int err, char *buf, size_t len)
+{
+	struct rlimit rl = {0};
+	int disabled = 0;
+	bool have_sysctl = read_int_file("/proc/sys/kernel/io_uring_disabled", &disabled) == 0;
+
+	switch (err) {
+	case EPERM:
+	case ENOSYS:
+		if (have_sysctl && disabled == 2)
+			snprintf(buf, len,
+				 "io_uring_setup: %s: io_uring is disabled by "
+				 "kernel.io_uring_disabled=2 (set it to 0 to allow it)",
+				 err == EPERM ? "EPERM" : "ENOSYS");
+		else if (have_sysctl && disabled == 1 && err == EPERM)
+			snprintf(buf, len,
+				 "io_uring_setup: EPERM: kernel.io_uring_disabled=1 and this process "
+				 "is not in kernel.io_uring_group (add it, or set the sysctl to 0)");
+		else if (seccomp_filtered())
+			snprintf(buf, len,
+				 "io_uring_setup: %s: io_uring is blocked by a seccomp filter on this "
+				 "process (as in Docker's, Podman's and Kubernetes' default profiles; "
+				 "allow io_uring_setup, io_uring_enter and io_uring_register to use it)",
+				 err == EPERM ? "EPERM" : "ENOSYS");
+		else if (err == ENOSYS)
+			snprintf(buf, len,
+				 "io_uring_setup: ENOSYS: this kernel has no io_uring system call "
+				 "(built without CONFIG_IO_URING, or a sandbox such as gVisor)");
+		else
+			snprintf(buf, len,
+				 "io_uring_setup: EPERM: io_uring is not permitted here (no seccomp "
+				 "filter on this process and kernel.io_uring_disabled=%d; a security "
+				 "module may deny it)",
+				 disabled);
+		break;
+	case ENOMEM:
+		getrlimit(RLIMIT_MEMLOCK, &rl);
+		snprintf(buf, len,
+			 "io_uring_setup: ENOMEM: out of locked memory, a resource limit "
+			 "(RLIMIT_MEMLOCK soft %llu, hard %llu bytes; raise LimitMEMLOCK or ulimit -l)",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
+		break;
+	default:
+		snprintf(buf, len, "io_uring_setup: %s", strerror(err));
+	}
+}
+
+static int setup(struct io_uring *u, unsigned entries, unsigned *flags_out)
+{
+	int ret = -EINVAL;
+	for (size_t i = 0; i < sizeof(setup_attempts) / sizeof(setup_attempts[0]); i++) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = setup_attempts[i] | IORING_SETUP_CQSIZE;
+		p.cq_entries = entries * 4;
+		ret = io_uring_queue_init_params(entries, u, &p);
+		if (ret == 0) {
+			*flags_out = p.flags;
+			return 0;
+		}
+		/* Only an unknown flag is worth another try. */
+		if (ret != -EINVAL)
+			return ret;
+	}
+	return ret;
+}
+
+/* Every opcode the loop issues, and the features it relies on. Multishot
+ * accept, buffer rings and cancel by fd arrived together in 5.19, multishot
+ * recv in 6.0; the SOCKET op (5.19) and SEND_ZC (6.0) are the opcode markers
+ * for those releases, as the kernel offers no direct probe for them. */
+static const struct {
+	int op;
+	const char *name;
+} needed_ops[] = {
+	{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"},
+	{IORING_OP_RECV, "IORING_OP_RECV"},
+	{IORING_OP_SEND, "IORING_OP_SEND"},
+	{IORING_OP_CONNECT, "IORING_OP_CONNECT"},
+	{IORING_OP_LINK_TIMEOUT, "IORING_OP_LINK_TIMEOUT"},
+	{IORING_OP_POLL_ADD, "IORING_OP_POLL_ADD"},
+	{IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL"},
+	{IORING_OP_SOCKET, "multishot accept, buffer rings and cancel by fd (IORING_OP_SOCKET, 5.19)"},
+	{IORING_OP_SEND_ZC, "multishot recv (IORING_OP_SEND_ZC, 6.0)"},
+};
+
+static int check_ops(struct io_uring *u, char *why, size_t len)
+{
+	struct io_uring_probe *p = io_uring_get_probe_ring(u);
+	if (!p) {
+		snprintf(why, len, "io_uring: IORING_REGISTER_PROBE failed: cannot tell which "
+				   "operations this kernel has (Linux 6.0 or newer is needed)");
+		return -ENOTSUP;
+	}
+	for (size_t i = 0; i < sizeof(needed_ops) / sizeof(needed_ops[0]); i++)
+		if (!io_uring_opcode_supported(p, needed_ops[i].op)) {
+			snprintf(why, len, "io_uring: this kernel lacks %s (Linux 6.0 or newer is needed)",
+				 needed_ops[i].name);
+			io_uring_free_probe(p);
+			return -ENOTSUP;
+		}
+	io_uring_free_probe(p);
+	return 0;
+}
+
+static void flags_text(unsigned fl, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s%s%s", (fl & IORING_SETUP_SINGLE_ISSUER) ? " SINGLE_ISSUER" : "",
+		 (fl & IORING_SETUP_DEFER_TASKRUN) ? " DEFER_TASKRUN" : "",
+		 (fl & IORING_SETUP_COOP_TASKRUN) ? " COOP_TASKRUN" : "",
+		 (fl & IORING_SETUP_SUBMIT_ALL) ? " SUBMIT_ALL" : "");
+}
+
+/* A provided-buffer ring of n entries registered as group bgid (liburing
+ * 2.3, Debian 12's, has no io_uring_setup_buf_ring). NULL and *err on failure. */
+static struct io_uring_buf_ring *br_setup(struct io_uring *u, unsigned n, int *err)
+{
+	struct io_uring_buf_reg reg;
+	size_t bytes = (size_t)n * sizeof(struct io_uring_buf);
+	void *br = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (br == MAP_FAILED) {
+		*err = -errno;
+		return NULL;
+	}
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (unsigned long)br;
+	reg.ring_entries = n;
+	reg.bgid = BUF_GROUP;
+	*err = io_uring_register_buf_ring(u, &reg, 0);
+	if (*err < 0) {
+		munmap(br, bytes);
+		return NULL;
+	}
+	io_uring_buf_ring_init(br);
+	return br;
+}
+
+static void br_free(struct io_uring *u, struct io_uring_buf_ring *br, unsigned n)
+{
+	io_uring_unregister_buf_ring(u, BUF_GROUP);
+	munmap(br, (size_t)n * sizeof(struct io_uring_buf));
+}
+
+int sp_loop_probe_uring(char *why, size_t len)
+{
+	struct io_uring u;
+	struct io_uring_buf_ring *br;
+	unsigned flags = 0;
+	char fl[96];
+	int ret = setup(&u, 8, &flags);
+
+	if (ret < 0) {
+		explain(-ret, why, len);
+		return ret;
+	}
+	ret = check_ops(&u, why, len);
+	if (ret < 0)
+		goto out;
+	/* A provided-buffer ring: registering one is the only real test. */
+	br = br_setup(&u, 8, &ret);
+	if (!br) {
+		if (ret == -ENOMEM)
+			explain(ENOMEM, why, len);
+		else
+			snprintf(why, len, "io_uring: provided-buffer ring: %s (Linux 6.0 or newer is needed)",
+				 strerror(-ret));
+		goto out;
+	}
+	br_free(&u, br, 8);
+	flags_text(flags, fl, sizeof(fl));
+	snprintf(why, len,
+		 "io_uring: setup%s; multishot accept and recv, buffer rings, cancel by fd, "
+		 "linked timeouts",
+		 fl);
+	ret = 0;
+out:
+	io_uring_queue_exit(&u);
+	return ret;
+}
+
+static int uring_init(sp_loop_t *l, char *err, size_t errlen)
+{
+	uring_t *u = calloc(1, sizeof(*u));
+	int ret;
+
+	if (!u) {
+		snprintf(err, errlen, "io_uring: %s", strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	ret = setup(&u->ring, l->entries, &u->setup_flags);
+	if (ret < 0) {
+		explain(-ret, err, errlen);
+		free(u);
+		return ret;
+	}
+	ret = check_ops(&u->ring, err, errlen);
+	if (ret < 0)
+		goto err;
+	u->ts = calloc(u->ring.sq.ring_entries, sizeof(*u->ts));
+	if (!u->ts) {
+		ret = -ENOMEM;
+		snprintf(err, errlen, "io_uring: %s", strerror(ENOMEM));
+		goto err;
+	}
+	l->be_state = u;
+	return 0;
+err:
+	io_uring_queue_exit(&u->ring);
+	free(u);
+	return ret;
+}
+
+static void uring_fini(sp_loop_t *l)
+{
+	uring_t *u = l->be_state;
+	if (!u)
+		return;
+	if (u->br)
+		br_free(&u->ring, u->br, l->nbufs);
+	io_uring_queue_exit(&u->ring);
+	free(u->ts);
+	free(u);
+	l->be_state = NULL;
+}
+
+static int uring_bufs_init(sp_loop_t *l)
+{
+	uring_t *u = l->be_state;
+	int ret = 0;
+
+	u->br = br_setup(&u->ring, l->nbufs, &ret);
+	if (!u->br)
+		return ret;
+	u->br_mask = (unsigned)io_uring_buf_ring_mask(l->nbufs);
+	for (uint32_t i = 0; i < l->nbufs; i++)
+		io_uring_buf_ring_add(u->br, sp_loop_buf(l, (uint16_t)i), l->bufsz, (uint16_t)i,
+				      (int)u->br_mask, (int)i);
+	io_uring_buf_ring_advance(u->br, (int)l->nbufs);
+	return 0;
+}
+
+static void uring_buf_put(sp_loop_t *l, uint16_t bid)
+{
+	uring_t *u = l->be_state;
+	io_uring_buf_ring_add(u->br, sp_loop_buf(l, bid), l->bufsz, bid, (int)u->br_mask, 0);
+	io_uring_buf_ring_advance(u->br, 1);
+}
+
+/* An SQE carrying tag. Never NULL: when the SQ has fewer than `need` free
+ * entries, what is queued is submitted first (submission is otherwise
+ * batched per turn), so linked SQEs always go in one batch. */
+static struct io_uring_sqe *sqe_for(uring_t *u, uint64_t tag, unsigned need)
+{
+	while (io_uring_sq_space_left(&u->ring) < need)
+		io_uring_submit(&u->ring);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+	io_uring_sqe_set_data64(sqe, tag);
+	return sqe;
+}
+
+static int uring_accept(sp_loop_t *l, uint64_t tag, int fd)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	return 0;
+}
+
+static int uring_recv(sp_loop_t *l, uint64_t tag, int fd)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = BUF_GROUP;
+	return 0;
+}
+
+static int uring_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	return 0;
+}
+
+/* connect + a linked timeout: the kernel cancels the connect when the
+ * timeout fires first, with no timer of ours involved. The kernel reads the
+ * address when the batch is submitted (loop.h: valid until the next turn). */
+static int uring_connect(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
+			 socklen_t alen, unsigned timeout_ms)
+{
+	uring_t *u = l->be_state;
+	struct io_uring_sqe *sqe = sqe_for(u, tag, 2);
+	io_uring_prep_connect(sqe, fd, addr, alen);
+	sqe->flags |= IOSQE_IO_LINK;
+	u->is_connect[sp_udata_op(tag)] = true;
+
+	sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
+	struct __kernel_timespec *ts = &u->ts[sqe - u->ring.sq.sqes];
+	ts->tv_sec = timeout_ms / 1000;
+	ts->tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+	io_uring_prep_link_timeout(sqe, ts, 0);
+	return 0;
+}
+
+static int uring_poll(sp_loop_t *l, uint64_t tag, int fd, bool out)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN);
+	return 0;
+}
+
+static int uring_cancel(sp_loop_t *l, int fd, uint64_t tag)
+{
+	(void)fd;
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
+	io_uring_prep_cancel64(sqe, tag, 0);
+	return 0;
+}
+
+static int uring_cancel_fd(sp_loop_t *l, int fd)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+	return 0;
+}
+
+static void uring_close(sp_loop_t *l, int fd)
+{
+	(void)l;
+	close(fd);
+}
+
+static int uring_wait(sp_loop_t *l, int timeout_ms)
+{
+	uring_t *u = l->be_state;
+	struct io_uring_cqe *cqe;
+	int ret;
+
+	if (timeout_ms < 0) {
+		ret = io_uring_submit_and_wait(&u->ring, 1);
+	} else {
+		struct __kernel_timespec ts = {
+			.tv_sec = timeout_ms / 1000,
+			.tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
+		};
+		ret = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+	}
+	if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+		return ret;
+	if (*u->ring.sq.kflags & IORING_SQ_CQ_OVERFLOW)
+		l->stats.cq_overflows++;
+	sp_loop__tick(l);
+
+	unsigned n = 0, head;
+	/* Handlers may queue SQEs but never reap, so iterating in place is safe;
+	 * advance once for the whole batch. */
+	io_uring_for_each_cqe(&u->ring, head, cqe)
+	{
+		uint64_t tag = cqe->user_data;
+		unsigned op = sp_udata_op(tag);
+		sp_completion_t c = {
+			.res = cqe->res,
+			.more = cqe->flags & IORING_CQE_F_MORE,
+			.has_buf = cqe->flags & IORING_CQE_F_BUFFER,
+			.bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT),
+		};
+		n++;
+		if (op == SP_LOOP_OP_SELF)
+			continue;
+		if (c.res == -ECANCELED && u->is_connect[op])
+			c.res = -ETIMEDOUT;
+		sp_loop__dispatch(l, tag, &c);
+	}
+	io_uring_cq_advance(&u->ring, n);
+	return (int)n;
+}
+
+static void uring_describe(const sp_loop_t *l, char *buf, size_t len)
+{
+	const uring_t *u = l->be_state;
+	char fl[96];
+	flags_text(u->setup_flags, fl, sizeof(fl));
+	snprintf(buf, len, "io_uring (setup%s)", fl);
+}
+
+const sp_loop_backend_ops_t sp_loop_uring_ops = {
+	.id = SP_LOOP_URING,
+	.init = uring_init,
+	.fini = uring_fini,
+	.bufs_init = uring_bufs_init,
+	.buf_put = uring_buf_put,
+	.accept = uring_accept,
+	.recv = uring_recv,
+	.send = uring_send,
+	.connect = uring_connect,
+	.poll = uring_poll,
+	.cancel = uring_cancel,
+	.cancel_fd = uring_cancel_fd,
+	.close = uring_close,
+	.wait = uring_wait,
+	.describe = uring_describe,
+};
