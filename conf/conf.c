@@ -22,10 +22,12 @@
 _Static_assert(sizeof(sp_steering_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(sp_affinity_t) == sizeof(int), "enum size");
 _Static_assert(sizeof(sp_proxy_proto_t) == sizeof(int), "enum size");
+_Static_assert(sizeof(sp_io_t) == sizeof(int), "enum size");
 
 static const char *const steering_names[] = {"hash", "cpu", "least_conn", "none"};
 static const char *const relay_names[] = {"auto", "copy", "splice"};
 static const char *const affinity_names[] = {"pin", "none"};
+static const char *const io_names[] = {"auto", "io_uring", "epoll"};
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"text", "json"};
 static const char *const balance_names[] = {"round_robin", "least_conn", "source_hash",
@@ -960,6 +962,7 @@ static const conf_field_t root_fields[] = {
     {ENUM("relay", sp_conf_t, relay, SP_RELAY_AUTO, relay_names)},
     /* Default from docs/BENCHMARKS.md (Findings: CPU placement). */
     {ENUM("cpu_affinity", sp_conf_t, cpu_affinity, SP_AFFINITY_PIN, affinity_names)},
+    {ENUM("io", sp_conf_t, io, SP_IO_AUTO, io_names)},
     {OBJECT("log", log_schema)},
     {OBJECT("admin", admin_schema), .nullable = true},
     {OBJECT("limits", limits_schema)},
@@ -1135,6 +1138,11 @@ const char *sp_conf_relay_name(sp_relay_t r)
 const char *sp_conf_affinity_name(sp_affinity_t a)
 {
 	return enum_name(affinity_names, ARRAY_SIZE(affinity_names), a);
+}
+
+const char *sp_conf_io_name(sp_io_t io)
+{
+	return enum_name(io_names, ARRAY_SIZE(io_names), io);
 }
 
 const char *sp_conf_balance_name(sp_balance_t b)

@@ -22,6 +22,8 @@ typedef enum { SP_STEER_HASH, SP_STEER_CPU, SP_STEER_LEAST_CONN, SP_STEER_NONE }
 typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;
 /* "pin": shard n on the n-th allowed CPU; "none": the scheduler places shards. */
 typedef enum { SP_AFFINITY_PIN, SP_AFFINITY_NONE } sp_affinity_t;
+/* The shards' event loop: io_uring if a start-up probe finds all it needs, or as forced. */
+typedef enum { SP_IO_AUTO, SP_IO_URING, SP_IO_EPOLL } sp_io_t;
 typedef enum { SP_LOG_DEBUG, SP_LOG_INFO, SP_LOG_WARN, SP_LOG_ERROR } sp_log_level_t;
 typedef enum { SP_LOG_TEXT, SP_LOG_JSON } sp_log_format_t;
 typedef enum {
@@ -94,6 +96,7 @@ typedef struct sp_conf {
 	sp_steering_t steering;
 	sp_relay_t relay;
 	sp_affinity_t cpu_affinity;
+	sp_io_t io;
 	struct {
 		sp_log_level_t level;
 		bool access_log;
@@ -148,6 +151,7 @@ void sp_conf_errors_free(sp_conf_errors_t *errs);
 const char *sp_conf_steering_name(sp_steering_t s);
 const char *sp_conf_relay_name(sp_relay_t r);
 const char *sp_conf_affinity_name(sp_affinity_t a);
+const char *sp_conf_io_name(sp_io_t io);
 const char *sp_conf_balance_name(sp_balance_t b);
 
 /* Look-ups used by the supervisor and shards. */

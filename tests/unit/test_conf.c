@@ -391,6 +391,7 @@ static void test_defaults_applied_on_minimal_file(void **state)
 	assert_int_equal(c->steering, SP_STEER_HASH);
 	assert_int_equal(c->relay, SP_RELAY_AUTO);
 	assert_int_equal(c->cpu_affinity, SP_AFFINITY_PIN);
+	assert_int_equal(c->io, SP_IO_AUTO);
 	assert_int_equal(c->log.level, SP_LOG_INFO);
 	assert_true(c->log.access_log);
 	assert_int_equal(c->log.format, SP_LOG_TEXT);
@@ -670,6 +671,31 @@ static void test_load_reads_a_file_and_names_it_in_errors(void **state)
 	rmdir(dir);
 }
 
+static void test_io_takes_each_backend_by_name(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		sp_io_t want;
+	} cases[] = {{FILE_WITH("'io': 'auto', "), SP_IO_AUTO},
+		     {FILE_WITH("'io': 'io_uring', "), SP_IO_URING},
+		     {FILE_WITH("'io': 'epoll', "), SP_IO_EPOLL}};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		sp_conf_t *c = expect_ok(cases[i].text);
+		assert_int_equal(c->io, cases[i].want);
+		assert_string_equal(sp_conf_io_name(c->io), i == 0 ? "auto" : i == 1 ? "io_uring" : "epoll");
+		sp_conf_free(c);
+	}
+}
+
+static void test_io_unknown_backend_lists_the_choices(void **state)
+{
+	(void)state;
+	expect_error(FILE_WITH("'io': 'kqueue', "),
+		     "conf.json:1:8: io: invalid value \"kqueue\"; expected one of: \"auto\", "
+		     "\"io_uring\", \"epoll\"");
+}
+
 /* ---- helpers and matchers ---- */
 
 static void test_names_and_index_lookups(void **state)
@@ -895,6 +921,8 @@ int main(void)
 	    cmocka_unit_test(test_missing_file_is_one_error_naming_it),
 	    cmocka_unit_test(test_defaults_applied_on_minimal_file),
 	    cmocka_unit_test(test_cpu_affinity_none_and_pin_parse),
+	    cmocka_unit_test(test_io_takes_each_backend_by_name),
+	    cmocka_unit_test(test_io_unknown_backend_lists_the_choices),
 	    cmocka_unit_test(test_health_check_object_gets_its_defaults),
 	    cmocka_unit_test(test_null_disables_health_check_and_admin),
 	    cmocka_unit_test(test_send_proxy_protocol_accepts_null_v1_v2),
