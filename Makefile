@@ -29,9 +29,12 @@ CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializ
 LDFLAGS += $(SANFLAGS)
 LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
 
-# Packages a fresh Debian 12 needs for build, tests and bench.
-PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
-	libelf-dev zlib1g-dev libjansson-dev libcmocka-dev bpftool clang llvm \
+# Packages a fresh Debian 12 needs to build the binary (BUILD_PKGS: what the
+# Dockerfile's build stage installs, through `make deps-build`), and on top of
+# them for tests and bench.
+BUILD_PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
+	libelf-dev zlib1g-dev libjansson-dev bpftool clang llvm
+PKGS := $(BUILD_PKGS) libcmocka-dev libseccomp-dev \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
 	valgrind cppcheck clang-format prometheus openssl \
 	redis-server redis-tools postgresql-15 postgresql-client-15 linux-perf strace
@@ -43,7 +46,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEMO_BIN := $(BUILD)/demo-upstream
 
-.PHONY: all deps run test unit e2e bench fuzz soak clean format lint
+.PHONY: all deps deps-build run test unit e2e bench fuzz soak clean format lint
 
 all: $(BUILD)/shardproxy $(DEMO_BIN)
 
@@ -60,8 +63,12 @@ DEPS_NO_SERVICES := \
 	trap 'exit 130' INT TERM HUP; \
 	printf '\043!/bin/sh\nexit 101\n' > $(RCD) && chmod 0755 $(RCD) || exit 1;
 
-deps:
-	@missing=""; for p in $(PKGS); do \
+# deps waits for deps-build, so a parallel make never runs two apt-gets.
+deps: deps-build
+deps: DEPS_PKGS = $(PKGS)
+deps-build: DEPS_PKGS = $(BUILD_PKGS)
+deps deps-build:
+	@missing=""; for p in $(DEPS_PKGS); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -76,12 +83,12 @@ deps:
 		fi; \
 	fi
 
-$(BUILD)/%.o: %.c | deps
+$(BUILD)/%.o: %.c | deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 # BPF: clang -> object -> skeleton header (generated, never committed).
-$(BUILD)/steer.bpf.o: bpf/steer.bpf.c bpf/steer.h $(wildcard bpf/*.h) | deps
+$(BUILD)/steer.bpf.o: bpf/steer.bpf.c bpf/steer.h $(wildcard bpf/*.h) | deps-build
 	@mkdir -p $(dir $@)
 	$(CLANG) -g -O2 -target bpf -D__TARGET_ARCH_x86 -I. -I/usr/include/$(shell uname -m)-linux-gnu \
 		-c -o $@ $<
@@ -98,11 +105,16 @@ $(BUILD)/libshardproxy.a: $(LIB_OBJ)
 $(BUILD)/shardproxy: $(BUILD)/proxy/main.o $(BUILD)/libshardproxy.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(DEMO_BIN): tests/demo/demo_upstream.c | deps
+$(DEMO_BIN): tests/demo/demo_upstream.c | deps-build
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libshardproxy.a
+# Runs a command under a Docker-format seccomp profile (the container tests).
+$(BUILD)/profile_run: tests/seccomp/profile_run.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lseccomp -ljansson
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libshardproxy.a | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libshardproxy.a $(LDLIBS) -lcmocka
 
@@ -140,18 +152,18 @@ run: all
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
-e2e: all
+e2e: deps all $(BUILD)/profile_run
 	$(PYTHON) tests/e2e/run.py --build $(BUILD)
 
 test: unit e2e
 
-bench: all
+bench: deps all
 	$(PYTHON) tests/bench/bench.py --build $(BUILD) --out docs/BENCHMARKS.md
 
 # Not part of `make test`: it runs for SOAK_SECONDS (tests/soak/soak.py says
 # what it does and what passes).
 SOAK_SECONDS ?= 600
-soak: all
+soak: deps all
 	$(PYTHON) tests/soak/soak.py --build $(BUILD) --seconds $(SOAK_SECONDS)
 
 format:

@@ -845,7 +845,7 @@ def parse_access(line):
 class Proxy:
     """One shardproxy supervisor started from a config dict (or file)."""
 
-    def __init__(self, ctx, conf, workers=None, args=(), name="proxy", path=None, user=None):
+    def __init__(self, ctx, conf, workers=None, args=(), name="proxy", path=None, user=None, wrap=None):
         self.ctx = ctx
         self.bin = ctx.binary
         self.conf = conf
@@ -856,7 +856,11 @@ class Proxy:
         self.outfile = os.path.join(ctx.tmpdir, "%s.stdout" % name)
         if user is not None:
             self.bin = ctx.binary_for_user()
-        cmd = [self.bin, "-c", self.path]
+        # wrap: a launcher that execs the proxy (same pid), e.g. profile_run
+        # with a seccomp profile; E2E_WRAP sets one for every proxy of a run.
+        if wrap is None:
+            wrap = os.environ.get("E2E_WRAP", "").split()
+        cmd = list(wrap) + [self.bin, "-c", self.path]
         if workers is not None:
             cmd += ["-w", str(workers)]
         cmd += list(args)
