@@ -1006,6 +1006,16 @@ static void flush_errors(ctx_t *c, sp_conf_errors_t *errs)
 	free(c->errs);
 }
 
+/* Number servers across upstreams once, for everyone who indexes them. */
+static void number_servers(sp_conf_t *conf)
+{
+	uint32_t idx = 0;
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		conf->upstreams[u].first_server = idx;
+		idx += (uint32_t)conf->upstreams[u].nservers;
+	}
+}
+
 sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,
 			       sp_conf_errors_t *errs)
 {
@@ -1028,6 +1038,7 @@ sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,
 	c.conf = conf;
 	apply_defaults(&root_schema, conf);
 	parse_object(&c, &root_schema, root, sp_jmap_root(c.map), conf);
+	number_servers(conf);
 	goto out;
 oom:
 	c.oom = true;

@@ -66,6 +66,10 @@ typedef struct {
 	sp_balance_t balance;
 	sp_server_t *servers;
 	size_t nservers; /* >= 1 */
+	/* Servers are numbered across upstreams in file order (health verdicts,
+	 * per-server counters): this upstream's server k is first_server + k.
+	 * Computed once by the loader. */
+	uint32_t first_server;
 	uint32_t connect_timeout_ms;
 	uint32_t idle_timeout_ms;
 	uint32_t retries;
