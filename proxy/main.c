@@ -15,6 +15,7 @@
 
 #include "bpf/steer.h"
 #include "conf/conf.h"
+#include "proxy/steering.h"
 #include "proxy/supervisor.h"
 #include "runtime/ring.h"
 
@@ -60,10 +61,7 @@ static int version(const char *conf_path)
 		printf("steering: none (as configured in %s)\n", src);
 	} else {
 		sp_steer_t *st = NULL;
-		int pol = want == SP_STEER_CPU	       ? SP_STEER_POL_CPU
-			  : want == SP_STEER_LEAST_CONN ? SP_STEER_POL_LEAST_CONN
-							: SP_STEER_POL_HASH;
-		if (sp_steer_open(&st, pol, 2, buf, sizeof(buf)) == 0) {
+		if (sp_steer_open(&st, sp_steering_policy(want), 2, buf, sizeof(buf)) == 0) {
 			printf("steering: %s (bpf%s; from %s)\n", sp_conf_steering_name(want),
 			       sp_steer_migrate_supported(st) ? ", select_or_migrate" : "", src);
 			sp_steer_close(st);

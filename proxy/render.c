@@ -1,0 +1,460 @@
+/* render: the admin endpoint's pages. /stats (JSON) and /metrics
+ * (Prometheus text exposition 0.0.4) are written from the same tables of
+ * metrics below: a counter is declared once, with its JSON key and its
+ * Prometheus family, so the two pages cannot disagree on what exists.
+ * Rendering walks a view built beforehand (stats.h): it looks rows up, it
+ * never inserts one, and it allocates nothing but the page itself. */
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/sup_internal.h"
+
+/* One counter or gauge of a row (a slot, a listener, a server). */
+typedef struct {
+	const char *json;  /* key in /stats */
+	const char *prom;  /* family in /metrics, after "shardproxy_" */
+	const char *type;  /* "counter" or "gauge" */
+	const char *help;  /* NULL: another sample of the family of the entry before */
+	const char *label; /* this entry's own label in /metrics ("direction=..."), or NULL */
+	size_t off;	   /* of the uint64_t in the row */
+	bool by_end;	   /* an array by session end reason (sp_shard_end_name) */
+} metric_t;
+
+#define DIR_IN "direction=\"client_to_upstream\""
+#define DIR_OUT "direction=\"upstream_to_client\""
+
+#define SLOT(j, p, t, h, l, f)                                                                     \
+	{                                                                                          \
+		j, p, t, h, l, offsetof(sp_slot_totals_t, f), false                                \
+	}
+static const metric_t slot_metrics[] = {
+    SLOT("accepted", "connections_accepted_total", "counter", "Client connections accepted.", NULL,
+	 accepted),
+    SLOT("active", "connections_active", "gauge", "Client connections open now.", NULL, active),
+    SLOT("refused", "connections_refused_total", "counter",
+	 "Client connections closed at once because the shard was at its connection limit.", NULL,
+	 refused),
+    SLOT("no_route", "connections_unrouted_total", "counter",
+	 "Client connections closed because no route matched.", NULL, no_route),
+    SLOT("connect_failed", "connections_connect_failed_total", "counter",
+	 "Client connections closed because no upstream server could be connected.", NULL,
+	 connect_failed),
+    SLOT("bytes_in", "bytes_total", "counter",
+	 "Bytes relayed, by direction (client_to_upstream, upstream_to_client).", DIR_IN, bytes_in),
+    SLOT("bytes_out", "bytes_total", "counter", NULL, DIR_OUT, bytes_out),
+    SLOT("log_dropped", "access_log_dropped_total", "counter",
+	 "Access log lines lost because the log could not keep up.", NULL, log_dropped),
+    {"closed", "sessions_closed_total", "counter", "Finished sessions, by how they ended.", NULL,
+     offsetof(sp_slot_totals_t, closed), true},
+};
+
+#define LST(j, p, t, h, l, f)                                                                      \
+	{                                                                                          \
+		j, p, t, h, l, offsetof(sp_listener_stats_t, f), false                             \
+	}
+static const metric_t listener_metrics[] = {
+    LST("accepted", "listener_connections_accepted_total", "counter",
+	"Client connections accepted, by listener.", NULL, accepted),
+    LST("active", "listener_connections_active", "gauge",
+	"Client connections open now, by listener.", NULL, active),
+    LST("refused", "listener_connections_refused_total", "counter",
+	"Client connections refused at the connection limit, by listener.", NULL, refused),
+    LST("no_route", "listener_connections_unrouted_total", "counter",
+	"Client connections no route matched, by listener.", NULL, no_route),
+    LST("bytes_in", "listener_bytes_total", "counter",
+	"Bytes relayed by finished sessions, by listener and direction.", DIR_IN, bytes_in),
+    LST("bytes_out", "listener_bytes_total", "counter", NULL, DIR_OUT, bytes_out),
+};
+
+#define SRV(j, p, t, h, l, f)                                                                      \
+	{                                                                                          \
+		j, p, t, h, l, offsetof(sp_server_stats_t, f), false                               \
+	}
+static const metric_t server_metrics[] = {
+    SRV("connect_attempts", "server_connect_attempts_total", "counter",
+	"Connects started to an upstream server.", NULL, attempts),
+    SRV("connect_failures", "server_connect_failures_total", "counter",
+	"Connects to an upstream server that failed (refused, unreachable, reset).", NULL,
+	failures),
+    SRV("connect_timeouts", "server_connect_timeouts_total", "counter",
+	"Connects to an upstream server that took longer than connect_timeout_ms.", NULL, timeouts),
+    SRV("connected", "server_sessions_total", "counter", "Sessions relayed to an upstream server.",
+	NULL, connected),
+    SRV("active", "server_connections_active", "gauge",
+	"Relayed sessions open now to an upstream server.", NULL, active),
+    SRV("bytes_in", "server_bytes_total", "counter",
+	"Bytes relayed by finished sessions, by upstream server and direction.", DIR_IN, bytes_in),
+    SRV("bytes_out", "server_bytes_total", "counter", NULL, DIR_OUT, bytes_out),
+};
+
+#define NMETRICS(t) (sizeof(t) / sizeof((t)[0]))
+
+static uint64_t metric_value(const void *row, const metric_t *m, unsigned idx)
+{
+	return ((const uint64_t *)((const char *)row + m->off))[idx];
+}
+
+/* ---- JSON ------------------------------------------------------------------------ */
+
+static void json_string(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fprintf(f, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			fprintf(f, "\\u%04x", *s);
+		else
+			fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+/* A row's metrics as JSON members, each preceded by a comma unless first. */
+static void json_metrics(FILE *f, const metric_t *ms, size_t n, const void *row, bool first)
+{
+	for (size_t m = 0; m < n; m++) {
+		fprintf(f, "%s\"%s\":", first && m == 0 ? "" : ",", ms[m].json);
+		if (!ms[m].by_end) {
+			fprintf(f, "%llu", (unsigned long long)metric_value(row, &ms[m], 0));
+			continue;
+		}
+		fputc('{', f);
+		for (unsigned r = 0; sp_shard_end_name(r); r++)
+			fprintf(f, "%s\"%s\":%llu", r ? "," : "", sp_shard_end_name(r),
+				(unsigned long long)metric_value(row, &ms[m], r));
+		fputc('}', f);
+	}
+}
+
+const char *sp_relay_engine(const sp_conf_t *conf)
+{
+	switch (conf->relay) {
+	case SP_RELAY_SPLICE:
+		return "splice";
+	case SP_RELAY_COPY:
+		return "copy";
+	default:
+		return "auto (copy, splice for bulk)"; /* shard.c, relay_copy.c */
+	}
+}
+
+/* Health verdict of server k of upstream u in the current generation. */
+static const char *server_state(const sp_sup_t *sup, size_t u, size_t k, uint32_t *fails)
+{
+	const sp_conf_t *conf = sup->cur->conf;
+	uint32_t hi = conf->upstreams[u].first_server + (uint32_t)k;
+	size_t hoff = sp_gen_half(sup, sup->cur) * SP_HEALTH_MAX_SERVERS;
+	*fails = hi < SP_HEALTH_MAX_SERVERS ? sup->server_fails[hoff + hi] : 0;
+	if (!conf->upstreams[u].health_check.enabled)
+		return "unchecked";
+	return hi < SP_HEALTH_MAX_SERVERS && sup->server_down[hoff + hi] ? "down" : "up";
+}
+
+static const char *const proc_state_names[] = {"down", "starting", "ready", "draining"};
+
+static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
+{
+	const sp_conf_t *conf = sup->cur->conf;
+	bool first = true;
+
+	fprintf(
+	    f, "{\"pid\":%d,\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
+	    (int)getpid(), sup->cur->id, sup->stopping ? "draining" : "serving",
+	    (long long)sup->started, (long long)(time(NULL) - sup->started));
+	fprintf(f, "\"relay\":{\"configured\":\"%s\",\"engine\":\"%s\"},",
+		sp_conf_relay_name(conf->relay), sp_relay_engine(conf));
+	fprintf(f, "\"steering\":{\"configured\":\"%s\",\"in_force\":\"%s\",\"bpf\":%s},",
+		sp_conf_steering_name(conf->steering), sp_steering_in_force(sup),
+		sup->steer ? "true" : "false");
+	fprintf(f, "\"user\":");
+	if (conf->user.set)
+		json_string(f, conf->user.name);
+	else
+		fputs("null", f);
+	fprintf(f, ",\"shard_restarts\":%llu,\"shards\":[", (unsigned long long)sup->restarts);
+	for (int k = 0; k < 2; k++) {
+		const sp_gen_t *g = k == 0 ? sup->cur : sup->old;
+		for (unsigned i = 0; g && i < g->nslots; i++) {
+			sp_slot_totals_t one = {0};
+			sp_stats_totals_add(&one, &sp_gen_stats(sup, g)[i], true);
+			fprintf(f, "%s{\"slot\":%u,\"generation\":%u,\"pid\":%d,\"state\":\"%s\",",
+				first ? "" : ",", i, g->id, (int)g->procs[i].pid,
+				proc_state_names[g->procs[i].state]);
+			json_metrics(f, slot_metrics, NMETRICS(slot_metrics), &one, true);
+			fputc('}', f);
+			first = false;
+		}
+	}
+	fprintf(f, "],\"slots\":[");
+	for (unsigned i = 0; i < v->nslots; i++) {
+		fprintf(f, "%s{\"slot\":%u,", i ? "," : "", i);
+		json_metrics(f, slot_metrics, NMETRICS(slot_metrics), &v->per_slot[i], true);
+		fputc('}', f);
+	}
+	fprintf(f, "],\"totals\":{");
+	json_metrics(f, slot_metrics, NMETRICS(slot_metrics), &v->total, true);
+	fprintf(f, "},\"reloads\":{\"count\":%llu,\"ok\":%llu,\"failed\":%llu,\"last\":",
+		(unsigned long long)(sup->reloads_ok + sup->reloads_failed),
+		(unsigned long long)sup->reloads_ok, (unsigned long long)sup->reloads_failed);
+	if (!sup->last_reload) {
+		fprintf(f, "null");
+	} else {
+		fprintf(f,
+			"{\"time\":%lld,\"result\":\"%s\",\"error\":", (long long)sup->last_reload,
+			sup->last_reload_ok ? "ok" : "failed");
+		if (sup->last_reload_ok)
+			fputs("null", f);
+		else
+			json_string(f, sup->last_reload_error);
+		fputc('}', f);
+	}
+	fprintf(f, "},\"listeners\":[");
+	for (size_t i = 0; i < v->t.nl; i++) {
+		const sp_lrow_t *r = &v->t.l[i];
+		int l = sp_conf_listener_index(conf, r->name);
+		fprintf(f, "%s{\"name\":", i ? "," : "");
+		json_string(f, r->name);
+		fprintf(f, ",\"listen\":");
+		if (l >= 0)
+			json_string(f, conf->listeners[l].listen.text);
+		else
+			fputs("null", f); /* removed by a reload; its counts stay */
+		json_metrics(f, listener_metrics, NMETRICS(listener_metrics), &r->st, false);
+		fputc('}', f);
+	}
+	fprintf(f, "],\"upstreams\":[");
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		const sp_upstream_t *up = &conf->upstreams[u];
+		fprintf(f, "%s{\"name\":", u ? "," : "");
+		json_string(f, up->name);
+		fprintf(f, ",\"balance\":\"%s\",\"servers\":[", sp_conf_balance_name(up->balance));
+		for (size_t k = 0; k < up->nservers; k++) {
+			const sp_server_t *srv = &up->servers[k];
+			uint32_t fails;
+			const char *state = server_state(sup, u, k, &fails);
+			const sp_srow_t *r = sp_stats_find_server(&v->t, up->name, srv->addr.text);
+			fprintf(f, "%s{\"address\":", k ? "," : "");
+			json_string(f, srv->addr.text);
+			fprintf(f, ",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"failures\":%u",
+				srv->weight, srv->backup ? "true" : "false", state, fails);
+			if (r) {
+				json_metrics(f, server_metrics, NMETRICS(server_metrics), &r->st,
+					     false);
+				fputs(",\"last_failure\":", f);
+				if (r->st.last_fail)
+					fprintf(f, "{\"time\":%llu,\"error\":\"%s\"}",
+						(unsigned long long)(r->st.last_fail >> 16),
+						strerror((int)(r->st.last_fail & 0xffff)));
+				else
+					fputs("null", f);
+			}
+			fputc('}', f);
+		}
+		fprintf(f, "]}");
+	}
+	fprintf(f, "]}\n");
+}
+
+/* ---- Prometheus ------------------------------------------------------------------ */
+
+static void prom_family(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP shardproxy_%s %s\n# TYPE shardproxy_%s %s\n", name, help, name, type);
+}
+
+static void prom_label(FILE *f, const char *k, const char *v, bool more)
+{
+	fprintf(f, "%s=\"", k);
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			fprintf(f, "\\%c", *v);
+		else if (*v == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*v, f);
+	}
+	fprintf(f, "\"%s", more ? "," : "");
+}
+
+/* The labels naming row i of a table (without braces). */
+typedef void (*row_labels_fn)(FILE *f, const sp_stats_view_t *v, size_t i);
+typedef const void *(*row_fn)(const sp_stats_view_t *v, size_t i);
+
+static void slot_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+{
+	(void)v;
+	fprintf(f, "shard=\"%zu\"", i);
+}
+static const void *slot_row(const sp_stats_view_t *v, size_t i)
+{
+	return &v->per_slot[i];
+}
+static void listener_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+{
+	prom_label(f, "listener", v->t.l[i].name, false);
+}
+static const void *listener_row(const sp_stats_view_t *v, size_t i)
+{
+	return &v->t.l[i].st;
+}
+static void server_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+{
+	prom_label(f, "upstream", v->t.s[i].upstream, true);
+	prom_label(f, "server", v->t.s[i].server, false);
+}
+static const void *server_row(const sp_stats_view_t *v, size_t i)
+{
+	return &v->t.s[i].st;
+}
+
+/* Every family of a table: its HELP and TYPE once, then for each row the
+ * samples of the family's entries (a family spans an entry and the ones
+ * after it without help, e.g. both directions of bytes). */
+static void prom_table(FILE *f, const metric_t *ms, size_t n, const sp_stats_view_t *v,
+		       size_t nrows, row_labels_fn labels, row_fn row)
+{
+	for (size_t m = 0; m < n;) {
+		size_t end = m + 1;
+		while (end < n && !ms[end].help)
+			end++;
+		prom_family(f, ms[m].prom, ms[m].type, ms[m].help);
+		for (size_t i = 0; i < nrows; i++)
+			for (size_t e = m; e < end; e++) {
+				unsigned nval = 1;
+				if (ms[e].by_end)
+					while (sp_shard_end_name(nval))
+						nval++;
+				for (unsigned r = 0; r < nval; r++) {
+					fprintf(f, "shardproxy_%s{", ms[e].prom);
+					labels(f, v, i);
+					if (ms[e].label)
+						fprintf(f, ",%s", ms[e].label);
+					if (ms[e].by_end)
+						fprintf(f, ",reason=\"%s\"", sp_shard_end_name(r));
+					fprintf(
+					    f, "} %llu\n",
+					    (unsigned long long)metric_value(row(v, i), &ms[e], r));
+				}
+			}
+		m = end;
+	}
+}
+
+static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
+{
+	const sp_conf_t *conf = sup->cur->conf;
+
+	prom_family(f, "info", "gauge",
+		    "Constant 1, labelled with the relay engine and steering in force.");
+	fprintf(f,
+		"shardproxy_info{relay=\"%s\",steering=\"%s\",steering_configured=\"%s\","
+		"bpf=\"%s\"} 1\n",
+		sp_relay_engine(conf), sp_steering_in_force(sup),
+		sp_conf_steering_name(conf->steering), sup->steer ? "true" : "false");
+	prom_family(f, "start_time_seconds", "gauge", "Unix time the supervisor started.");
+	fprintf(f, "shardproxy_start_time_seconds %lld\n", (long long)sup->started);
+	prom_family(f, "generation", "gauge", "Configuration generation being served.");
+	fprintf(f, "shardproxy_generation %u\n", sup->cur->id);
+	prom_family(f, "draining", "gauge", "1 while the proxy is stopping and draining.");
+	fprintf(f, "shardproxy_draining %d\n", sup->stopping ? 1 : 0);
+	prom_family(f, "shards_ready", "gauge", "Shards of the current generation ready.");
+	fprintf(f, "shardproxy_shards_ready %u\n", sp_gen_count(sup->cur, PROC_READY));
+	prom_family(f, "shard_restarts_total", "counter", "Shards restarted after dying.");
+	fprintf(f, "shardproxy_shard_restarts_total %llu\n", (unsigned long long)sup->restarts);
+	prom_family(f, "reloads_total", "counter", "Configuration reloads, by result.");
+	fprintf(f,
+		"shardproxy_reloads_total{result=\"ok\"} %llu\n"
+		"shardproxy_reloads_total{result=\"failed\"} %llu\n",
+		(unsigned long long)sup->reloads_ok, (unsigned long long)sup->reloads_failed);
+	prom_family(f, "last_reload_success", "gauge",
+		    "1 if the last reload succeeded (or none happened), 0 if it failed.");
+	fprintf(f, "shardproxy_last_reload_success %d\n",
+		!sup->last_reload || sup->last_reload_ok ? 1 : 0);
+	prom_family(f, "last_reload_time_seconds", "gauge",
+		    "Unix time of the last reload attempt (0: none).");
+	fprintf(f, "shardproxy_last_reload_time_seconds %lld\n", (long long)sup->last_reload);
+
+	prom_table(f, slot_metrics, NMETRICS(slot_metrics), v, v->nslots, slot_labels, slot_row);
+	prom_table(f, listener_metrics, NMETRICS(listener_metrics), v, v->t.nl, listener_labels,
+		   listener_row);
+	prom_table(f, server_metrics, NMETRICS(server_metrics), v, v->t.ns, server_labels,
+		   server_row);
+
+	prom_family(f, "server_up", "gauge",
+		    "1 if an upstream server of the current configuration is up (or not health "
+		    "checked), 0 if health checks marked it down.");
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		for (size_t k = 0; k < conf->upstreams[u].nservers; k++) {
+			uint32_t fails;
+			const char *state = server_state(sup, u, k, &fails);
+			fprintf(f, "shardproxy_server_up{");
+			prom_label(f, "upstream", conf->upstreams[u].name, true);
+			prom_label(f, "server", conf->upstreams[u].servers[k].addr.text, false);
+			fprintf(f, "} %d\n", strcmp(state, "down") != 0);
+		}
+}
+
+/* ---- the admin callback ---------------------------------------------------------- */
+
+static int build_view(const sp_sup_t *sup, sp_stats_view_t *v)
+{
+	sp_stats_gen_t gens[2];
+	unsigned n = 0;
+	/* Old first: its rows lead. */
+	const sp_gen_t *order[2] = {sup->old, sup->cur};
+	for (int k = 0; k < 2; k++)
+		if (order[k])
+			gens[n++] = (sp_stats_gen_t){.conf = order[k]->conf,
+						     .slots = sp_gen_stats(sup, order[k]),
+						     .nslots = order[k]->nslots};
+	return sp_stats_view(v, &sup->retired, gens, n);
+}
+
+int sp_render(void *ctx, const char *path, char **body, size_t *len, const char **ctype)
+{
+	const sp_sup_t *sup = ctx;
+	static sp_stats_view_t v; /* large; the supervisor is single-threaded */
+	int status = 200;
+	FILE *f;
+
+	if (strcmp(path, "/stats") != 0 && strcmp(path, "/metrics") != 0 &&
+	    strcmp(path, "/healthz") != 0 && strcmp(path, "/") != 0) {
+		if (!(f = open_memstream(body, len)))
+			return 500;
+		fprintf(f, "not found; try /stats, /metrics or /healthz\n");
+		fclose(f);
+		return 404;
+	}
+	if (!(f = open_memstream(body, len)))
+		return 500;
+	if (strcmp(path, "/stats") == 0 || strcmp(path, "/metrics") == 0) {
+		if (build_view(sup, &v) < 0) {
+			fprintf(f, "out of memory\n");
+			fclose(f);
+			return 500;
+		}
+		if (path[1] == 's') {
+			*ctype = "application/json";
+			render_stats(sup, f, &v);
+		} else {
+			*ctype = "text/plain; version=0.0.4; charset=utf-8";
+			render_metrics(sup, f, &v);
+		}
+		sp_stats_view_free(&v);
+	} else if (strcmp(path, "/healthz") == 0) {
+		unsigned ready = sp_gen_count(sup->cur, PROC_READY);
+		status = ready && !sup->stopping ? 200 : 503;
+		fprintf(f, "%s: %u of %u shards ready\n",
+			sup->stopping ? "draining"
+			: ready	      ? "ok"
+				      : "unavailable",
+			ready, sup->cur->nslots);
+	} else {
+		fprintf(f, "shardproxy admin: /stats (JSON), /metrics (Prometheus), /healthz\n");
+	}
+	fclose(f);
+	return status;
+}

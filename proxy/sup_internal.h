@@ -1,0 +1,149 @@
+/* The supervisor's parts, private to proxy/: the state they share and what
+ * each file offers the others.
+ *
+ *   supervisor.c  set-up, the poll loop, signal -> action, reload
+ *   generation.c  prepare / start / drain / reap one generation of shards
+ *   steering.c    config -> steering policy, the BPF program's slots
+ *   stats.c       counter aggregation (pure, see stats.h)
+ *   render.c      /stats, /metrics and /healthz from one table of metrics
+ */
+#ifndef SP_SUP_INTERNAL_H
+#define SP_SUP_INTERNAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "bpf/steer.h"
+#include "proxy/admin.h"
+#include "proxy/health.h"
+#include "proxy/listen.h"
+#include "proxy/stats.h"
+#include "proxy/supervisor.h"
+#include "shard/shard.h"
+
+#define READY_TIMEOUT_MS 10000
+#define RESTART_BACKOFF_MIN_MS 100
+#define RESTART_BACKOFF_MAX_MS 5000
+#define STABLE_AFTER_MS 10000
+#define KILL_GRACE_MS 2000
+
+typedef enum { PROC_NONE = 0, PROC_STARTING, PROC_READY, PROC_DRAINING } sp_proc_state_t;
+
+typedef struct {
+	pid_t pid;
+	sp_proc_state_t state;
+	uint64_t started_ms;
+	uint32_t crashes;    /* quick deaths in a row, for backoff */
+	uint64_t restart_at; /* a restart is due at this time (0: none) */
+	bool restarted;	     /* announce "restarted" once ready */
+} sp_proc_t;
+
+/* A generation is a conf plus the shards running it; at most two exist: the
+ * current one and, during a reload, the old one draining. */
+typedef struct {
+	sp_conf_t *conf;
+	uint32_t id;
+	uint32_t nslots;
+	uint64_t kill_at; /* draining: SIGKILL what is left at this time */
+	sp_health_t *health;
+	int access_fd; /* log.access_log's file, opened for this generation; -1: stderr */
+	int group_of[SP_SHARD_MAX_LISTENERS]; /* conf listener -> group index */
+	sp_proc_t procs[SP_MAX_SLOTS];
+} sp_gen_t;
+
+typedef struct {
+	const sp_supervisor_opts_t *opts;
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned ngroups;
+	sp_gen_t gens[2];
+	sp_gen_t *cur, *old;
+	sp_gen_t *starting; /* being started by sp_gen_start(), not yet cur */
+	uint32_t next_gen;
+	int cpus[SP_MAX_SLOTS];
+	unsigned ncpus;
+	uint64_t nofile;
+	int sigfd, notify_r, notify_w;
+	sp_steer_t *steer;
+	sp_shard_stats_t *stats; /* [2][SP_MAX_SLOTS], shared with the shards */
+	uint8_t *server_down;	 /* [2][SP_HEALTH_MAX_SERVERS], shared */
+	uint32_t *server_fails;	 /* [2][SP_HEALTH_MAX_SERVERS], shared */
+	bool stopping;
+	uint64_t stop_kill_at;
+	bool reload_pending;
+	bool reloading; /* RELOADING=1 was sent; READY=1 is due when it is done */
+	uint64_t reloads_ok, reloads_failed, restarts;
+	sp_stats_history_t retired;
+	time_t started, last_reload;
+	bool last_reload_ok;
+	char last_reload_error[512];
+	sp_admin_t *admin;
+} sp_sup_t;
+
+uint64_t sp_now_ms(void);
+
+/* Shared arrays come in two halves, one per entry of sup->gens (not per
+ * generation id: a failed reload uses up an id, and the next one must still
+ * not land on the running generation's half). */
+static inline size_t sp_gen_half(const sp_sup_t *sup, const sp_gen_t *g)
+{
+	return (size_t)(g - sup->gens);
+}
+
+static inline sp_shard_stats_t *sp_gen_stats(const sp_sup_t *sup, const sp_gen_t *g)
+{
+	return &sup->stats[sp_gen_half(sup, g) * SP_MAX_SLOTS];
+}
+
+/* generation.c */
+
+/* Everything a generation needs before its shards start, the same for
+ * start-up and reload: a free gens[] entry (*out, set even on failure), its
+ * id and size, listening sockets, the access log, limits checked, steering
+ * set up (prev: the conf in force, NULL at start-up) and pointed at its
+ * sockets. The entry owns conf from here on. 0, or -errno with err saying
+ * why; a reload then gives the entry up with sp_gen_abandon. */
+int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen_t **out, char *err,
+		   size_t errlen);
+/* Fork every shard of g and wait until all have armed their accepts.
+ * 0, or -1 with every shard of g gone (the reason is logged). */
+int sp_gen_start(sp_sup_t *sup, sp_gen_t *g);
+/* A prepared generation that will not run: give the listener marks back to
+ * the current one, restore its steering, free g. */
+void sp_gen_abandon(sp_sup_t *sup, sp_gen_t *g);
+/* Stop g accepting and let its sessions finish (SIGKILL after the drain timeout). */
+void sp_gen_drain(sp_gen_t *g);
+void sp_gen_free(sp_gen_t *g);
+void sp_gen_signal(sp_gen_t *g, int sig);
+unsigned sp_gen_count(const sp_gen_t *g, sp_proc_state_t st);
+unsigned sp_gen_alive(const sp_gen_t *g);
+/* Start shards whose restart is due. */
+void sp_gen_restart_due(sp_sup_t *sup, uint64_t now);
+/* Reap exited shards (restart with backoff the ones that crashed). */
+void sp_gen_reap(sp_sup_t *sup);
+/* Read the shards' reports on the notify pipe. */
+void sp_gen_read_notify(sp_sup_t *sup);
+/* Close listener groups the drained generation was the last to use. */
+void sp_gen_close_retired(sp_sup_t *sup);
+/* Size the shards' session pools for conf (warn: log and try to raise limits). */
+uint32_t sp_gen_shard_sessions(sp_sup_t *sup, const sp_conf_t *conf, unsigned nslots, bool warn);
+
+/* steering.c */
+
+/* Load the steering program for conf, or switch an existing one to conf's
+ * policy after a reload (prev: the conf it replaces; NULL at start-up). */
+void sp_steering_configure(sp_sup_t *sup, const sp_conf_t *conf, const sp_conf_t *prev);
+/* Point the program at g's sockets and slot -> CPU map. */
+void sp_steering_apply(sp_sup_t *sup, sp_gen_t *g);
+void sp_steering_live(sp_sup_t *sup, unsigned slot, bool live);
+/* The steering in force: conf's when a program is loaded, else "none". */
+const char *sp_steering_in_force(const sp_sup_t *sup);
+
+/* render.c: the admin endpoint's pages (sp_admin_render_fn; ctx is sup). */
+int sp_render(void *ctx, const char *path, char **body, size_t *len, const char **ctype);
+/* The relay engine conf asks for, as /stats and the start-up line name it. */
+const char *sp_relay_engine(const sp_conf_t *conf);
+
+#endif
