@@ -1239,6 +1239,8 @@ class Soak:
         out.append("proxy log: %d lines, %d unexpected warnings/errors%s"
                    % (len(self.log.lines), sum(unexpected.values()),
                       "".join("\n    %dx %s" % (v, k) for k, v in unexpected.most_common(4))))
+        errs = sum(v for k, v in unexpected.items() if k.startswith("error:"))
+        criterion(errs == 0, "unexpected error lines in the proxy's log: %d" % errs)
         san = lib.sanitizer_reports(self.ctx.tmpdir)
         criterion(not san, "sanitizer reports: %d%s" % (len(san), (" (" + san[0] + ")") if san else ""))
         for f in self.failures:
@@ -1265,8 +1267,9 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--out", default=None, help="where to keep the summary and logs (default BUILD/soak)")
     a = ap.parse_args()
-    if a.seconds < 30:
-        ap.error("--seconds: at least 30")
+    if a.seconds < 60:
+        # two 15 s quiet windows for the memory figures, kills and reloads between them
+        ap.error("--seconds: at least 60")
     binary = os.path.join(a.build, "shardproxy")
     if not os.access(binary, os.X_OK):
         print("soak: %s not found (make all)" % binary)
