@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/prctl.h>
@@ -238,17 +239,24 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t f
 /* Write what the log takes now; keep the rest for the next loop turn. The
  * descriptor is non-blocking where it can be (shard_child gives each shard
  * its own), so a stalled reader costs lines, counted in log_dropped, never
- * the relay's time. Lines are never cut: a line that does not fit is dropped
- * whole. */
+ * the relay's time. Lines are never cut and never interleave with other
+ * shards' lines: each write carries whole lines, at most PIPE_BUF bytes,
+ * which a pipe takes whole or not at all (a file opened O_APPEND appends
+ * each write whole), and a line that does not fit is dropped whole. */
 static void flush_log(sp_shard_t *sh)
 {
 	const sp_shard_args_t *a = sh->args;
 	size_t off = 0;
 
 	while (off < sh->loglen) {
-		ssize_t n = a->access_sock ? send(a->access_fd, sh->logbuf + off, sh->loglen - off,
+		size_t len = sh->loglen - off;
+		if (len > PIPE_BUF) {
+			const char *nl = memrchr(sh->logbuf + off, '\n', PIPE_BUF);
+			len = (size_t)(nl - (sh->logbuf + off)) + 1; /* lines are <= PIPE_BUF */
+		}
+		ssize_t n = a->access_sock ? send(a->access_fd, sh->logbuf + off, len,
 						  MSG_DONTWAIT | MSG_NOSIGNAL)
-					   : write(a->access_fd, sh->logbuf + off, sh->loglen - off);
+					   : write(a->access_fd, sh->logbuf + off, len);
 		if (n > 0) {
 			off += (size_t)n;
 			continue;
@@ -354,7 +362,7 @@ void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 		     (unsigned long long)s->dir[SP_UP].bytes,
 		     (unsigned long long)s->dir[SP_DOWN].bytes,
 		     (unsigned long long)(sh->now_ms - s->start_ms), end_names[s->end]);
-	if (n > 0 && (size_t)n < room)
+	if (n > 0 && (size_t)n < room && n <= PIPE_BUF) /* flush_log writes whole lines */
 		sh->loglen += (size_t)n;
 	else /* the log is not keeping up: count the line rather than wait */
 		__atomic_store_n(&sh->args->stats->log_dropped, sh->args->stats->log_dropped + 1,
@@ -623,6 +631,10 @@ int sp_shard_main(const sp_shard_args_t *a)
 	sh->sup_pid = a->sup_pid ? a->sup_pid : getppid();
 	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
 	sp_log_setup(who, (int)a->conf->log.level);
+	/* A stalled stderr reader costs log lines (counted), never the relay. */
+	int lret = sp_log_nonblocking();
+	if (lret < 0)
+		sp_warn("stderr: cannot write it without blocking: %s", strerror(-lret));
 	/* If the supervisor dies, drain and go rather than serve unsupervised.
 	 * It may already have died since the fork, before this was set: that
 	 * is checked below, once the signal could no longer be missed. */
