@@ -99,6 +99,7 @@ typedef struct {
 	bool poll_in, poll_out;
 	bool sized; /* the dst send buffer has been sized for bulk (relay_splice.c) */
 	bool pipe_wait; /* out of descriptors for a pipe: the session timer retries */
+	bool dead;      /* dst reset the connection: what is left for it goes nowhere */
 } sp_dir_t;
 
 
@@ -120,6 +121,13 @@ typedef struct sp_session {
 	/* Out of descriptors for the upstream socket: the session timer retries
 	 * the connect until this deadline (connect_timeout_ms); 0: not waiting. */
 	uint64_t fd_wait_until;
+	/* A peer reset: the end to log and pass on once the direction out of
+	 * it (reset_dir) has delivered what the proxy acknowledged; ack_wait:
+	 * waiting for the other side to acknowledge it (SIOCOUTQ, ack_outq). */
+	sp_end_t reset_end;
+	int8_t reset_dir;
+	bool ack_wait;
+	uint32_t ack_outq;
 	struct __kernel_timespec connect_ts;
 	uint64_t start_ms, last_active_ms;
 	sp_timer_t timer;
@@ -207,6 +215,12 @@ typedef struct sp_shard {
 void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd);
 void sp_session_fail(sp_shard_t *sh, sp_session_t *s, sp_end_t why);
 void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir);
+/* Direction d failed reading its source (at_src) or writing its
+ * destination: that peer reset the connection. The engine then finishes
+ * the direction out of that peer as if it had sent a FIN (its
+ * sp_dir_eof_flushed passes the reset on once delivered) and stops the
+ * direction into it (marked dead). */
+void sp_session_peer_reset(sp_shard_t *sh, sp_session_t *s, int d, bool at_src);
 void sp_session_touch(sp_shard_t *sh, sp_session_t *s);
 void sp_session_op_done(sp_shard_t *sh, sp_session_t *s);
 void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);

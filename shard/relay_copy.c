@@ -104,7 +104,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		sp_splice_take_dir(sh, s, d);
 		return;
 	}
-	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->starved ||
+	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
 	    dir->qn >= SP_COPY_QMAX)
 		return;
 	if (dir->qn && ring_low(sh)) {
@@ -130,13 +130,6 @@ static void watch_bulk(sp_shard_t *sh, sp_session_t *s, int d, int res)
 		pause_recv(sh, s, d);
 }
 
-static sp_end_t reset_of(int d, bool src)
-{
-	/* An error reading src or writing dst names the side that failed. */
-	bool client = (d == SP_UP) == src;
-	return client ? SP_END_CLIENT_RESET : SP_END_UPSTREAM_RESET;
-}
-
 static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t flags)
 {
 	sp_dir_t *dir = &s->dir[d];
@@ -147,7 +140,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 	if (flags & IORING_CQE_F_BUFFER) {
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 		sp_bufring_took(&sh->bufs);
-		if (res <= 0 || s->state != SS_RELAY) {
+		if (res <= 0 || s->state != SS_RELAY || dir->dead) {
 			sp_bufring_put(&sh->bufs, bid);
 		} else {
 			sh->bufq_len[bid] = (uint16_t)res;
@@ -159,7 +152,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 			dir->qn++;
 		}
 	}
-	if (s->state != SS_RELAY)
+	if (s->state != SS_RELAY || dir->dead)
 		return;
 
 	if (res > 0) {
@@ -189,7 +182,10 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 		maybe_resume(sh, s, d);
 		return;
 	default:
-		sp_session_fail(sh, s, reset_of(d, true));
+		/* The source reset: what it sent before still goes on. */
+		sp_session_peer_reset(sh, s, d, true);
+		if (s->state == SS_RELAY && !dir->send_busy && dir->qn == 0)
+			sp_dir_eof_flushed(sh, s, d);
 	}
 }
 
@@ -198,10 +194,10 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	sp_dir_t *dir = &s->dir[d];
 
 	dir->send_busy = false;
-	if (s->state != SS_RELAY)
+	if (s->state != SS_RELAY || dir->dead)
 		return;
 	if (res < 0) {
-		sp_session_fail(sh, s, reset_of(d, false));
+		sp_session_peer_reset(sh, s, d, false);
 		return;
 	}
 	dir->bytes += (uint64_t)res;

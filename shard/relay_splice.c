@@ -62,12 +62,6 @@ static void put_pipe(sp_shard_t *sh, sp_dir_t *dir)
 	dir->in_pipe = 0;
 }
 
-static sp_end_t reset_of(int d, bool src)
-{
-	bool client = (d == SP_UP) == src;
-	return client ? SP_END_CLIENT_RESET : SP_END_UPSTREAM_RESET;
-}
-
 /* Move what can move now without blocking, then wait for the one readiness
  * that would let it go on. */
 static void pump(sp_shard_t *sh, sp_session_t *s, int d)
@@ -75,6 +69,8 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 	sp_dir_t *dir = &s->dir[d];
 	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
 
+	if (dir->dead)
+		return;
 	for (int i = 0; i < PUMP_BUDGET && s->state == SS_RELAY; i++) {
 		if (dir->in_pipe) {
 			ssize_t n = splice(dir->pipe[0], NULL, dir->dst, NULL, dir->in_pipe,
@@ -90,7 +86,7 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 				arm_poll(sh, s, d, true);
 				return;
 			}
-			sp_session_fail(sh, s, reset_of(d, false));
+			sp_session_peer_reset(sh, s, d, false);
 			return;
 		}
 		if (dir->eof) {
@@ -130,10 +126,10 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 			arm_poll(sh, s, d, false);
 			return;
 		}
-		sp_session_fail(sh, s, reset_of(d, true));
-		return;
+		/* The source reset: what it sent before still goes on. */
+		sp_session_peer_reset(sh, s, d, true);
 	}
-	if (s->state == SS_RELAY) /* budget spent: yield, come back when ready */
+	if (s->state == SS_RELAY && !dir->shut) /* budget spent: yield, come back when ready */
 		arm_poll(sh, s, d, dir->in_pipe != 0);
 }
 
@@ -162,7 +158,7 @@ static void splice_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, i
 		dir->poll_out = false;
 	else
 		return;
-	if (s->state != SS_RELAY)
+	if (s->state != SS_RELAY || dir->dead)
 		return;
 	if (res < 0 && res != -ECANCELED) {
 		sp_session_fail(sh, s, SP_END_ERROR);

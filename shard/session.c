@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -173,6 +175,7 @@ void sp_session_touch(sp_shard_t *sh, sp_session_t *s)
  * sessions cost no heap operation per byte. */
 static void on_peek_timer(sp_shard_t *sh, sp_session_t *s);
 static void connect_next(sp_shard_t *sh, sp_session_t *s);
+static void reset_when_acked(sp_shard_t *sh, sp_session_t *s);
 
 static void on_session_timer(sp_timer_t *t, void *arg)
 {
@@ -189,6 +192,14 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 	}
 	if (s->state != SS_RELAY)
 		return;
+	if (s->ack_wait) {
+		if (sh->now_ms - s->last_active_ms >=
+		    sh->conf->upstreams[s->upstream].idle_timeout_ms)
+			sp_session_fail(sh, s, s->reset_end);
+		else
+			reset_when_acked(sh, s);
+		return;
+	}
 	/* A direction that found no descriptor for a pipe tries again. */
 	bool waiting = false;
 	for (int d = 0; d < 2 && s->state == SS_RELAY; d++) {
@@ -211,12 +222,58 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 	sp_timer_arm(&sh->timers, t, at);
 }
 
+/* The direction out of a peer that reset has sent everything: the reset is
+ * passed on once the other side's kernel has acknowledged those bytes
+ * (closing with SO_LINGER 0 earlier would discard them from the send
+ * queue). A reader that stops is bounded by the idle timeout. */
+#define ACK_POLL_MS 5
+
+static void reset_when_acked(sp_shard_t *sh, sp_session_t *s)
+{
+	int outq = 0;
+	if (ioctl(s->dir[s->reset_dir].dst, SIOCOUTQ, &outq) < 0 || outq <= 0) {
+		sp_session_fail(sh, s, s->reset_end);
+		return;
+	}
+	if (!s->ack_wait || (uint32_t)outq < s->ack_outq)
+		sp_session_touch(sh, s); /* the reader is reading */
+	s->ack_wait = true;
+	s->ack_outq = (uint32_t)outq;
+	sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + ACK_POLL_MS);
+}
+
+void sp_session_peer_reset(sp_shard_t *sh, sp_session_t *s, int d, bool at_src)
+{
+	int fd = at_src ? s->dir[d].src : s->dir[d].dst;
+	sp_end_t why = fd == s->cfd ? SP_END_CLIENT_RESET : SP_END_UPSTREAM_RESET;
+	int out = fd == s->dir[SP_UP].src ? SP_UP : SP_DOWN;
+
+	if (s->state != SS_RELAY)
+		return;
+	if (s->reset_end && s->reset_end != why) {
+		sp_session_fail(sh, s, s->reset_end); /* both sides failed */
+		return;
+	}
+	s->reset_end = why;
+	s->reset_dir = (int8_t)out;
+	s->dir[!out].dead = true;
+	s->dir[!out].shut = true;
+	if (at_src)
+		s->dir[out].eof = true; /* the error ends what the peer sent */
+	if (s->dir[out].shut && !s->ack_wait)
+		reset_when_acked(sh, s); /* delivered already (its FIN went on) */
+}
+
 void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
 {
 	sp_dir_t *d = &s->dir[dir];
 	if (d->shut)
 		return;
 	d->shut = true;
+	if (s->reset_end) {
+		reset_when_acked(sh, s);
+		return;
+	}
 	/* Both ways done: dst has nothing left to read (its own FIN was read
 	 * and passed on), so the close that ends the session sends this FIN;
 	 * a shutdown(2) first would only cost a syscall and a state change. */
@@ -592,6 +649,7 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	s->cfd = fd;
 	s->ufd = -1;
 	s->server = -1;
+	s->route = UINT16_MAX; /* not routed yet: the access log says "-" */
 	for (int d = 0; d < 2; d++)
 		s->dir[d].pipe[0] = s->dir[d].pipe[1] = -1;
 	s->listener = sh->accepts[accept_idx].listener;
