@@ -65,10 +65,12 @@ typedef enum {
  * (256 KiB). It holds because each recv is one-shot and takes one buffer:
  * a multishot round would land as many as the socket had (~21 seen). */
 #define SP_COPY_QMAX 8
-/* While fewer than nbufs / SP_COPY_LOW_DIV buffers are free, a direction
- * that already holds one waits for the ones that hold none: slow readers
- * cannot pin the whole ring and starve fresh sessions. */
+/* While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
+ * those the recvs of directions already holding buffers may still take), a
+ * direction holding SP_COPY_LOW_HOLD or more waits for the others: slow
+ * readers cannot pin the whole ring and starve fresh sessions. */
 #define SP_COPY_LOW_DIV 8
+#define SP_COPY_LOW_HOLD 2
 #define SP_SPLICE_CHUNK SP_PIPE_SIZE
 
 /* One direction of a session: bytes read from src are written to dst. */
@@ -80,6 +82,7 @@ typedef struct {
 	/* copy engine */
 	bool recv_armed;   /* a recv is in flight */
 	bool recv_paused;  /* auto: the recv is being cancelled for the hand-over */
+	bool recv_held;    /* the recv in flight was armed while holding buffers */
 	bool starved;      /* waits in the shard's starved list for a buffer */
 	bool send_busy;    /* one send in flight keeps bytes in order */
 	bool to_splice;    /* auto: bulk seen; hand over to splice once drained */
@@ -189,6 +192,7 @@ typedef struct sp_shard {
 	uint16_t *bufq_len;    /* copy: per buffer id, bytes received into it */
 	uint32_t nstarved;     /* copy: directions waiting for buffers */
 	uint32_t starve_head, starve_tail; /* copy: their FIFO (key + 1, 0: empty) */
+	uint32_t recv_held;    /* copy: recvs in flight armed by directions holding buffers */
 
 	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
 	unsigned naccepts;

@@ -18,6 +18,8 @@ static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 	sqe->buf_group = sh->bufs.bgid;
 	dir->recv_armed = true;
 	dir->recv_paused = false;
+	dir->recv_held = dir->qn != 0;
+	sh->recv_held += dir->recv_held;
 }
 
 /* ---- the FIFO of starved directions --------------------------------------- */
@@ -67,9 +69,13 @@ static void starve_remove(sp_shard_t *sh, sp_session_t *s, int d)
 	sh->nstarved--;
 }
 
+/* Few buffers left for directions that hold none. A recv armed by a
+ * direction that holds buffers will likely take one more (its source is
+ * busy), so those count as taken already. */
 static bool ring_low(const sp_shard_t *sh)
 {
-	return sh->bufs.nbufs - sh->bufs.out < sh->bufs.nbufs / SP_COPY_LOW_DIV;
+	uint32_t free = sh->bufs.nbufs - sh->bufs.out;
+	return free < sh->recv_held + sh->bufs.nbufs / SP_COPY_LOW_DIV;
 }
 
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
@@ -107,7 +113,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
 	    dir->qn >= SP_COPY_QMAX)
 		return;
-	if (dir->qn && ring_low(sh)) {
+	if (dir->qn >= SP_COPY_LOW_HOLD && ring_low(sh)) {
 		starve_push(sh, s, d); /* others first: copy_resume calls again */
 		return;
 	}
@@ -135,8 +141,11 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 	sp_dir_t *dir = &s->dir[d];
 	bool more = flags & IORING_CQE_F_MORE;
 
-	if (!more)
+	if (!more) {
 		dir->recv_armed = false;
+		sh->recv_held -= dir->recv_held;
+		dir->recv_held = false;
+	}
 	if (flags & IORING_CQE_F_BUFFER) {
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 		sp_bufring_took(&sh->bufs);
@@ -255,7 +264,9 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 static void copy_resume(sp_shard_t *sh)
 {
 	uint32_t budget = sh->bufs.nbufs - sh->bufs.out;
-	uint32_t visits = sh->nstarved;
+	/* While the ring is low, directions that hold buffers go round the
+	 * line without a buffer: bound the walk per turn. */
+	uint32_t visits = sh->nstarved < 256 ? sh->nstarved : 256;
 
 	while (budget && visits-- && sh->starve_head) {
 		uint32_t key = sh->starve_head;

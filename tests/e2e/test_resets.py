@@ -104,6 +104,7 @@ def _client_reset_delivers_acked_bytes(t, relay):
                                     "intact" if got == data[:len(got)] else "CORRUPT"))
     check(end == "reset", "%s: the client's reset was not passed on (upstream saw %s)"
           % (relay, end))
+    lib.wait_until(lambda: "client_reset" in [d.get("end") for d in p.access()], 5.0)
     ends = [d.get("end") for d in p.access()]
     check("client_reset" in ends, "%s: access log ends %s, want client_reset" % (relay, ends))
 
@@ -130,6 +131,7 @@ def _upstream_reset_delivers_acked_bytes(t, relay):
                                   "intact" if got == data[:len(got)] else "CORRUPT"))
     check(end == "reset", "%s: the upstream's reset was not passed on (client saw %s)"
           % (relay, end))
+    lib.wait_until(lambda: "upstream_reset" in [d.get("end") for d in p.access()], 5.0)
     ends = [d.get("end") for d in p.access()]
     check("upstream_reset" in ends, "%s: access log ends %s, want upstream_reset" % (relay, ends))
 

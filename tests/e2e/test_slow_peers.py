@@ -51,10 +51,11 @@ def _rss_kib(pid):
     return 0
 
 
-def _echo_rate(port, up, seed):
-    """Bytes/s of one 4 MiB echo through the proxy (best of 3)."""
+def _echo_rate(port, up, seed, tries=3):
+    """Bytes/s of one 4 MiB echo through the proxy (best of tries: the
+    machine running the tests may be busy with other work)."""
     best = 0.0
-    for i in range(3):
+    for i in range(tries):
         data = lib.payload(ECHO, seed=seed + i)
         t0 = time.monotonic()
         r = lib.echo_transfer(port, data, timeout_s=20)
@@ -80,7 +81,7 @@ def _fill(socks, stop_at):
         time.sleep(0.05)
 
 
-def _slow_peers_do_not_starve_a_fresh_echo(t, relay):
+def _slow_peers_do_not_starve_a_fresh_echo(t, relay, limits=None):
     echo = t.echo()
     sink = t.server(SinkServer, name="sink")
     source = t.server(SourceServer, name="source")
@@ -90,7 +91,7 @@ def _slow_peers_do_not_starve_a_fresh_echo(t, relay):
          lib.listener("source", pd, "source")],
         [lib.upstream("echo", [echo.address]), lib.upstream("sink", [sink.address]),
          lib.upstream("source", [source.address])],
-        workers=1, relay=relay, access_log=False))
+        workers=1, relay=relay, access_log=False, limits=limits))
     shard = p.wait_shards(1)[0]
     rss0 = _rss_kib(shard)
     base = _echo_rate(pe, echo, 100)
@@ -106,7 +107,7 @@ def _slow_peers_do_not_starve_a_fresh_echo(t, relay):
     filler = threading.Thread(target=_fill, args=(ups, time.monotonic() + 30), daemon=True)
     filler.start()
 
-    loaded = _echo_rate(pe, echo, 200)
+    loaded = _echo_rate(pe, echo, 200, tries=5)
     rss = _rss_kib(shard)
     pipes = lib.fd_count(shard, "pipe") or 0
     lib.log("%s: unloaded %.1f MiB/s, loaded %.1f MiB/s; shard RSS %d -> %d KiB, %d pipe fds"
@@ -141,3 +142,16 @@ def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_splice(t):
 @lib.timeout(120)
 def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_auto(t):
     _slow_peers_do_not_starve_a_fresh_echo(t, "auto")
+
+
+@lib.timeout(120)
+def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_copy_and_a_small_ring(t):
+    """max_connections 200: the copy ring has 256 buffers, fewer than the
+    slow directions may hold together (80 x 8); they still leave the fresh
+    session its share."""
+    _slow_peers_do_not_starve_a_fresh_echo(t, "copy", limits={"max_connections": 200})
+
+
+@lib.timeout(120)
+def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_auto_and_a_small_ring(t):
+    _slow_peers_do_not_starve_a_fresh_echo(t, "auto", limits={"max_connections": 200})
