@@ -7,6 +7,7 @@
 #   make fuzz     each libFuzzer target for FUZZ_SECONDS (default 30)
 #   make bench    shardproxy vs HAProxy vs nginx stream vs direct -> docs/BENCHMARKS.md
 #   make soak     SOAK_SECONDS (default 600) of mixed load, reloads and shard kills; not in make test
+#   make cluster-test   instances behind Linux ECMP in network namespaces (root; not in make test)
 #   make format / make lint / make clean
 
 SANITIZE ?= 0
@@ -37,7 +38,7 @@ BUILD_PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-d
 PKGS := $(BUILD_PKGS) libcmocka-dev libseccomp-dev \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
 	valgrind cppcheck clang-format prometheus openssl \
-	redis-server redis-tools postgresql-15 postgresql-client-15 linux-perf strace
+	redis-server redis-tools postgresql-15 postgresql-client-15 linux-perf strace nftables
 
 LIB_SRC := $(wildcard conf/*.c runtime/*.c shard/*.c proxy/*.c) bpf/steer.c
 LIB_SRC := $(filter-out proxy/main.c,$(LIB_SRC))
@@ -46,7 +47,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 DEMO_BIN := $(BUILD)/demo-upstream
 
-.PHONY: all deps deps-build run test unit e2e bench fuzz soak clean format lint
+.PHONY: all deps deps-build run test unit e2e bench fuzz soak clean format lint cluster-test
 
 all: $(BUILD)/shardproxy $(DEMO_BIN)
 
@@ -165,6 +166,12 @@ bench: deps all
 SOAK_SECONDS ?= 600
 soak: deps all
 	$(PYTHON) tests/soak/soak.py --build $(BUILD) --seconds $(SOAK_SECONDS)
+
+# Several instances behind a Linux nexthop group, in network namespaces
+# (tests/cluster/cluster.py; root). CLUSTER_ARGS="--crash-detect-ms 200,2000" etc.
+CLUSTER_ARGS ?=
+cluster-test: deps all
+	$(PYTHON) tests/cluster/cluster.py --build $(BUILD) $(CLUSTER_ARGS)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
