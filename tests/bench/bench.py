@@ -72,6 +72,8 @@ ALL_VARIANTS = [
     "shardproxy-copy-none",
     "shardproxy-copy-cpu",
     "shardproxy-copy-lc",
+    "shardproxy-auto-pin",
+    "shardproxy-auto-none",
 ]
 DEFAULT_VARIANTS = ALL_VARIANTS[:6]
 SHARDPROXY_VARIANTS = {
@@ -82,7 +84,12 @@ SHARDPROXY_VARIANTS = {
     "shardproxy-auto": ("auto", "hash"),
     "shardproxy-copy-cpu": ("copy", "cpu"),
     "shardproxy-copy-lc": ("copy", "least_conn"),
+    # (relay, steering, cpu_affinity): the default variants leave cpu_affinity at
+    # its default; these two set it, for the A/B behind that default.
+    "shardproxy-auto-pin": ("auto", "hash", "pin"),
+    "shardproxy-auto-none": ("auto", "hash", "none"),
 }
+ALL_WORKLOADS = ["keepalive", "close", "bulk", "redis", "redis_p16", "pg", "idle"]
 
 
 def say(msg):
@@ -352,6 +359,188 @@ def run_wrk(args, url, duration, extra=(), threads=2, conns=50, pin=None):
     return r
 
 
+# ---- real clients: redis-benchmark and pgbench ---------------------------------
+
+REDIS_WORKLOADS = {
+    # name: (label, redis-benchmark pipeline depth)
+    "redis": ("redis-benchmark -t set,get -c 50 -d 64", 1),
+    "redis_p16": ("redis-benchmark -t set,get -c 50 -d 64 -P 16", 16),
+}
+PG_CLIENTS, PG_THREADS, PG_SCALE = 16, 2, 2
+
+
+def _failed(why):
+    return {"rps": None, "bps": None, "requests": None, "lat": {}, "errors": 1,
+            "socket_errors": {}, "non2xx": 0, "raw": why}
+
+
+def run_redis_benchmark(port, n, pipeline, timeout_s):
+    """redis-benchmark -t set,get -c 50 -d 64 [-P pipeline] -n n: req/s over both
+    tests (total requests / total time), p50 latency of the two (µs, mean of the
+    two tests' p50)."""
+    argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-t", "set,get", "-c", "50", "-d",
+            "64", "-n", str(n), "--csv"] + (["-P", str(pipeline)] if pipeline > 1 else [])
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        return _failed("redis-benchmark timed out after %.0f s" % timeout_s)
+    kill_group(p, grace=0.1)
+    text = out.decode(errors="replace")
+    rates, p50 = {}, []
+    for m in re.finditer(r'^"(SET|GET)","([\d.]+)","[\d.]+","[\d.]+","([\d.]+)"', text, re.M):
+        rates[m.group(1)] = float(m.group(2))
+        p50.append(float(m.group(3)) * 1000)
+    if p.returncode != 0 or len(rates) != 2 or min(rates.values()) <= 0:
+        say("redis-benchmark on port %d failed (rc %s):\n%s" % (port, p.returncode, text[-500:]))
+        r = _failed(text[-300:])
+        return r
+    secs = sum(n / x for x in rates.values())
+    return {"rps": 2 * n / secs, "bps": None, "requests": 2 * n, "lat": {50: sum(p50) / 2},
+            "errors": 0, "socket_errors": {}, "non2xx": 0, "raw": text, "secs": secs}
+
+
+def run_pgbench(port, duration, timeout_s):
+    """pgbench -S -c 16 -j 2 -T duration: tps (without the initial connection time)."""
+    argv = ["pgbench", "-h", HOST, "-p", str(port), "-U", "postgres", "-n", "-S",
+            "-c", str(PG_CLIENTS), "-j", str(PG_THREADS), "-T", str(duration), "postgres"]
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+              env=dict(os.environ, PGCONNECT_TIMEOUT="10"))
+    try:
+        out, _ = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        return _failed("pgbench timed out after %.0f s" % timeout_s)
+    kill_group(p, grace=0.1)
+    text = out.decode(errors="replace")
+    tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", text, re.M)
+    n = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
+    bad = re.search(r"^number of failed transactions: (\d+)", text, re.M)
+    lat = re.search(r"^latency average = ([\d.]+) ms", text, re.M)
+    if p.returncode != 0 or not tps or not n:
+        say("pgbench on port %d failed (rc %s):\n%s" % (port, p.returncode, text[-500:]))
+        return _failed(text[-300:])
+    errs = int(bad.group(1)) if bad else 0
+    return {"rps": float(tps.group(1)), "bps": None, "requests": int(n.group(1)),
+            "lat": {"avg": float(lat.group(1)) * 1000} if lat else {}, "errors": errs,
+            "socket_errors": {"failed transactions": errs} if errs else {}, "non2xx": 0,
+            "raw": text}
+
+
+def redis_run(ctx, variant, wname, port, depth):
+    """One redis-benchmark run sized to last about --rc-duration seconds: the
+    request count comes from this variant's last rate for this workload (else the
+    calibration against redis-server directly)."""
+    a = ctx.args
+    rate = ctx.redis_rate.get((variant, wname)) or ctx.redis_rate.get(wname) or 20000.0 * depth
+    n = int(min(max(rate * a.rc_duration / 2, 2000), 5_000_000))
+    r = run_redis_benchmark(port, n, depth, a.rc_duration * 6 + 30)
+    if r["rps"]:
+        ctx.redis_rate[(variant, wname)] = r["rps"]
+    return r
+
+
+def start_redis():
+    """redis-server on a free loopback port, temp dir, no persistence."""
+    for _attempt in range(5):
+        port = free_port()
+        d = mktmp("redis")
+        logp = os.path.join(d, "redis.log")
+        lf = open(logp, "w")
+        p = spawn(["redis-server", "--port", str(port), "--bind", HOST, "--save", "",
+                   "--appendonly", "no", "--dir", d, "--protected-mode", "no", "--daemonize",
+                   "no", "--maxclients", "10000"], stdout=lf, stderr=lf)
+        lf.close()
+        if wait_port(port, 10):
+            return Server("redis-server", port, p, logp)
+        kill_group(p)
+    say("redis-server did not start:\n%s" % (read(logp) or ""))
+    return None
+
+
+def pg_bindir():
+    for d in ("/usr/lib/postgresql/15/bin",) + tuple(
+            sorted((os.path.join("/usr/lib/postgresql", v, "bin")
+                    for v in (os.listdir("/usr/lib/postgresql")
+                              if os.path.isdir("/usr/lib/postgresql") else [])), reverse=True)):
+        if os.access(os.path.join(d, "initdb"), os.X_OK):
+            return d
+    return None
+
+
+def start_postgres():
+    """PostgreSQL initialised in a temp dir and run as the `postgres` user: fsync
+    off, TCP on 127.0.0.1 only (a free port), its socket in the temp dir, trust
+    auth; then `pgbench -i -s PG_SCALE`. Returns (Server, None) or (None, why)."""
+    import pwd
+    bindir = pg_bindir()
+    if not bindir:
+        return None, "PostgreSQL server binaries not installed (postgresql-15)"
+    if not shutil.which("pgbench"):
+        return None, "pgbench not installed (postgresql-client-15)"
+    if os.geteuid() != 0:
+        return None, "not root: cannot start PostgreSQL as the postgres user"
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        return None, "no postgres user"
+    d = mktmp("postgres")
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    os.chmod(d, 0o700)
+    data = os.path.join(d, "data")
+    asuser = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+    r = subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U",
+                        "postgres", "-E", "UTF8", "--no-sync"], cwd=d, capture_output=True,
+                       text=True, timeout=120, **asuser)
+    if r.returncode != 0:
+        return None, "initdb failed: %s" % (r.stdout + r.stderr)[-300:]
+    for _attempt in range(5):
+        port = free_port()
+        logp = os.path.join(d, "postgres.log")
+        lf = open(logp, "w")
+        p = subprocess.Popen([os.path.join(bindir, "postgres"), "-D", data, "-p", str(port),
+                              "-c", "listen_addresses=" + HOST, "-c", "unix_socket_directories=" + d,
+                              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c",
+                              "full_page_writes=off", "-c", "max_connections=200", "-c",
+                              "shared_buffers=64MB", "-c", "logging_collector=off"],
+                             stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, cwd=d,
+                             start_new_session=True, **asuser)
+        _children.append(p)
+        lf.close()
+        ok = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and p.poll() is None:
+            q = subprocess.run(["pg_isready", "-h", HOST, "-p", str(port), "-t", "1"],
+                               capture_output=True)
+            if q.returncode == 0:
+                ok = True
+                break
+            time.sleep(0.2)
+        if ok:
+            r = subprocess.run(["pgbench", "-h", HOST, "-p", str(port), "-U", "postgres", "-i",
+                                "-q", "-s", str(PG_SCALE), "postgres"], capture_output=True,
+                               text=True, timeout=180)
+            if r.returncode != 0:
+                kill_group(p)
+                return None, "pgbench -i failed: %s" % (r.stdout + r.stderr)[-300:]
+            return Server("postgres", port, p, logp), None
+        kill_group(p)
+    return None, "postgres did not start: %s" % (read(logp) or "")[-300:]
+
+
+class Hog:
+    """A busy loop pinned to one CPU (--hog CPU): a box shared with a busy
+    process, e.g. a backend or a sidecar's neighbour."""
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+        self.proc = spawn(taskset(str(cpu)) + [sys.executable, "-c", "while True: pass"])
+
+    def stop(self):
+        kill_group(self.proc, grace=0.5)
+
+
 # ---- idle-connection client (a separate process: its own RLIMIT_NOFILE) -----
 
 
@@ -489,9 +678,11 @@ def release_idle(procs):
 class Server:
     """A started program (its own process group) with its log and temp dir."""
 
-    def __init__(self, name, port, proc, logpath, admin_port=None):
+    def __init__(self, name, port, proc, logpath, admin_port=None, ports=None):
         self.name, self.port, self.proc = name, port, proc
         self.logpath, self.admin_port = logpath, admin_port
+        # extra listeners of a proxy: {"redis": port, "pg": port}
+        self.ports = ports or {}
 
     @property
     def pid(self):
@@ -573,15 +764,36 @@ http {
     raise SystemExit("bench: nginx backend did not start")
 
 
+def extra_ports(extra, taken):
+    """A free port for each (name, backend_port) of extra, distinct from taken."""
+    out = {}
+    for name, _bport in extra:
+        port = free_port()
+        while port in taken or port in out.values():
+            port = free_port()
+        out[name] = port
+    return out
+
+
 def hard_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
-def start_haproxy(workers, backend_port):
+def start_haproxy(workers, backend_port, extra=()):
+    """extra: [(name, backend_port)], one more frontend/backend pair each."""
     hard = hard_nofile()
     maxconn = max(1000, (hard - 200) // 2)
     for _attempt in range(5):
         port = free_port()
+        ports = extra_ports(extra, {port})
+        more = "".join("""
+frontend fe_%s
+    bind %s:%d
+    default_backend be_%s
+
+backend be_%s
+    server s1 %s:%d
+""" % (n, HOST, ports[n], n, n, HOST, bp) for n, bp in extra)
         d = mktmp("haproxy")
         cfg = os.path.join(d, "haproxy.cfg")
         with open(cfg, "w") as f:
@@ -602,13 +814,13 @@ frontend fe
 
 backend be
     server s1 %s:%d
-""" % (workers, maxconn, maxconn, HOST, port, HOST, backend_port))
+""" % (workers, maxconn, maxconn, HOST, port, HOST, backend_port) + more)
         logp = os.path.join(d, "haproxy.log")
         lf = open(logp, "w")
         p = spawn(["haproxy", "-f", cfg, "-db"], stdout=lf, stderr=lf)
         lf.close()
-        if wait_http(port, 10):
-            return Server("haproxy", port, p, logp)
+        if wait_http(port, 10) and all(wait_port(x, 5) for x in ports.values()):
+            return Server("haproxy", port, p, logp, ports=ports)
         say("haproxy did not start:\n%s" % (read(logp) or ""))
         kill_group(p)
     return None
@@ -624,10 +836,18 @@ def nginx_stream_module():
     return ""
 
 
-def start_nginx_stream(workers, backend_port):
+def start_nginx_stream(workers, backend_port, extra=()):
     hard = hard_nofile()
     for _attempt in range(5):
         port = free_port()
+        ports = extra_ports(extra, {port})
+        more = "".join("""  upstream be_%s { server %s:%d; }
+  server {
+    listen %s:%d reuseport;
+    proxy_pass be_%s;
+    proxy_timeout 300s;
+  }
+""" % (n, HOST, bp, HOST, ports[n], n) for n, bp in extra)
         d = mktmp("nginx")
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
@@ -643,15 +863,16 @@ stream {
     proxy_pass be;
     proxy_timeout 300s;
   }
-}
-""" % (nginx_stream_module(), workers, hard, d, d, hard - 100, HOST, backend_port, HOST, port))
+%s}
+""" % (nginx_stream_module(), workers, hard, d, d, hard - 100, HOST, backend_port, HOST, port,
+       more))
         logp = os.path.join(d, "stderr.log")
         lf = open(logp, "w")
         p = spawn(["nginx", "-p", d, "-e", os.path.join(d, "error.log"), "-c", conf, "-g",
                    "daemon off;"], stdout=lf, stderr=lf)
         lf.close()
-        if wait_http(port, 10):
-            s = Server("nginx", port, p, os.path.join(d, "error.log"))
+        if wait_http(port, 10) and all(wait_port(x, 5) for x in ports.values()):
+            s = Server("nginx", port, p, os.path.join(d, "error.log"), ports=ports)
             return s
         say("nginx stream did not start:\n%s\n%s" % (read(logp) or "",
                                                      read(os.path.join(d, "error.log")) or ""))
@@ -660,8 +881,8 @@ stream {
 
 
 def shardproxy_conf(workers, relay, steering, port, admin_port, backend_port, max_conns,
-                    level="warn"):
-    return {
+                    level="warn", extra=(), ports=None, affinity=None, io=None):
+    c = {
         "workers": workers,
         "relay": relay,
         "steering": steering,
@@ -673,25 +894,35 @@ def shardproxy_conf(workers, relay, steering, port, admin_port, backend_port, ma
         "upstreams": [{"name": "backend",
                        "servers": [{"address": "%s:%d" % (HOST, backend_port)}]}],
     }
+    for name, bport in extra:
+        c["listeners"].append({"name": name, "listen": "%s:%d" % (HOST, ports[name]),
+                               "routes": [{"upstream": name}]})
+        c["upstreams"].append({"name": name, "servers": [{"address": "%s:%d" % (HOST, bport)}]})
+    if affinity:
+        c["cpu_affinity"] = affinity
+    if io:
+        c["io"] = io
+    return c
 
 
 def start_shardproxy(binpath, workers, relay, steering, backend_port, max_conns, level="warn",
-                     pin=None):
+                     pin=None, extra=(), affinity=None, io=None):
     for _attempt in range(5):
         port, admin_port = free_port(), free_port()
         if port == admin_port:
             continue
+        ports = extra_ports(extra, {port, admin_port})
         d = mktmp("shardproxy")
         cfg = os.path.join(d, "shardproxy.json")
         with open(cfg, "w") as f:
             json.dump(shardproxy_conf(workers, relay, steering, port, admin_port, backend_port,
-                                      max_conns, level), f, indent=1)
+                                      max_conns, level, extra, ports, affinity, io), f, indent=1)
         logp = os.path.join(d, "shardproxy.log")
         lf = open(logp, "w")
         p = spawn(taskset(pin) + [binpath, "-c", cfg], stdout=lf, stderr=lf)
         lf.close()
-        if wait_http(port, 15):
-            s = Server("shardproxy", port, p, logp, admin_port)
+        if wait_http(port, 15) and all(wait_port(x, 5) for x in ports.values()):
+            s = Server("shardproxy", port, p, logp, admin_port, ports=ports)
             # every shard ready?
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -736,21 +967,26 @@ def run_variant(ctx, name, rep):
     res = {"variant": name, "repeat": rep, "notes": []}
     backend = ctx.backend
     server = None
+    # the real-client backends this run has: [(listener name, backend port)]
+    extra = [(n, srv.port) for n, srv in (("redis", ctx.redis), ("pg", ctx.pg)) if srv]
     if name == "direct":
         port = backend.port
+        ports = dict(extra)
     elif name == "haproxy":
-        server = start_haproxy(a.workers, backend.port)
+        server = start_haproxy(a.workers, backend.port, extra)
     elif name == "nginx":
-        server = start_nginx_stream(a.workers, backend.port)
+        server = start_nginx_stream(a.workers, backend.port, extra)
     else:
-        relay, steering = SHARDPROXY_VARIANTS[name]
+        relay, steering, *more = SHARDPROXY_VARIANTS[name]
         server = start_shardproxy(ctx.shardproxy, a.workers, relay, steering, backend.port,
-                                  max(10000, a.idle + 2000))
+                                  max(10000, a.idle + 2000), extra=extra,
+                                  affinity=more[0] if more else None)
     if name != "direct":
         if server is None:
             res["notes"].append("did not start")
             return res
         port = server.port
+        ports = server.ports
         time.sleep(0.3)
     try:
         root = server.pid if server else None
@@ -760,13 +996,22 @@ def run_variant(ctx, name, rep):
         if server and server.admin_port:
             shard_pids0 = {k: v[4] for k, v in shard_counts(admin_stats(server)).items()}
         url = "http://%s:%d/" % (HOST, port)
+        burl = "http://%s:%d/bytes/%d" % (HOST, port, BULK_BYTES)
         workloads = [
-            ("keepalive", url, (), 2, 50),
-            ("close", url, ("-H", "Connection: close"), 2, 50),
-            ("bulk", "http://%s:%d/bytes/%d" % (HOST, port, BULK_BYTES), (), 1, 4),
+            ("keepalive", lambda: run_wrk(a, url, a.duration, (), 2, 50)),
+            ("close", lambda: run_wrk(a, url, a.duration, ("-H", "Connection: close"), 2, 50)),
+            ("bulk", lambda: run_wrk(a, burl, a.duration, (), 1, 4)),
         ]
+        for wname, (_label, depth) in REDIS_WORKLOADS.items():
+            if "redis" in ports:
+                workloads.append((wname, lambda wname=wname, depth=depth: redis_run(
+                    ctx, name, wname, ports["redis"], depth)))
+        if "pg" in ports:
+            workloads.append(("pg", lambda: run_pgbench(ports["pg"], a.rc_duration,
+                                                        a.rc_duration + 30)))
+        workloads = [w for w in workloads if w[0] in a.workloads]
         iowq_max = 0
-        for wname, wurl, extra, thr, conns in workloads:
+        for wname, runner in workloads:
             if server and not server.alive():
                 res["notes"].append("%s: proxy exited (rc %s) before it; log: %s"
                                     % (wname, server.proc.returncode, server.log_tail(5)))
@@ -777,7 +1022,7 @@ def run_variant(ctx, name, rep):
             sampler = Sampler(root) if root else None
             if sampler:
                 sampler.start()
-            w = run_wrk(a, wurl, a.duration, extra, thr, conns)
+            w = runner()
             if sampler:
                 sampler.stop()
                 iowq_max = max(iowq_max, sampler.max_iowq)
@@ -791,10 +1036,14 @@ def run_variant(ctx, name, rep):
                                            "socket_errors", "non2xx")}
             res[wname]["cpu_s"] = cpu
             if w["errors"]:
-                res["notes"].append("%s: wrk errors %s, non-2xx %d"
-                                    % (wname, w["socket_errors"], w["non2xx"]))
+                res["notes"].append("%s: client errors %s, non-2xx %d"
+                                    % (wname, w["socket_errors"] or w.get("raw", "")[-200:],
+                                       w["non2xx"]))
             if w["rps"] is None:
-                res["notes"].append("%s: wrk gave no result: %s" % (wname, w["raw"][-300:]))
+                res["notes"].append("%s: %s gave no result: %s"
+                                    % (wname, "pgbench" if wname == "pg" else
+                                       "redis-benchmark" if wname.startswith("redis") else "wrk",
+                                       w["raw"][-300:]))
             if st0:
                 st1 = admin_stats(server)
                 c0, c1 = shard_counts(st0), shard_counts(st1)
@@ -808,7 +1057,7 @@ def run_variant(ctx, name, rep):
         res["iowq"] = iowq_max if root else None
 
         # idle connections
-        if server and server.alive() and a.idle > 0:
+        if server and server.alive() and a.idle > 0 and "idle" in a.workloads:
             time.sleep(0.5)
             pids = server.pids()
             pss0 = pss_kib(pids)
@@ -875,12 +1124,24 @@ METRICS = [
      lambda r: r.get("close", {}).get("rps"), True, "{:,.0f}"),
     ("bulk", "bulk transfer (10 MB bodies)", "MiB/s",
      lambda r: mib(r.get("bulk", {}).get("bps")), True, "{:,.0f}"),
+    ("redis_rps", "redis-benchmark SET+GET, -c 50 -d 64", "req/s",
+     lambda r: r.get("redis", {}).get("rps"), True, "{:,.0f}"),
+    ("redis_p16_rps", "redis-benchmark SET+GET, -c 50 -d 64 -P 16", "req/s",
+     lambda r: r.get("redis_p16", {}).get("rps"), True, "{:,.0f}"),
+    ("pg_tps", "pgbench -S -c 16 -j 2", "tps",
+     lambda r: r.get("pg", {}).get("rps"), True, "{:,.0f}"),
     ("ka_cpu", "proxy CPU per 100k keep-alive req", "CPU s",
      lambda r: per100k(r.get("keepalive")), False, "{:.2f}"),
     ("cl_cpu", "proxy CPU per 100k new connections", "CPU s",
      lambda r: per100k(r.get("close")), False, "{:.2f}"),
     ("bulk_cpu", "proxy CPU per GiB bulk", "CPU s",
      lambda r: per_gib(r.get("bulk")), False, "{:.2f}"),
+    ("redis_cpu", "proxy CPU per 100k redis requests", "CPU s",
+     lambda r: per100k(r.get("redis")), False, "{:.2f}"),
+    ("redis_p16_cpu", "proxy CPU per 100k pipelined redis requests", "CPU s",
+     lambda r: per100k(r.get("redis_p16")), False, "{:.3f}"),
+    ("pg_cpu", "proxy CPU per 100k pgbench transactions", "CPU s",
+     lambda r: per100k(r.get("pg")), False, "{:.2f}"),
     ("idle_kib", "PSS per idle connection (delta)", "KiB",
      lambda r: (r.get("idle") or {}).get("per_conn_kib"), False, "{:.2f}"),
     ("idle_total", "proxy PSS with the idle connections", "MiB",
@@ -1001,7 +1262,9 @@ def shard_lines(results, variants):
                 continue
             parts = []
             for key, label in (("shards_keepalive", "keep-alive"), ("shards_close", "new-conn"),
-                               ("shards_bulk", "bulk"), ("shards_idle_active", "idle (active)")):
+                               ("shards_bulk", "bulk"), ("shards_redis", "redis"),
+                               ("shards_redis_p16", "redis -P 16"), ("shards_pg", "pgbench"),
+                               ("shards_idle_active", "idle (active)")):
                 c = r.get(key)
                 if c:
                     tot = sum(c) or 1
@@ -1038,10 +1301,15 @@ def machine_info(ctx):
         "haproxy": cmd_out(["haproxy", "-v"]).splitlines()[0] if shutil.which("haproxy") else "absent",
         "nginx": cmd_out(["nginx", "-v"]) if shutil.which("nginx") else "absent",
         "wrk": cmd_out(["wrk", "-v"]).splitlines()[0] if shutil.which("wrk") else "absent",
+        "redis": cmd_out(["redis-server", "--version"]) if shutil.which("redis-server") else "absent",
+        "pg": (cmd_out([os.path.join(pg_bindir(), "postgres"), "--version"]) + "; " +
+               cmd_out(["pgbench", "--version"])) if pg_bindir() and shutil.which("pgbench")
+              else "absent",
         "python": platform.python_version(),
         "shardproxy": cmd_out([ctx.shardproxy, "-V"]),
         "git": cmd_out(["git", "-C", REPO, "describe", "--always", "--dirty"]),
         "nofile": "%d/%d" % resource.getrlimit(resource.RLIMIT_NOFILE),
+        "loadavg": " ".join((read("/proc/loadavg") or "? ? ?").split()[:3]),
     }
     m = re.search(r"MemTotal:\s+(\d+) kB", read("/proc/meminfo") or "")
     if m:
@@ -1165,9 +1433,12 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
     md.append("| kernel | `%s` |" % info["kernel"])
     md.append("| Debian | %s |" % info["debian"])
     md.append("| RLIMIT_NOFILE (soft/hard) | %s |" % info["nofile"])
+    md.append("| load average at the start (1/5/15 min) | %s |" % info["loadavg"])
     md.append("| HAProxy | %s |" % info["haproxy"])
     md.append("| nginx | %s |" % info["nginx"])
     md.append("| wrk | %s |" % info["wrk"])
+    md.append("| redis | %s |" % info.get("redis", "absent"))
+    md.append("| PostgreSQL | %s |" % info.get("pg", "absent"))
     md.append("| Python | %s |" % info["python"])
     md.append("| shardproxy | `%s` (git `%s`) |" % (info["shardproxy"].splitlines()[0], info["git"]))
     md.append("| backend | %s |" % ctx.backend_desc)
@@ -1641,6 +1912,14 @@ def parse_args(argv):
                     help="comma-separated variants, from: " + ", ".join(ALL_VARIANTS))
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run")
+    ap.add_argument("--rc-duration", type=int, default=None,
+                    help="seconds per real-client run (pgbench -T; redis-benchmark -n is sized "
+                         "from the last rate to last about this long)")
+    ap.add_argument("--workloads", default=None,
+                    help="comma-separated workloads, from: " + ", ".join(ALL_WORKLOADS))
+    ap.add_argument("--hog", type=int, default=None, metavar="CPU",
+                    help="run a busy loop pinned to CPU for the whole run (a box shared with a "
+                         "busy process)")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--backend-workers", type=int, default=None,
                     help="backend processes (default: workers)")
@@ -1662,13 +1941,19 @@ def parse_args(argv):
     if os.environ.get("BENCH_QUICK") == "1":
         a.quick = True
     if a.repeats is None:
-        a.repeats = 1 if a.quick else 4
+        a.repeats = 1 if a.quick else 3
     if a.duration is None:
         a.duration = 2 if a.quick else 5
+    if a.rc_duration is None:
+        a.rc_duration = 2 if a.quick else 4
+    a.workloads = ALL_WORKLOADS if not a.workloads else [w.strip() for w in a.workloads.split(",")]
+    bad = [w for w in a.workloads if w not in ALL_WORKLOADS]
+    if bad:
+        ap.error("unknown workload(s) %s; known: %s" % (", ".join(bad), ", ".join(ALL_WORKLOADS)))
     if a.backend_workers is None:
         a.backend_workers = a.workers
     if a.time_limit is None:
-        a.time_limit = 105 if a.quick else 540
+        a.time_limit = 150 if a.quick else 690
     return a
 
 
@@ -1787,6 +2072,33 @@ def main(argv):
     say("backend %s on port %d; variants: %s; %d repeat(s) of %d s runs; %d idle connections"
         % (ctx.backend.name, ctx.backend.port, ", ".join(variants), a.repeats, a.duration, a.idle))
 
+    # The real clients' servers, shared by every variant like the HTTP backend.
+    notes = []
+    ctx.redis = ctx.pg = None
+    ctx.redis_rate = {}
+    if any(w.startswith("redis") for w in a.workloads):
+        if shutil.which("redis-server") and shutil.which("redis-benchmark"):
+            ctx.redis = start_redis()
+            if ctx.redis:
+                # calibration straight to redis-server: sizes the first runs' -n
+                for wname, (_label, depth) in REDIS_WORKLOADS.items():
+                    r = run_redis_benchmark(ctx.redis.port, 5000 * depth, depth, 60)
+                    if r["rps"]:
+                        ctx.redis_rate[wname] = r["rps"]
+        else:
+            notes.append("redis workloads skipped: redis-server or redis-benchmark not installed "
+                         "(make deps)")
+            say(notes[-1])
+    if "pg" in a.workloads:
+        ctx.pg, why = start_postgres()
+        if not ctx.pg:
+            notes.append("pgbench workload skipped: %s" % why)
+            say(notes[-1])
+    hog = None
+    if a.hog is not None:
+        hog = Hog(a.hog)
+        say("busy loop pinned to CPU %d for the whole run" % a.hog)
+
     info = machine_info(ctx)
 
     # Which engine does relay auto pick? (one short start, read from the ready line)
@@ -1800,7 +2112,6 @@ def main(argv):
             auto_relay = m[-1] if m else None
 
     results = []
-    notes = []
     repeats_done = 0
     per_repeat = None
     for rep in range(a.repeats):
@@ -1813,12 +2124,13 @@ def main(argv):
             break
         for v in variants:
             say("repeat %d/%d: %s" % (rep + 1, a.repeats, v))
-            if not ctx.backend.alive():
-                raise SystemExit("bench: the backend exited; log:\n%s" % ctx.backend.log_tail())
+            for srv in (ctx.backend, ctx.redis, ctx.pg):
+                if srv and not srv.alive():
+                    raise SystemExit("bench: %s exited; log:\n%s" % (srv.name, srv.log_tail()))
             r = run_variant(ctx, v, rep)
             results.append(r)
             brief = []
-            for w in ("keepalive", "close", "bulk"):
+            for w in ("keepalive", "close", "bulk", "redis", "redis_p16", "pg"):
                 if r.get(w) and r[w].get("rps") is not None:
                     brief.append("%s %.0f req/s" % (w, r[w]["rps"]))
             if r.get("idle") and r["idle"].get("per_conn_kib") is not None:
@@ -1829,13 +2141,16 @@ def main(argv):
         repeats_done += 1
         per_repeat = time.monotonic() - t_rep
     a.repeats = repeats_done
+    if hog:
+        hog.stop()
 
     # The scaling and memory curve (~2 min) at the end of a full default run only.
     # Skipped (the report keeps its existing section) when the run is already long.
     scaling = None
-    if not a.quick and not a.only and not a.no_scaling and shutil.which("taskset") \
+    if not a.quick and not a.only and not a.no_scaling and a.workloads == ALL_WORKLOADS \
+            and a.hog is None and shutil.which("taskset") \
             and os.access(ctx.shardproxy, os.X_OK) and os.access(demo, os.X_OK):
-        if time.monotonic() - t_start > a.time_limit - 60:
+        if time.monotonic() - t_start > a.time_limit - 100:
             notes.append("scaling section not measured (the run had used %.0f s); the report "
                          "keeps the existing one" % (time.monotonic() - t_start))
             say(notes[-1])
