@@ -20,7 +20,11 @@ What runs (see METHOD below, which is also written into the report):
   - per repeat, for each variant in turn (A B C A B C ...), a fresh proxy
     runs: keep-alive (wrk -t2 -c50 --latency), new connection per request
     (wrk -t2 -c50 -H 'Connection: close'), bulk (wrk -t1 -c4 on
-    /bytes/10000000), then idle connections held open by client processes;
+    /bytes/10000000), redis-benchmark -t set,get -c 50 -d 64 (plain and
+    -P 16) against a redis-server the bench starts, pgbench -S -c 16 -j 2
+    against a PostgreSQL 15 it initialises in a temp dir (as postgres, fsync
+    off), then idle connections held open by client processes (--workloads
+    picks a subset; --hog CPU adds a busy loop pinned to CPU);
   - from /proc: CPU (utime+stime) of every proxy process over each wrk run,
     PSS (smaps_rollup) before and with the idle connections, io-wq worker
     threads (iou-wrk-*) sampled during the runs; from shardproxy's admin
@@ -1323,6 +1327,13 @@ METHOD = """\
 - **Backend**: {backend}, on 127.0.0.1, the same process for every variant and
   every repeat. `GET /` returns a small body (~40 bytes), `GET /bytes/10000000`
   a 10,000,000-byte body.
+- **Real clients' servers**, started once by the bench and shared by every
+  variant like the HTTP backend (each proxy gets one more listener for each):
+  `redis-server` (one thread) on a free 127.0.0.1 port, its dir a temp dir,
+  `--save ""` and `--appendonly no` (no persistence); PostgreSQL 15 initialised
+  by `initdb` in a temp dir and run as the `postgres` user, `listen_addresses`
+  127.0.0.1 only, a free port, `fsync=off`, `synchronous_commit=off`,
+  `full_page_writes=off`, trust authentication, then `pgbench -i -s {pg_scale}`.
 - **Variants**, each with {workers} workers (= `nproc`):
   - `direct`: wrk straight to the backend (no proxy: the upper bound);
   - `haproxy`: HAProxy `mode tcp`, `nbthread {workers}`, `maxconn` as high as
@@ -1343,6 +1354,13 @@ METHOD = """\
     (client accept + upstream connect + steering for every request);
   - bulk: `wrk -t1 -c4 -d{duration}s URL/bytes/10000000` → MiB/s from wrk's
     `Transfer/sec` (wrk's units are powers of 1024);
+  - redis: `redis-benchmark -t set,get -c 50 -d 64 -n N --csv`, and the same
+    with `-P 16` (pipelined): req/s = 2N / (N/SET rate + N/GET rate); N is
+    sized from that variant's previous rate (first: a calibration run straight
+    to redis-server) so each run lasts about {rc_duration} s;
+  - pgbench: `pgbench -S -c 16 -j 2 -T {rc_duration} -n` (select-only, one
+    session per client for the whole run) → tps without the initial
+    connection time;
   - idle: {idle} connections opened by {idle_clients} Python client processes,
     one `GET /` answered on each, then held open; PSS
     (`/proc/PID/smaps_rollup`, summed over all of the proxy's processes) with
@@ -1373,6 +1391,13 @@ MEANING = """\
   cores), so a proxy that uses less CPU per request also leaves more to wrk and
   the backend; that is why the CPU-per-request rows matter as much as req/s.
   `× direct` is how much of the no-proxy rate survives the extra hop.
+- **redis and pgbench** are clients nobody here wrote. Plain redis-benchmark
+  is one small request and reply per round trip (like keep-alive, but a
+  single-threaded client and server); `-P 16` sends 16 commands per write,
+  so the proxy relays fewer, larger messages and the per-byte and
+  per-wake-up costs matter more than per-connection ones; pgbench `-S` is
+  16 long sessions of one small query each way through a backend that does
+  real work per query.
 - **New connection per request** adds, per request, a client accept, an
   upstream connect and two closes: it is dominated by the kernel's TCP
   handshake work and by how a proxy accepts (multishot accept, steering).
@@ -1484,11 +1509,19 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
     md.append(METHOD.format(backend=ctx.backend_desc, workers=a.workers, repeats=a.repeats,
                             duration=a.duration, idle=a.idle, idle_clients=a.idle_clients,
                             idle_note=idle_note, tck=1000 // CLK_TCK,
-                            backend_workers=a.backend_workers, nproc=info["nproc"]))
-    md.append("Rerun: `make bench` (default: 4 repeats, 5 s runs, under 10 minutes), "
+                            backend_workers=a.backend_workers, nproc=info["nproc"],
+                            pg_scale=PG_SCALE, rc_duration=a.rc_duration))
+    if a.hog is not None:
+        md.append("This run had `--hog %d`: a Python busy loop pinned to CPU %d for the whole "
+                  "run (a box shared with a busy process).\n" % (a.hog, a.hog))
+    md.append("Rerun: `make bench` (default: 3 repeats, 5 s wrk runs, 4 s real-client runs, "
+              "about 11 minutes; the scaling section is measured only if the run leaves the "
+              "time for it), "
               "`BENCH_QUICK=1 make bench` (1 repeat, 2 s runs, 1,000 idle connections, under "
               "2 minutes), `python3 tests/bench/bench.py --build build --only "
-              "shardproxy-copy,haproxy --repeats 5 --duration 10`, or `python3 "
+              "shardproxy-copy,haproxy --repeats 5 --duration 10 --workloads redis_p16,pg`, "
+              "`... --only shardproxy-auto-pin,shardproxy-auto-none --hog 0` (CPU placement on "
+              "a box with a busy CPU), or `python3 "
               "tests/bench/bench.py --scaling` (only the scaling section, about 1.5 minutes).\n")
     md.append("## What the numbers mean\n")
     md.append(MEANING)
