@@ -960,8 +960,10 @@ static const conf_field_t root_fields[] = {
     {CUSTOM("workers", sp_conf_t, workers, set_workers)},
     {ENUM("steering", sp_conf_t, steering, SP_STEER_HASH, steering_names)},
     {ENUM("relay", sp_conf_t, relay, SP_RELAY_AUTO, relay_names)},
-    /* Default from docs/BENCHMARKS.md (Findings: CPU placement). */
-    {ENUM("cpu_affinity", sp_conf_t, cpu_affinity, SP_AFFINITY_PIN, affinity_names)},
+    /* "none" by default: on a box shared with a busy backend or client, pinned
+     * shards wait for their CPU while the other idles (docs/BENCHMARKS.md,
+     * Findings: CPU placement). */
+    {ENUM("cpu_affinity", sp_conf_t, cpu_affinity, SP_AFFINITY_NONE, affinity_names)},
     {ENUM("io", sp_conf_t, io, SP_IO_AUTO, io_names)},
     {OBJECT("log", log_schema)},
     {OBJECT("admin", admin_schema), .nullable = true},

@@ -1591,7 +1591,7 @@ def run_scaling(ctx, demo):
                 say("scaling %d/%d: shardproxy-auto, %d shard(s) on CPU %s, wrk + backend on "
                     "CPU %s" % (rep + 1, a.scaling_repeats, workers, pin, pin_load))
                 srv = start_shardproxy(ctx.shardproxy, workers, "auto", "hash", backend.port,
-                                       10000, pin=pin)
+                                       10000, pin=pin, affinity="pin")
                 if srv is None:
                     data["notes"].append("%d shard(s), repeat %d: did not start" % (workers, rep + 1))
                     continue
@@ -1713,7 +1713,7 @@ def scaling_section(d):
         "%d repeat(s), each running 1 shard then 2 shards (interleaved), %d s per wrk run; "
         "median (min–max). Pinned with `taskset -c`: wrk (`-t%d -c50`) and the backend (%s) "
         "on CPU %s; the proxy launched on CPU %s for 1 shard and on CPUs %s for 2 shards "
-        "(shardproxy then pins shard slot *i* to the *i*-th CPU it is allowed; read back from "
+        "(`\"cpu_affinity\": \"pin\"`: shard slot *i* on the *i*-th CPU it is allowed; read back from "
         "`/proc/PID/status`: 1 shard: %s; 2 shards: %s). CPU = utime + stime of the supervisor "
         "and the shards over the wrk run (the supervisor's own share is its column).\n"
         % (d["repeats"], d["duration"], d["wrk_threads"], d["backend"], pins["load"], pins["1"],

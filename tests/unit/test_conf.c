@@ -390,7 +390,7 @@ static void test_defaults_applied_on_minimal_file(void **state)
 	assert_int_equal(c->workers, 0);
 	assert_int_equal(c->steering, SP_STEER_HASH);
 	assert_int_equal(c->relay, SP_RELAY_AUTO);
-	assert_int_equal(c->cpu_affinity, SP_AFFINITY_PIN);
+	assert_int_equal(c->cpu_affinity, SP_AFFINITY_NONE);
 	assert_int_equal(c->io, SP_IO_AUTO);
 	assert_int_equal(c->log.level, SP_LOG_INFO);
 	assert_true(c->log.access_log);
