@@ -36,6 +36,11 @@ connection-per-request) plus long checksummed transfers (client.py):
   upgrade  SIGUSR2 one instance in the group, only if this binary performs a
            binary upgrade (probed at start on a throw-away instance); else
            reported as not available.
+  remove, no pin
+           the remove step without the conntrack pin: what a stateless
+           router does on a BGP withdraw. Measured (the removed instance's
+           flows are expected to break); checked: the other flows are intact
+           and nothing new reaches it. --no-unpinned-remove skips it.
   crash    SIGKILL one instance's supervisor, take its nexthop out after
            --crash-detect-ms: what clients see is measured and reported; the
            check is that new connections succeed once the nexthop is out.
@@ -556,8 +561,8 @@ class Cluster:
             s += " (p%d: %d/%d)" % (target, sum(1 for t in on if t["ok"]), len(on))
         return s
 
-    def row(self, step, inst, res, figure, ok, problems):
-        self.rows.append({"step": step, "inst": inst, "ka": res["ka"].describe() if res else "-",
+    def row(self, step, inst, res, figure, ok, problems, measured=False):
+        self.rows.append({"step": step, "inst": inst, "measured": measured, "ka": res["ka"].describe() if res else "-",
                           "close": res["close"].describe() if res else "-",
                           "proxy": "%d ok, %d bad" % (res["proxy_ok"], res["proxy_bad"]) if res else "-",
                           "transfers": res.get("transfer_text", "-") if res else "-",
@@ -583,12 +588,16 @@ class Cluster:
 
     # ---- the steps ----------------------------------------------------------
 
-    def step_remove(self, i):
+    def step_remove(self, i, pin=True):
+        """pin=False is what a stateless router does on a withdraw: measured,
+        to show what the pin buys; its own flows are expected to break."""
         a = self.a
-        self.log("remove p%d: load on, then nexthop %d out of the group, then SIGTERM" % (i, i))
+        name = "remove" if pin else "remove, no pin"
+        self.log("%s p%d: load on, then nexthop %d out of the group, then SIGTERM" % (name, i, i))
         load = self.start_load(target=i)
         self.at(load, a.op_at)
-        self.pin(i)
+        if pin:
+            self.pin(i)
         self.set_group([k for k in self.group if k != i])
         acc_change = self.accepted(i)
         self.log("  group %d = %s; p%d accepted %s at the change" % (GROUP, self.group_text(), i, acc_change))
@@ -610,12 +619,17 @@ class Cluster:
                 last = v
             time.sleep(0.2)
         drained_s = time.monotonic() - t_term
-        self.unpin(i)
+        if pin:
+            self.unpin(i)
         res = self.finish_load(load)
         res["transfer_text"] = self.transfer_text(res["transfers"], i)
         problems = []
-        self.common_checks(res, problems)
         on = [t for t in res["transfers"] if t["via"] == inst_addr(i)]
+        if pin:
+            self.common_checks(res, problems)
+        else:
+            self.common_checks(dict(res, transfers=[t for t in res["transfers"] if t not in on]), problems,
+                               wrk_clean=False)
         if not on:
             problems.append("no transfer ran through p%d" % i)
         if acc_change is None or acc_settle != acc_change or last != acc_change:
@@ -626,7 +640,11 @@ class Cluster:
         figure = ("accepted after the change: %s; drained and exited %s in %.1f s"
                   % ("0" if acc_change is not None and last == acc_change else "%s -> %s" % (acc_change, last),
                      status, drained_s))
-        self.row("remove", "p%d" % i, res, figure, not problems, problems)
+        if not pin:
+            figure = ("measured: p%d transfers broken %d/%d (%s); " % (
+                i, sum(1 for t in on if not t["ok"]), len(on),
+                ", ".join(sorted(set(t["error"] for t in on if not t["ok"]))) or "none")) + figure
+        self.row(name, "p%d" % i, res, figure, not problems, problems, measured=not pin)
         del self.sup[i]
 
     def step_add(self, i):
@@ -756,7 +774,7 @@ class Cluster:
             "detect_ms": detect_ms, "broken": [t["error"] for t in broken], "on": len(on),
             "ka": res["ka"].errors, "close": res["close"].errors, "probe_fail_kinds": kinds,
             "probe_total": len(probe), "first": first, "last_end": last_end, "shards_left": len(left)}]
-        self.row("crash", "p%d" % i, res, figure, not problems, problems)
+        self.row("crash", "p%d" % i, res, figure, not problems, problems, measured=True)
 
     # ---- the run ------------------------------------------------------------
 
@@ -773,6 +791,11 @@ class Cluster:
             self.rows.append({"step": "upgrade", "inst": "-", "ka": "-", "close": "-", "transfers": "-", "proxy": "-",
                               "figure": "not available: " + self.upgrade[1], "ok": None, "problems": []})
             self.log("upgrade: not available (%s)" % self.upgrade[1])
+        if a.unpinned_remove:
+            self.step_remove(last, pin=False)
+            self.log("p%d back in the group" % last)
+            self.start_instance(last)
+            self.set_group(sorted(self.group + [last]))
         for k, ms in enumerate(a.crash_detect_ms):
             if k > 0:
                 self.log("crash: p%d back in the group for the next detection delay" % last)
@@ -784,7 +807,8 @@ class Cluster:
         hdr = ("step", "instance", "wrk keep-alive", "wrk conn-per-request", "long transfers",
                "PROXY v2 at backends", "result", "measured")
         rows = [(r["step"], r["inst"], r["ka"], r["close"], r["transfers"], r["proxy"],
-                 "PASS" if r["ok"] else ("n/a" if r["ok"] is None else "FAIL"), r["figure"]) for r in self.rows]
+                 ("PASS, measured" if r.get("measured") else "PASS") if r["ok"]
+                 else ("n/a" if r["ok"] is None else "FAIL"), r["figure"]) for r in self.rows]
         lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
         for d in getattr(self, "crash_detail", []):
@@ -792,10 +816,11 @@ class Cluster:
             for e in d["broken"]:
                 errs[e] = errs.get(e, 0) + 1
             lines.append("")
-            lines.append("crash, nexthop out after %d ms: transfers on the instance: %s; wrk keep-alive errors %s; "
-                         "wrk conn-per-request errors %s" % (
+            wrk_errs = lambda e: ", ".join("%s %d" % kv for kv in e.items() if kv[1]) or "none"
+            lines.append("crash, nexthop out after %d ms: transfers on the instance: %s; wrk errors: keep-alive %s, "
+                         "conn-per-request %s" % (
                              d["detect_ms"], ", ".join("%d x %s" % (n, e) for e, n in errs.items()) or "none broken",
-                             d["ka"], d["close"]))
+                             wrk_errs(d["ka"]), wrk_errs(d["close"])))
         return "\n".join(lines)
 
 
@@ -818,6 +843,8 @@ def main():
     p.add_argument("--idle-timer", type=int, default=1, help="resilient group idle_timer (s)")
     p.add_argument("--crash-detect-ms", default="500,2000",
                    help="comma-separated: ms between SIGKILL and taking the nexthop out; one crash step each")
+    p.add_argument("--no-unpinned-remove", dest="unpinned_remove", action="store_false",
+                   help="skip the measured remove without the conntrack pin (a stateless withdraw)")
     p.add_argument("--max-seconds", type=int, default=600, help="hard limit for the whole run")
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--summary-out", help="also write the summary table (markdown) to this file")
