@@ -153,10 +153,19 @@ static int open_access_log(sp_gen_t *g, char *err, size_t errlen)
 	g->access_fd = -1;
 	if (!path || !g->conf->log.access_log)
 		return 0;
-	g->access_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	/* Never through a symbolic link: a log directory writable by others
+	 * (or a service account) must not let anyone point the proxy at a file
+	 * of their choosing. */
+	g->access_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
 	if (g->access_fd < 0) {
 		int e = errno;
-		snprintf(err, errlen, "log.access_log %s: open: %s", path, strerror(e));
+		if (e == ELOOP)
+			snprintf(err, errlen,
+				 "log.access_log %s: is a symbolic link; refusing to follow it (name "
+				 "the file itself)",
+				 path);
+		else
+			snprintf(err, errlen, "log.access_log %s: open: %s", path, strerror(e));
 		return -e;
 	}
 	return 0;
@@ -267,8 +276,39 @@ static void access_log_fd(const sp_gen_t *g, int *fd, bool *sock)
 	}
 }
 
-static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
+static int cmp_int(const void *x, const void *y)
 {
+	int a = *(const int *)x, b = *(const int *)y;
+	return (a > b) - (a < b);
+}
+
+/* Close every descriptor but keep[0..n) (sorted here). A forked shard
+ * inherits all of the supervisor's: other slots' and removed listeners'
+ * sockets (a socket stays listening while any copy is open, so a stop could
+ * not refuse new clients until every shard had exited), health-check
+ * sockets and their epoll set, the BPF program and maps, earlier
+ * generations' access logs. O_CLOEXEC does not help, there is no exec.
+ * Closing by what to keep also covers whatever is added later. */
+static void close_all_but(int *keep, size_t n)
+{
+	unsigned from = 0;
+	qsort(keep, n, sizeof(*keep), cmp_int);
+	for (size_t i = 0; i < n; i++) {
+		if (keep[i] < 0 || (unsigned)keep[i] < from)
+			continue;
+		if ((unsigned)keep[i] > from)
+			close_range(from, (unsigned)keep[i] - 1, 0);
+		from = (unsigned)keep[i] + 1;
+	}
+	close_range(from, ~0U, 0);
+}
+
+static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, unsigned slot,
+						  pid_t sup_pid)
+{
+	int keep[4 + SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
+	size_t nkeep = 0;
+
 	static sp_shard_args_t a; /* static: too big for a comfortable stack */
 	const sp_conf_t *conf = g->conf;
 
@@ -291,6 +331,7 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	a.cpu = sup->cpus[slot % sup->ncpus];
 	a.max_sessions = sp_gen_shard_sessions(sup, conf, g->nslots, false);
 	a.notify_fd = sup->notify_w;
+	a.sup_pid = sup_pid;
 	/* The slot was zeroed when its previous shard was retired. */
 	a.stats = &sp_gen_stats(sup, g)[slot];
 	a.stats->pid = (uint64_t)getpid();
@@ -310,18 +351,24 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 			if (a.nlisten_fds[l] < SP_SHARD_MAX_FDS_PER_LISTENER)
 				a.listen_fds[l][a.nlisten_fds[l]++] = grp->fds[s];
 	}
-	/* A listener removed by the reload that made this generation must be
-	 * closed once the old generation has drained: no copy of it here. */
-	for (unsigned i = 0; i < sup->ngroups; i++)
-		if (sup->groups[i].retiring)
-			for (unsigned s = 0; s < sup->groups[i].nfds; s++)
-				close(sup->groups[i].fds[s]);
+	keep[nkeep++] = STDIN_FILENO;
+	keep[nkeep++] = STDOUT_FILENO;
+	keep[nkeep++] = STDERR_FILENO;
+	keep[nkeep++] = a.notify_fd;
+	if (a.access_fd != STDERR_FILENO)
+		keep[nkeep++] = a.access_fd;
+	for (size_t l = 0; l < conf->nlisteners; l++)
+		for (unsigned k = 0; k < a.nlisten_fds[l]; k++)
+			if (nkeep < sizeof(keep) / sizeof(keep[0]))
+				keep[nkeep++] = a.listen_fds[l][k];
+	close_all_but(keep, nkeep);
 	exit(sp_shard_main(&a));
 }
 
 static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
 {
 	sp_proc_t *p = &g->procs[slot];
+	pid_t parent = getpid(); /* the child's getppid() may already be another */
 	pid_t pid = fork();
 	if (pid < 0) {
 		int e = errno;
@@ -329,7 +376,7 @@ static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
 		return -e;
 	}
 	if (pid == 0)
-		shard_child(sup, g, slot);
+		shard_child(sup, g, slot, parent);
 	p->pid = pid;
 	p->state = PROC_STARTING;
 	p->started_ms = sp_now_ms();
@@ -457,12 +504,18 @@ int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
 	sup->starting = NULL;
 	return 0;
 fail:
-	sup->starting = NULL;
+	sp_gen_kill(sup, g);
+	return -1;
+}
+
+void sp_gen_kill(sp_sup_t *sup, sp_gen_t *g)
+{
+	if (sup->starting == g)
+		sup->starting = NULL;
 	sp_gen_signal(g, SIGKILL);
 	reap_now(sup, g);
 	sp_health_free(g->health);
 	g->health = NULL;
-	return -1;
 }
 
 /* ---- drain and reap ------------------------------------------------------------ */
@@ -533,13 +586,9 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 			uint64_t t = sp_now_ms();
 			if (t - p->started_ms > STABLE_AFTER_MS)
 				p->crashes = 0;
-			uint64_t delay = 0;
-			if (p->crashes > 0) {
-				delay = (uint64_t)RESTART_BACKOFF_MIN_MS << (p->crashes - 1);
-				if (delay > RESTART_BACKOFF_MAX_MS)
-					delay = RESTART_BACKOFF_MAX_MS;
-			}
-			p->crashes++;
+			uint64_t delay = sp_backoff_ms(p->crashes);
+			if (p->crashes < UINT32_MAX)
+				p->crashes++;
 			sp_warn("shard %u (pid %d, generation %u) %s; restarting in %llu ms", i,
 				(int)pid, g->id, how, (unsigned long long)delay);
 			p->restart_at = t + delay;
@@ -564,7 +613,7 @@ void sp_gen_restart_due(sp_sup_t *sup, uint64_t t)
 		if (p->state == PROC_NONE && p->restart_at && p->restart_at <= t) {
 			p->restarted = true;
 			if (spawn(sup, g, i) < 0)
-				p->restart_at = t + RESTART_BACKOFF_MAX_MS;
+				p->restart_at = t + SP_BACKOFF_MAX_MS;
 		}
 	}
 }

@@ -18,6 +18,7 @@
 
 #include "bpf/steer.h"
 #include "proxy/admin.h"
+#include "proxy/backoff.h"
 #include "proxy/health.h"
 #include "proxy/listen.h"
 #include "proxy/stats.h"
@@ -25,8 +26,6 @@
 #include "shard/shard.h"
 
 #define READY_TIMEOUT_MS 10000
-#define RESTART_BACKOFF_MIN_MS 100
-#define RESTART_BACKOFF_MAX_MS 5000
 #define STABLE_AFTER_MS 10000
 #define KILL_GRACE_MS 2000
 
@@ -110,6 +109,9 @@ int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen
 /* Fork every shard of g and wait until all have armed their accepts.
  * 0, or -1 with every shard of g gone (the reason is logged). */
 int sp_gen_start(sp_sup_t *sup, sp_gen_t *g);
+/* SIGKILL every shard of g and wait for them (a generation that failed to
+ * start, or start-up that cannot go on); its health checks stop. */
+void sp_gen_kill(sp_sup_t *sup, sp_gen_t *g);
 /* A prepared generation that will not run: give the listener marks back to
  * the current one, restore its steering, free g. */
 void sp_gen_abandon(sp_sup_t *sup, sp_gen_t *g);

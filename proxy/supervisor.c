@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/pidfile.h"
 #include "proxy/sup_internal.h"
 #include "runtime/log.h"
 #include "runtime/sdnotify.h"
@@ -295,17 +296,6 @@ static int setup_process(sp_sup_t *sup)
 	return 0;
 }
 
-static void write_pidfile(const char *path)
-{
-	FILE *f = fopen(path, "w");
-	if (!f) {
-		sp_warn("--pidfile %s: %s", path, strerror(errno));
-		return;
-	}
-	fprintf(f, "%d\n", (int)getpid());
-	fclose(f);
-}
-
 int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 {
 	static sp_sup_t sup_storage;
@@ -343,8 +333,11 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		fprintf(stderr, "shardproxy: start-up failed: shards did not start (see above)\n");
 		return 2;
 	}
-	if (opts->pidfile)
-		write_pidfile(opts->pidfile);
+	if (opts->pidfile && sp_pidfile_write(opts->pidfile, getpid(), err, sizeof(err)) < 0) {
+		fprintf(stderr, "shardproxy: %s\n", err);
+		sp_gen_kill(sup, g);
+		return 2;
+	}
 	sp_info("ready: generation %u, %u shards, relay %s, pid %d%s%s", g->id, g->nslots,
 		sp_relay_engine(conf), (int)getpid(),
 		conf->user.set ? ", shards run as user " : "", conf->user.set ? conf->user.name : "");
@@ -394,7 +387,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	reap(sup);
 	sp_info("stopped");
 	if (opts->pidfile)
-		unlink(opts->pidfile);
+		sp_pidfile_remove(opts->pidfile, getpid());
 	for (int k = 0; k < 2; k++)
 		if (sup->gens[k].conf)
 			sp_gen_free(&sup->gens[k]);
