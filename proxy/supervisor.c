@@ -225,6 +225,13 @@ static void begin_stop(sp_sup_t *sup, int sig)
 				drain = sup->gens[k].conf->limits.drain_timeout_ms;
 		}
 	sup->stop_kill_at = sp_now_ms() + drain + KILL_GRACE_MS;
+	/* Refuse, never strand: the shards close their copies of the listening
+	 * sockets as they start draining, and these are the last ones. A new
+	 * client is refused at once (and retries elsewhere) instead of
+	 * completing a handshake into a backlog nobody accepts from. */
+	for (unsigned i = 0; i < sup->ngroups; i++)
+		if (sup->groups[i].nfds)
+			sp_lgroup_close(&sup->groups[i]);
 }
 
 static bool all_gone(const sp_sup_t *sup)
