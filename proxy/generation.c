@@ -191,6 +191,9 @@ int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen
 	g->nslots = sp_supervisor_workers(conf, sup->opts->workers_override);
 	if (g->nslots > SP_MAX_SLOTS)
 		g->nslots = SP_MAX_SLOTS;
+	g->ngroups_before = sup->ngroups;
+	for (unsigned i = 0; i < sup->ngroups; i++)
+		g->nfds_before[i] = sup->groups[i].nfds;
 	*out = g;
 	if (conf->nlisteners > SP_SHARD_MAX_LISTENERS) {
 		snprintf(err, errlen, "listeners: more than %d listeners", SP_SHARD_MAX_LISTENERS);
@@ -219,9 +222,18 @@ void sp_gen_free(sp_gen_t *g)
 
 void sp_gen_abandon(sp_sup_t *sup, sp_gen_t *g)
 {
-	/* Give the current conf its listener marks back. */
-	for (unsigned i = 0; i < sup->ngroups; i++)
+	/* Close every socket g opened (slots it added, listen addresses it
+	 * bound, also when a later bind failed): left open, each would sit in
+	 * its reuseport group and take a share of new connections that no shard
+	 * accepts. Then give the current conf its listener marks back. */
+	for (unsigned i = 0; i < sup->ngroups; i++) {
+		sp_lgroup_shrink(&sup->groups[i], i < g->ngroups_before ? g->nfds_before[i] : 0);
 		sup->groups[i].retiring = false;
+		sup->groups[i].in_use = false;
+	}
+	sup->ngroups = g->ngroups_before;
+	for (size_t l = 0; l < sup->cur->conf->nlisteners; l++)
+		sup->groups[sup->cur->group_of[l]].in_use = true;
 	sp_steering_configure(sup, sup->cur->conf, g->conf);
 	sp_gen_free(g);
 	sp_steering_apply(sup, sup->cur);

@@ -50,6 +50,10 @@ typedef struct {
 	sp_health_t *health;
 	int access_fd; /* log.access_log's file, opened for this generation; -1: stderr */
 	int group_of[SP_SHARD_MAX_LISTENERS]; /* conf listener -> group index */
+	/* Sockets per group before this generation was prepared: what
+	 * abandoning it closes again (groups from ngroups_before on are new). */
+	unsigned nfds_before[SP_MAX_GROUPS];
+	unsigned ngroups_before;
 	sp_proc_t procs[SP_MAX_SLOTS];
 } sp_gen_t;
 
