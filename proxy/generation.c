@@ -124,6 +124,7 @@ static int bind_listeners(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen)
 		if (ret < 0)
 			return ret;
 		g->group_of[l] = (int)(grp - sup->groups);
+		g->nfds_of[l] = grp->nfds;
 		used[grp - sup->groups] = true;
 	}
 	for (unsigned i = 0; i < sup->ngroups; i++) {
@@ -359,7 +360,7 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	for (size_t l = 0; l < conf->nlisteners; l++) {
 		sp_lgroup_t *grp = &sup->groups[g->group_of[l]];
 		/* Its own slot, plus slots left over when the shard count shrank. */
-		for (unsigned s = slot; s < grp->nfds; s += g->nslots)
+		for (unsigned s = slot; s < g->nfds_of[l] && s < grp->nfds; s += g->nslots)
 			if (a.nlisten_fds[l] < SP_SHARD_MAX_FDS_PER_LISTENER)
 				a.listen_fds[l][a.nlisten_fds[l]++] = grp->fds[s];
 	}
@@ -425,6 +426,8 @@ static void on_shard_msg(sp_sup_t *sup, const sp_shard_msg_t *m)
 	} else if (m->event == SP_SHARD_EV_FAILED) {
 		sp_error("shard %u (generation %u) failed to start: %s", m->slot, m->gen,
 			 strerror(-m->err));
+		if (g == sup->starting)
+			g->start_failed = true;
 	}
 }
 
@@ -470,7 +473,7 @@ static void reap_now(sp_sup_t *sup, sp_gen_t *g)
 
 /* ---- start ------------------------------------------------------------------- */
 
-int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
+int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g)
 {
 	size_t hoff = sp_gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
 	g->health = sp_health_new(g->conf, sup->server_down + hoff, sup->server_fails + hoff);
@@ -481,25 +484,42 @@ int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
 	if (sup->cur && sup->cur != g)
 		sp_health_inherit(g->health, sup->cur->health);
 	sup->starting = g;
+	g->start_failed = false;
+	g->ready_by = sp_now_ms() + READY_TIMEOUT_MS;
 	for (unsigned i = 0; i < g->nslots; i++)
-		if (spawn(sup, g, i) < 0)
-			goto fail;
-	uint64_t deadline = sp_now_ms() + READY_TIMEOUT_MS;
-	while (sp_gen_count(g, PROC_READY) < g->nslots) {
+		if (spawn(sup, g, i) < 0) {
+			sp_gen_kill(sup, g);
+			return -1;
+		}
+	return 0;
+}
+
+int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g)
+{
+	if (g->start_failed)
+		return -1;
+	if (sp_gen_count(g, PROC_READY) == g->nslots) {
+		if (sup->starting == g)
+			sup->starting = NULL;
+		return 1;
+	}
+	if (sp_now_ms() >= g->ready_by) {
+		sp_error("generation %u: shards not ready after %d ms", g->id, READY_TIMEOUT_MS);
+		return -1;
+	}
+	return 0;
+}
+
+int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
+{
+	int st;
+	if (sp_gen_spawn(sup, g) < 0)
+		return -1;
+	while ((st = sp_gen_start_poll(sup, g)) == 0) {
 		struct pollfd pfd = {.fd = sup->notify_r, .events = POLLIN};
 		uint64_t t = sp_now_ms();
-		if (t >= deadline) {
-			sp_error("generation %u: shards not ready after %d ms", g->id,
-				 READY_TIMEOUT_MS);
-			goto fail;
-		}
-		poll(&pfd, 1, (int)(deadline - t));
-		sp_shard_msg_t m;
-		while (read(sup->notify_r, &m, sizeof(m)) == (ssize_t)sizeof(m)) {
-			on_shard_msg(sup, &m);
-			if (m.gen == g->id && m.event == SP_SHARD_EV_FAILED)
-				goto fail;
-		}
+		poll(&pfd, 1, g->ready_by > t ? (int)(g->ready_by - t) : 0);
+		sp_gen_read_notify(sup);
 		/* A shard that died before reporting never will. */
 		for (unsigned i = 0; i < g->nslots; i++) {
 			int status;
@@ -509,15 +529,15 @@ int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
 				retire_slot(sup, g, i);
 				sp_error("shard %u (generation %u) exited during start-up", i,
 					 g->id);
-				goto fail;
+				g->start_failed = true;
 			}
 		}
 	}
-	sup->starting = NULL;
+	if (st < 0) {
+		sp_gen_kill(sup, g);
+		return -1;
+	}
 	return 0;
-fail:
-	sp_gen_kill(sup, g);
-	return -1;
 }
 
 void sp_gen_kill(sp_sup_t *sup, sp_gen_t *g)
@@ -577,14 +597,23 @@ static void describe_status(int status, char *buf, size_t len)
 
 static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 {
-	for (int k = 0; k < 2; k++) {
-		sp_gen_t *g = k == 0 ? sup->cur : sup->old;
-		if (!g)
+	for (int k = 0; k < 3; k++) {
+		sp_gen_t *g = k == 0 ? sup->cur : k == 1 ? sup->old : sup->starting;
+		if (!g || (k == 2 && g == sup->cur))
 			continue;
 		for (unsigned i = 0; i < g->nslots; i++) {
 			sp_proc_t *p = &g->procs[i];
 			if (p->pid != pid || p->state == PROC_NONE)
 				continue;
+			if (g == sup->starting && g != sup->cur) {
+				/* A shard of a reload's new generation died before all
+				 * were ready: that reload failed (reload_progress). */
+				p->state = PROC_NONE;
+				retire_slot(sup, g, i);
+				sp_error("shard %u (generation %u) exited during start-up", i, g->id);
+				g->start_failed = true;
+				return;
+			}
 			bool expected = p->state == PROC_DRAINING || sup->stopping;
 			p->state = PROC_NONE;
 			forget_sessions(sup, g, i);

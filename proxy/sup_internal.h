@@ -46,10 +46,16 @@ typedef struct {
 	sp_conf_t *conf;
 	uint32_t id;
 	uint32_t nslots;
-	uint64_t kill_at; /* draining: SIGKILL what is left at this time */
+	uint64_t kill_at;  /* draining: SIGKILL what is left at this time */
+	uint64_t ready_by; /* starting: not all ready by then is a failed start */
+	bool start_failed; /* starting: a shard failed or died before it was ready */
 	sp_health_t *health;
 	int access_fd; /* log.access_log's file, opened for this generation; -1: stderr */
 	int group_of[SP_SHARD_MAX_LISTENERS]; /* conf listener -> group index */
+	/* The group's sockets when this generation was prepared: its shards
+	 * accept on these only, not on slots a later reload adds (and may close
+	 * again if it fails). */
+	unsigned nfds_of[SP_SHARD_MAX_LISTENERS];
 	/* Sockets per group before this generation was prepared: what
 	 * abandoning it closes again (groups from ngroups_before on are new). */
 	unsigned nfds_before[SP_MAX_GROUPS];
@@ -63,7 +69,7 @@ typedef struct {
 	unsigned ngroups;
 	sp_gen_t gens[2];
 	sp_gen_t *cur, *old;
-	sp_gen_t *starting; /* being started by sp_gen_start(), not yet cur */
+	sp_gen_t *starting; /* spawned by sp_gen_spawn, not all ready yet */
 	uint32_t next_gen;
 	int cpus[SP_MAX_SLOTS];
 	unsigned ncpus;
@@ -110,8 +116,16 @@ static inline sp_shard_stats_t *sp_gen_stats(const sp_sup_t *sup, const sp_gen_t
  * why; a reload then gives the entry up with sp_gen_abandon. */
 int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen_t **out, char *err,
 		   size_t errlen);
-/* Fork every shard of g and wait until all have armed their accepts.
- * 0, or -1 with every shard of g gone (the reason is logged). */
+/* Fork every shard of g and return at once: g is sup->starting until
+ * sp_gen_start_poll says how it went. 0, or -1 with every shard of g gone. */
+int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g);
+/* Where g's start stands, from what the loop has read (notify pipe,
+ * SIGCHLD): 1 all shards ready (g is no longer sup->starting), 0 not yet,
+ * -1 failed (a shard failed or died, or READY_TIMEOUT_MS passed; logged).
+ * On -1 the caller kills g (sp_gen_kill). */
+int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g);
+/* sp_gen_spawn, then wait for the result here: for start-up only, when
+ * there is nothing else to serve yet. 0, or -1 with every shard of g gone. */
 int sp_gen_start(sp_sup_t *sup, sp_gen_t *g);
 /* SIGKILL every shard of g and wait for them (a generation that failed to
  * start, or start-up that cannot go on); its health checks stop. */

@@ -91,16 +91,73 @@ static void notify_ready(sp_sup_t *sup)
 		     failed ? sup->last_reload_error : "");
 }
 
+static void reload_failed(sp_sup_t *sup, sp_gen_t *g, const char *err)
+{
+	sup->reloads_failed++;
+	sup->last_reload_ok = false;
+	snprintf(sup->last_reload_error, sizeof(sup->last_reload_error), "%s", err);
+	sp_error("reload failed: %s; generation %u keeps serving", err, sup->cur->id);
+	sp_gen_abandon(sup, g);
+	notify_ready(sup);
+}
+
+/* Every shard of g is ready: it accepts; the old generation stops and drains. */
+static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
+{
+	sup->old = sup->cur;
+	sup->cur = g;
+	sp_gen_drain(sup->old);
+	for (unsigned i = 0; i < g->nslots; i++)
+		sp_steering_live(sup, i, true);
+	for (unsigned i = g->nslots; i < sup->old->nslots; i++)
+		sp_steering_live(sup, i, false);
+	sup->reloads_ok++;
+	sup->last_reload_ok = true;
+	sup->last_reload_error[0] = '\0';
+	if (sup->admin && memcmp(&g->conf->admin.listen.ss, &sup->old->conf->admin.listen.ss,
+				 sizeof(g->conf->admin.listen.ss)) != 0)
+		sp_warn("admin.listen changed: the admin endpoint moves only on a restart");
+	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
+		sup->old->id);
+	notify_ready(sup);
+}
+
+static void reload(sp_sup_t *sup);
+
+/* The wait for a reload's new generation is part of the loop: each turn
+ * looks at how its start stands, so signals, shard restarts, health checks
+ * and the admin endpoint go on meanwhile. */
+static void reload_progress(sp_sup_t *sup)
+{
+	sp_gen_t *g = sup->starting;
+	char err[128];
+	if (!g || g == sup->cur)
+		return;
+	int st = sp_gen_start_poll(sup, g);
+	if (st > 0) {
+		reload_commit(sup, g);
+	} else if (st < 0) {
+		sp_gen_kill(sup, g);
+		snprintf(err, sizeof(err), "generation %u did not start", g->id);
+		reload_failed(sup, g, err);
+		if (sup->reload_pending && !sup->stopping)
+			reload(sup);
+	}
+}
+
 static void reload(sp_sup_t *sup)
 {
 	sp_conf_errors_t errs = {0};
 	char err[512];
 
-	if (sup->old) {
+	if (sup->old || sup->starting) {
 		/* At most two generations: the newest file is applied as soon as
-		 * the draining one is gone; repeated SIGHUPs meanwhile coalesce. */
+		 * the draining one is gone (or the starting one has started or
+		 * failed); repeated SIGHUPs meanwhile coalesce. */
 		if (!sup->reload_pending)
-			sp_info("reload queued: generation %u is still draining", sup->old->id);
+			sp_info("reload queued: generation %u is still %s",
+				sup->old ? sup->old->id : sup->starting->id,
+				sup->old ? "draining" : "starting");
 		sup->reload_pending = true;
 		return;
 	}
@@ -122,37 +179,15 @@ static void reload(sp_sup_t *sup)
 		return;
 	}
 	sp_gen_t *g;
-	if (sp_gen_prepare(sup, conf, sup->cur->conf, &g, err, sizeof(err)) < 0)
-		goto fail;
-	if (sp_gen_start(sup, g) < 0) {
-		snprintf(err, sizeof(err), "generation %u did not start", g->id);
-		goto fail;
+	if (sp_gen_prepare(sup, conf, sup->cur->conf, &g, err, sizeof(err)) < 0) {
+		reload_failed(sup, g, err);
+		return;
 	}
-	/* The new generation accepts; the old one stops and drains. */
-	sup->old = sup->cur;
-	sup->cur = g;
-	sp_gen_drain(sup->old);
-	for (unsigned i = 0; i < g->nslots; i++)
-		sp_steering_live(sup, i, true);
-	for (unsigned i = g->nslots; i < sup->old->nslots; i++)
-		sp_steering_live(sup, i, false);
-	sup->reloads_ok++;
-	sup->last_reload_ok = true;
-	sup->last_reload_error[0] = '\0';
-	if (sup->admin && memcmp(&g->conf->admin.listen.ss, &sup->old->conf->admin.listen.ss,
-				 sizeof(g->conf->admin.listen.ss)) != 0)
-		sp_warn("admin.listen changed: the admin endpoint moves only on a restart");
-	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
-		sup->old->id);
-	notify_ready(sup);
-	return;
-fail:
-	sup->reloads_failed++;
-	sup->last_reload_ok = false;
-	snprintf(sup->last_reload_error, sizeof(sup->last_reload_error), "%s", err);
-	sp_error("reload failed: %s; generation %u keeps serving", err, sup->cur->id);
-	sp_gen_abandon(sup, g);
-	notify_ready(sup);
+	if (sp_gen_spawn(sup, g) < 0) {
+		snprintf(err, sizeof(err), "generation %u did not start", g->id);
+		reload_failed(sup, g, err);
+	}
+	/* else reload_progress finishes it, from the loop */
 }
 
 /* ---- children --------------------------------------------------------------------- */
@@ -200,6 +235,8 @@ static int next_timeout(const sp_sup_t *sup)
 		next = sup->old->kill_at;
 	if (sup->stop_kill_at && sup->stop_kill_at < next)
 		next = sup->stop_kill_at;
+	if (sup->starting && sup->starting->ready_by < next)
+		next = sup->starting->ready_by;
 	if (next == UINT64_MAX)
 		return -1;
 	return next <= t ? 0 : (int)(next - t);
@@ -213,6 +250,15 @@ static void begin_stop(sp_sup_t *sup, int sig)
 			if (sup->gens[k].conf)
 				sp_gen_signal(&sup->gens[k], SIGKILL);
 		return;
+	}
+	if (sup->starting && sup->starting != sup->cur) {
+		/* A reload's generation that is not serving yet has nothing to
+		 * drain: it goes, and what it opened with it. */
+		sp_gen_t *g = sup->starting;
+		sp_warn("reload abandoned: stopping; generation %u will not start", g->id);
+		sp_gen_kill(sup, g);
+		sp_gen_abandon(sup, g);
+		sup->reload_pending = false;
 	}
 	sup->stopping = true;
 	sp_sdnotifyf("STOPPING=1\nSTATUS=draining after %s", strsignal(sig));
@@ -388,6 +434,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 			while (read(sup->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 				on_signal(sup, &si);
 		}
+		reload_progress(sup);
 		run_timers(sup);
 	}
 	/* Reap whatever is left, so no shard outlives its supervisor. */
