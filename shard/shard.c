@@ -143,6 +143,8 @@ void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err)
 	sp_timer_arm(&sh->timers, &sh->accept_timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
 }
 
+static void last_accepts(sp_shard_t *sh, unsigned i);
+
 static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flags)
 {
 	sp_shard_t *sh = ctx;
@@ -164,7 +166,9 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flag
 			sh->conf->listeners[sh->accepts[i].listener].name, strerror(-res));
 		sp_shard_pause_accepts(sh, "accept", -res);
 	}
-	if (!sh->accepts[i].armed)
+	if (!sh->accepts[i].armed && sh->draining)
+		last_accepts(sh, i);
+	else if (!sh->accepts[i].armed)
 		rearm_accepts(sh);
 }
 
@@ -191,21 +195,40 @@ static void on_drain_timer(sp_timer_t *t, void *arg)
 }
 
 /* Stop accepting and close this shard's copies of the listening sockets at
- * once: once the supervisor and every other shard have closed theirs too,
- * the socket is gone and a new client is refused (retries elsewhere)
- * instead of waiting in a backlog nobody accepts from. On a reload the new
- * generation and the supervisor still hold the sockets, so nothing queued is
- * lost. An accept still in flight holds its own reference until its cancel
- * completes. */
+ * once (an armed accept's, when its cancel completes: last_accepts): once
+ * the supervisor and every other shard have closed theirs too, the socket
+ * is gone and a new client is refused (retries elsewhere) instead of
+ * waiting in a backlog nobody accepts from. On a reload the new generation
+ * and the supervisor still hold the sockets, so nothing queued is lost. */
+/* A draining shard's last look at a listening socket, once no accept of its
+ * own is in flight there, then its close. Waiting accepts are woken
+ * exclusively, one per new connection: if the one woken was this shard's
+ * accept, cancelled before it took the connection, the other shards on the
+ * socket (the new generation's, on a reload) were not woken for it, and it
+ * would wait in the backlog until the next connection came. Whatever is
+ * queued now is this shard's to serve; anything later wakes the others. */
+static void last_accepts(sp_shard_t *sh, unsigned i)
+{
+	int lfd = sh->accepts[i].fd;
+	if (lfd < 0)
+		return;
+	for (unsigned n = 0; n < 64; n++) { /* the session pool's slack */
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			break;
+		sp_session_accepted(sh, i, fd);
+	}
+	close(lfd);
+	sh->accepts[i].fd = -1;
+}
+
 static void start_drain(sp_shard_t *sh)
 {
 	sh->draining = true;
 	stop_accepts(sh);
 	for (unsigned i = 0; i < sh->naccepts; i++)
-		if (sh->accepts[i].fd >= 0) {
-			close(sh->accepts[i].fd);
-			sh->accepts[i].fd = -1;
-		}
+		if (!sh->accepts[i].armed)
+			last_accepts(sh, i);
 	sp_timer_arm(&sh->timers, &sh->drain_timer, sh->now_ms + sh->conf->limits.drain_timeout_ms);
 }
 

@@ -128,3 +128,26 @@ def test_reload_with_slow_new_generation_healthz_answers_and_killed_shard_restar
           "before %s" % (p.shards(), old))
     p.expect_log(r"reload: generation 2 ready", timeout_s=delay + 10, after=m)
     lib.check_echo(port, b"served after the slow reload", up)
+
+
+@lib.timeout(120)
+def test_first_connections_after_each_of_15_reloads_are_served_at_once(t):
+    """A draining shard's accept that was woken for a connection and then
+    cancelled must not leave that connection waiting in the backlog for the
+    next one to come (the new generation's shard was not woken for it)."""
+    up = t.echo()
+    port = lib.free_port()
+    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
+                      workers=2)
+    p = t.proxy(conf)
+    for gen in range(2, 17):
+        for i in range(3):
+            lib.check_echo(port, b"a" * 1000, up, timeout_s=3)
+        m = p.reload()
+        p.expect_log(r"reload: generation %d ready" % gen, timeout_s=10, after=m)
+        for i in range(3):
+            t0 = time.monotonic()
+            lib.check_echo(port, b"b" * 1003, up, timeout_s=2,
+                           what="reload %d, connection %d after it:" % (gen - 1, i))
+            dt = time.monotonic() - t0
+            check(dt < 1.5, "reload %d, connection %d after it took %.2f s" % (gen - 1, i, dt))
