@@ -92,7 +92,9 @@ def _slow_start_wrapper(t, delay_s):
         raise lib.Skip("strace is not installed")
     path = os.path.join(t.tmpdir, "slow-shardproxy")
     with open(path, "w") as f:
-        f.write("#!/bin/sh\nexec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=io_uring_setup "
+        # LeakSanitizer cannot run under ptrace (SANITIZE=1 builds)
+        f.write("#!/bin/sh\nASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\" "
+                "exec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=io_uring_setup "
                 "-e inject=io_uring_setup:delay_enter=%d %s \"$@\"\n"
                 % (strace, int(delay_s * 1e6), t.binary))
     os.chmod(path, 0o755)
