@@ -80,7 +80,8 @@ def test_sigterm_during_a_reload_drain_refuses_new_connections_within_1s(t):
     lib.roundtrip(new, b"new generation")
     p.signal(signal.SIGTERM)
     _check_released_within_1s(p, port, "SIGTERM during a reload's drain")
-    lib.roundtrip(new, b"still")
+    # (new may have been taken by an old shard just before its accept was
+    # cancelled; a stop closes the old generation's sessions at once.)
     new.close()
     old.close()
     check(p.wait_exit(10) == 0, "exit status %s; log:\n%s" % (p.returncode, p.tail()))
