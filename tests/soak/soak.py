@@ -1170,8 +1170,11 @@ class Soak:
         out.append("failed reloads: %d tried (%d invalid file, %d listener port in use), %d rejected cleanly"
                    % (len(fa), sum(1 for k, _, _ in fa if k == "invalid"), sum(1 for k, _, _ in fa if k != "invalid"),
                       sum(1 for _, ok, _ in fa if ok)))
-        criterion(fa and all(ok for _, ok, _ in fa), "every bad reload failed and released what it bound%s"
-                  % ("" if all(ok for _, ok, _ in fa) else ": " + "; ".join(d for _, ok, d in fa if not ok)[:300]))
+        bad = [(k, d) for k, ok, d in fa if not ok]
+        criterion(fa and not bad, "every bad reload failed and released what it bound%s" % "".join(
+            "; %d of %d %s: %s" % (sum(1 for k2, _ in bad if k2 == k), sum(1 for k2, _, _ in fa if k2 == k), k,
+                                   next(d for k2, d in bad if k2 == k))
+            for k in sorted(set(k for k, _ in bad))))
         criterion(len(failed_lines) == len(fa), "reloads failing unexpectedly: %d%s" % (
             len(failed_lines) - len(fa), (" (" + failed_lines[0][1] + ")") if len(failed_lines) > len(fa) else ""))
         # Every SIGHUP applies or is coalesced into a queued one; at least one in
