@@ -400,9 +400,14 @@ class Cluster:
         # went to (set after routing, in forward); restored on every packet
         # from the client, where `ip rule fwmark` can see it.
         marks = ", ".join('"rp%d" : %d' % (i, i) for i in range(1, n + 1))
-        nft = ("table ip spc {\n"
+        # Named counters: new flows the router sent to each instance, the
+        # router's own record that nothing new reaches a removed one.
+        counters = "".join("  counter new_p%d { }\n" % i for i in range(1, n + 1))
+        count = "".join('    ip daddr %s ct state new oifname "rp%d" counter name "new_p%d"\n' % (VIP, i, i)
+                        for i in range(1, n + 1))
+        nft = ("table ip spc {\n" + counters +
                "  chain mark_new {\n    type filter hook forward priority mangle; policy accept;\n"
-               "    ip daddr %s ct state new ct mark set oifname map { %s }\n  }\n"
+               "    ip daddr %s ct state new ct mark set oifname map { %s }\n" + count + "  }\n"
                "  chain restore {\n    type filter hook prerouting priority mangle; policy accept;\n"
                "    iifname \"rc\" meta mark set ct mark\n  }\n}\n") % (VIP, marks)
         path = os.path.join(self.logdir, "router.nft")
@@ -495,6 +500,12 @@ class Cluster:
     def unpin(self, i):
         self.ip("router", "rule", "del", "pref", str(1000 + i))
         self.pinned.discard(i)
+
+    def new_flows(self, i):
+        """SYNs (conntrack state new) the router forwarded to instance i."""
+        p = self.run(["nft", "list", "counter", "ip", "spc", "new_p%d" % i], ns="router")
+        m = re.search(r"packets (\d+)", p.stdout)
+        return int(m.group(1)) if m else None
 
     def buckets(self):
         p = self.ip("router", "nexthop", "bucket", "show", "id", str(GROUP))
@@ -599,8 +610,10 @@ class Cluster:
         if pin:
             self.pin(i)
         self.set_group([k for k in self.group if k != i])
+        ctr_change = self.new_flows(i)
         acc_change = self.accepted(i)
-        self.log("  group %d = %s; p%d accepted %s at the change" % (GROUP, self.group_text(), i, acc_change))
+        self.log("  group %d = %s; p%d accepted %s at the change; the router had sent it %s new flows"
+                 % (GROUP, self.group_text(), i, acc_change, ctr_change))
         time.sleep(a.settle_s)
         acc_settle = self.accepted(i)
         os.kill(self.sup[i], signal.SIGTERM)
@@ -632,14 +645,24 @@ class Cluster:
                                wrk_clean=False)
         if not on:
             problems.append("no transfer ran through p%d" % i)
-        if acc_change is None or acc_settle != acc_change or last != acc_change:
+        # Nothing new reaches it: the router forwarded no new flow to it after
+        # the change, and it accepted nothing from then on. A connection the
+        # router sent it just before the change may still be accepted just
+        # after (a busy shard); the router's counter tells those apart.
+        ctr_end = self.new_flows(i)
+        late_routed = None if ctr_end is None or ctr_change is None else ctr_end - ctr_change
+        if late_routed != 0:
+            problems.append("the router sent p%d %s new flow(s) after the group change" % (i, late_routed))
+        if acc_change is None or last != acc_settle:
             problems.append("p%d accepted %s at the change, %s %.0f s later, %s at its exit"
                             % (i, acc_change, acc_settle, a.settle_s, last))
         if status != 0:
             problems.append("p%d exit status %s after SIGTERM" % (i, status))
-        figure = ("accepted after the change: %s; drained and exited %s in %.1f s"
-                  % ("0" if acc_change is not None and last == acc_change else "%s -> %s" % (acc_change, last),
-                     status, drained_s))
+        in_flight = (acc_settle - acc_change) if acc_change is not None and acc_settle is not None else None
+        figure = ("new flows routed to p%d after the change: %s; accepted after the change: %s%s; "
+                  "drained and exited %s in %.1f s"
+                  % (i, late_routed, last - acc_change if acc_change is not None and last is not None else "?",
+                     " (routed before it)" if in_flight else "", status, drained_s))
         if not pin:
             figure = ("measured: p%d transfers broken %d/%d (%s); " % (
                 i, sum(1 for t in on if not t["ok"]), len(on),
