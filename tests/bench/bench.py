@@ -434,10 +434,14 @@ def run_pgbench(port, duration, timeout_s):
 
 def redis_run(ctx, variant, wname, port, depth):
     """One redis-benchmark run sized to last about --rc-duration seconds: the
-    request count comes from this variant's last rate for this workload (else the
-    calibration against redis-server directly)."""
+    request count comes from this variant's last rate for this workload, else
+    from the slowest rate any variant had so far, else from 0.4 × the
+    calibration against redis-server directly (a proxy in between is slower),
+    so that a first run is shorter rather than longer than planned."""
     a = ctx.args
-    rate = ctx.redis_rate.get((variant, wname)) or ctx.redis_rate.get(wname) or 20000.0 * depth
+    seen = [r for (v, w), r in ctx.redis_rate.items() if w == wname and v is not None]
+    rate = ctx.redis_rate.get((variant, wname)) or (min(seen) if seen else None) \
+        or 0.4 * ctx.redis_rate.get((None, wname), 20000.0 * depth)
     n = int(min(max(rate * a.rc_duration / 2, 2000), 5_000_000))
     r = run_redis_benchmark(port, n, depth, a.rc_duration * 6 + 30)
     if r["rps"]:
@@ -1026,7 +1030,9 @@ def run_variant(ctx, name, rep):
             sampler = Sampler(root) if root else None
             if sampler:
                 sampler.start()
+            t_w = time.monotonic()
             w = runner()
+            res["t_" + wname] = time.monotonic() - t_w
             if sampler:
                 sampler.stop()
                 iowq_max = max(iowq_max, sampler.max_iowq)
@@ -1061,7 +1067,9 @@ def run_variant(ctx, name, rep):
         res["iowq"] = iowq_max if root else None
 
         # idle connections
-        if server and server.alive() and a.idle > 0 and "idle" in a.workloads:
+        if server and server.alive() and a.idle > 0 and "idle" in a.workloads \
+                and (rep < a.idle_repeats or name not in ctx.idle_done):
+            t_w = time.monotonic()
             time.sleep(0.5)
             pids = server.pids()
             pss0 = pss_kib(pids)
@@ -1080,6 +1088,9 @@ def run_variant(ctx, name, rep):
                                                  sorted(shard_counts(admin_stats(server)).items())]
             finally:
                 release_idle(procs)
+                res["t_idle"] = time.monotonic() - t_w
+                if ok:
+                    ctx.idle_done.add(name)
         if server and server.admin_port:
             st = shard_counts(admin_stats(server))
             pids1 = {k: v[4] for k, v in st.items()}
@@ -1361,8 +1372,10 @@ METHOD = """\
   - pgbench: `pgbench -S -c 16 -j 2 -T {rc_duration} -n` (select-only, one
     session per client for the whole run) → tps without the initial
     connection time;
-  - idle: {idle} connections opened by {idle_clients} Python client processes,
-    one `GET /` answered on each, then held open; PSS
+  - idle (in the first {idle_repeats} repeat(s) only: it moves little from one
+    repeat to the next, and takes time): {idle} connections opened by
+    {idle_clients} Python client processes, one `GET /` answered on each, then
+    held open; PSS
     (`/proc/PID/smaps_rollup`, summed over all of the proxy's processes) with
     them minus PSS just before, divided by the connections; and the total PSS
     with them, since a proxy that allocates its connection slots up front (as
@@ -1510,7 +1523,8 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
                             duration=a.duration, idle=a.idle, idle_clients=a.idle_clients,
                             idle_note=idle_note, tck=1000 // CLK_TCK,
                             backend_workers=a.backend_workers, nproc=info["nproc"],
-                            pg_scale=PG_SCALE, rc_duration=a.rc_duration))
+                            pg_scale=PG_SCALE, rc_duration=a.rc_duration,
+                            idle_repeats=a.idle_repeats))
     if a.hog is not None:
         md.append("This run had `--hog %d`: a Python busy loop pinned to CPU %d for the whole "
                   "run (a box shared with a busy process).\n" % (a.hog, a.hog))
@@ -1958,6 +1972,9 @@ def parse_args(argv):
                     help="backend processes (default: workers)")
     ap.add_argument("--idle", type=int, default=None, help="idle connections to hold")
     ap.add_argument("--idle-clients", type=int, default=None)
+    ap.add_argument("--idle-repeats", type=int, default=1,
+                    help="hold the idle connections in this many repeats (default 1: PSS per "
+                         "connection moves little from one repeat to the next)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop starting new repeats after this many seconds")
     ap.add_argument("--scaling", action="store_true",
@@ -1986,7 +2003,7 @@ def parse_args(argv):
     if a.backend_workers is None:
         a.backend_workers = a.workers
     if a.time_limit is None:
-        a.time_limit = 150 if a.quick else 690
+        a.time_limit = 150 if a.quick else 720
     return a
 
 
@@ -2109,6 +2126,7 @@ def main(argv):
     notes = []
     ctx.redis = ctx.pg = None
     ctx.redis_rate = {}
+    ctx.idle_done = set()
     if any(w.startswith("redis") for w in a.workloads):
         if shutil.which("redis-server") and shutil.which("redis-benchmark"):
             ctx.redis = start_redis()
@@ -2117,7 +2135,7 @@ def main(argv):
                 for wname, (_label, depth) in REDIS_WORKLOADS.items():
                     r = run_redis_benchmark(ctx.redis.port, 5000 * depth, depth, 60)
                     if r["rps"]:
-                        ctx.redis_rate[wname] = r["rps"]
+                        ctx.redis_rate[(None, wname)] = r["rps"]
         else:
             notes.append("redis workloads skipped: redis-server or redis-benchmark not installed "
                          "(make deps)")
@@ -2169,6 +2187,8 @@ def main(argv):
             if r.get("idle") and r["idle"].get("per_conn_kib") is not None:
                 brief.append("idle %.2f KiB/conn" % r["idle"]["per_conn_kib"])
             say("  %s%s" % (", ".join(brief), ("; " + "; ".join(r["notes"])) if r["notes"] else ""))
+            say("  (%s)" % ", ".join("%s %.1f s" % (k[2:], v) for k, v in r.items()
+                                     if k.startswith("t_")))
             for n in r["notes"]:
                 notes.append("%s (repeat %d): %s" % (v, rep + 1, n))
         repeats_done += 1
