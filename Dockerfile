@@ -21,9 +21,9 @@ RUN make deps-build && make -j"$(nproc)" build/shardproxy && strip build/shardpr
 FROM debian:12-slim
 ARG DEBIAN_FRONTEND=noninteractive
 # The binary's shared libraries (ldd build/shardproxy): liburing, libbpf,
-# jansson, libelf (zlib and libc are in the base image).
+# jansson, c-ares, libelf (zlib and libc are in the base image).
 RUN apt-get update -q \
- && apt-get install -y -q --no-install-recommends liburing2 libbpf1 libjansson4 libelf1 \
+ && apt-get install -y -q --no-install-recommends liburing2 libbpf1 libjansson4 libc-ares2 libelf1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin shardproxy \

@@ -28,13 +28,13 @@ CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
 	  -D_GNU_SOURCE -I. -I$(BUILD) $(SANFLAGS) -MMD -MP
 LDFLAGS += $(SANFLAGS)
-LDLIBS := -luring -lbpf -ljansson -lelf -lz -lm
+LDLIBS := -luring -lbpf -ljansson -lcares -lelf -lz -lm
 
 # Packages a fresh Debian 12 needs to build the binary (BUILD_PKGS: what the
 # Dockerfile's build stage installs, through `make deps-build`), and on top of
 # them for tests and bench.
 BUILD_PKGS := gcc make pkg-config libc6-dev linux-libc-dev liburing-dev libbpf-dev \
-	libelf-dev zlib1g-dev libjansson-dev bpftool clang llvm
+	libelf-dev zlib1g-dev libjansson-dev libc-ares-dev bpftool clang llvm
 PKGS := $(BUILD_PKGS) libcmocka-dev libseccomp-dev \
 	python3 wrk curl haproxy nginx libnginx-mod-stream procps iproute2 util-linux \
 	valgrind cppcheck clang-format prometheus openssl \
