@@ -194,13 +194,15 @@ unsigned sp_resolver_pending(const sp_resolver_t *r)
 int sp_resolver_pollfds(const sp_resolver_t *r, struct pollfd *pfds, int max)
 {
 	ares_socket_t socks[ARES_GETSOCK_MAXNUM];
-	int bits = ares_getsock(r->ch, socks, ARES_GETSOCK_MAXNUM);
+	/* The bitmask read unsigned: ARES_GETSOCK_WRITABLE(bits, 15) would
+	 * shift a signed 1 into the sign bit. */
+	unsigned bits = (unsigned)ares_getsock(r->ch, socks, ARES_GETSOCK_MAXNUM);
 	int n = 0;
 	for (int i = 0; i < ARES_GETSOCK_MAXNUM && n < max; i++) {
 		short ev = 0;
-		if (ARES_GETSOCK_READABLE(bits, i))
+		if (bits >> i & 1u)
 			ev |= POLLIN;
-		if (ARES_GETSOCK_WRITABLE(bits, i))
+		if (bits >> (i + ARES_GETSOCK_MAXNUM) & 1u)
 			ev |= POLLOUT;
 		if (!ev)
 			continue;
