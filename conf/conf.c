@@ -8,6 +8,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
+#ifndef SP_CONF_NUMERIC_ONLY
+#include <ares.h>
+#endif
 #include <grp.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -69,6 +72,7 @@ struct conf_field {
 	bool required;
 	bool nullable;		  /* null is accepted and means "use the default" */
 	bool passive;		  /* F_ADDR: a listen address ("*" allowed, AI_PASSIVE) */
+	bool names_later;	  /* F_ADDR: an upstream server's; names go to the resolver */
 	long long def, min, max;  /* default (INT/BOOL/ENUM); range (INT) or element count */
 	const char *const *names; /* F_ENUM */
 	size_t nnames;
@@ -282,13 +286,60 @@ static int set_name(ctx_t *c, json_t *v, size_t node, char *dst)
 	return 0;
 }
 
+static bool valid_hostname(const char *s);
+
+/* A listen address's host name comes from /etc/hosts only: a socket binds
+ * a local address, which DNS does not know, and asking it would block. A
+ * name with both families takes its IPv4 address ("localhost" is then
+ * 127.0.0.1 whatever the file's order). */
+static int hosts_lookup(const char *host, const char *port, struct sockaddr_storage *ss,
+			socklen_t *len)
+{
+#ifdef SP_CONF_NUMERIC_ONLY /* the fuzzer: no file access */
+	(void)host, (void)port, (void)ss, (void)len;
+	return -ENOENT;
+#else
+	static const int fams[] = {AF_INET, AF_INET6};
+	ares_channel ch;
+	/* c-ares 1.18 reads the hosts file only through a channel (creating one
+	 * reads resolv.conf, and sends nothing). */
+	if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS || ares_init(&ch) != ARES_SUCCESS)
+		return -ENOMEM;
+	for (size_t i = 0; i < ARRAY_SIZE(fams); i++) {
+		struct hostent *he = NULL;
+		if (ares_gethostbyname_file(ch, host, fams[i], &he) != ARES_SUCCESS || !he)
+			continue;
+		memset(ss, 0, sizeof(*ss));
+		if (fams[i] == AF_INET) {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+			s4->sin_family = AF_INET;
+			s4->sin_port = htons((uint16_t)atoi(port));
+			memcpy(&s4->sin_addr, he->h_addr_list[0], 4);
+			*len = sizeof(*s4);
+		} else {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+			s6->sin6_family = AF_INET6;
+			s6->sin6_port = htons((uint16_t)atoi(port));
+			memcpy(&s6->sin6_addr, he->h_addr_list[0], 16);
+			*len = sizeof(*s6);
+		}
+		ares_free_hostent(he);
+		ares_destroy(ch);
+		return 0;
+	}
+	ares_destroy(ch);
+	return -ENOENT;
+#endif
+}
+
 /* "host:port", "[v6]:port", or for listen addresses "*:port" (0.0.0.0).
- * A name resolving to both families takes its first IPv4 address: "localhost"
- * is then 127.0.0.1 whatever the resolver's order, like most servers listen. */
+ * An IP address is filled in at once. A host name is, for a listen address,
+ * looked up in /etc/hosts; for an upstream server (f->names_later), left to
+ * the supervisor's resolver, with the server marked dns. */
 static int set_addr(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, void *base)
 {
 	sp_addr_t *a = (sp_addr_t *)((char *)base + f->off);
-	char host[sizeof(a->text)], q[160];
+	char host[sizeof(a->text)], q[160], qh[80];
 	const char *port, *sep;
 	bool v6 = false;
 
@@ -334,35 +385,57 @@ static int set_addr(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, voi
 		return err_at(c, node, "invalid port in %s: must be 1 to 65535",
 			      quote(s, q, sizeof(q)));
 
+	/* Numeric only: this never asks a resolver. */
 	struct addrinfo hints = {.ai_family = v6 ? AF_INET6 : AF_UNSPEC,
 				 .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_NUMERICSERV | (v6 ? AI_NUMERICHOST : 0) |
+				 .ai_flags = AI_NUMERICSERV | AI_NUMERICHOST |
 					     (f->passive ? AI_PASSIVE : 0)};
-	struct addrinfo *res = NULL, *pick = NULL;
-#ifdef SP_CONF_NUMERIC_ONLY /* the fuzzer: never ask a resolver */
-	hints.ai_flags |= AI_NUMERICHOST;
-#endif
+	struct addrinfo *res = NULL;
 	int rc = getaddrinfo(host, port, &hints, &res);
-	if (rc)
-		return err_at(c, node, "cannot resolve %s: %s", quote(host, q, sizeof(q)),
-			      rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		if (ai->ai_family == AF_INET) {
-			pick = ai;
-			break;
+	if (rc == 0 && res->ai_addrlen <= sizeof(a->ss)) {
+		memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+		a->len = res->ai_addrlen;
+	} else if (v6) {
+		if (res)
+			freeaddrinfo(res);
+		return err_at(c, node, "invalid address %s: %s is not an IPv6 address",
+			      quote(s, q, sizeof(q)), quote(host, qh, sizeof(qh)));
+	} else {
+		for (char *p = host; *p; p++)
+			if (*p >= 'A' && *p <= 'Z')
+				*p = (char)(*p + 32);
+		if (!valid_hostname(host)) {
+			if (res)
+				freeaddrinfo(res);
+			return err_at(c, node, "invalid address %s: %s is neither an IP address "
+					       "nor a host name",
+				      quote(s, q, sizeof(q)), quote(host, qh, sizeof(qh)));
 		}
-		if (ai->ai_family == AF_INET6 && !pick)
-			pick = ai;
+		if (f->names_later) {
+			sp_server_t *srv = base;
+			sp_jpos_t at = sp_jmap_pos(c->map, node);
+			srv->dns = true;
+			srv->port = (uint16_t)atoi(port);
+			snprintf(srv->host, sizeof(srv->host), "%s", host);
+			int w = at.line ? snprintf(srv->where, sizeof(srv->where), "%s:%u:%u: %s",
+						   c->file, at.line, at.col, c->path)
+					: snprintf(srv->where, sizeof(srv->where), "%s: %s", c->file,
+						   c->path);
+			if (w >= (int)sizeof(srv->where)) /* a very long path: keep its end */
+				memcpy(srv->where + sizeof(srv->where) - 4, "...", 4);
+			a->len = 0;
+		} else if (hosts_lookup(host, port, &a->ss, &a->len) < 0) {
+			if (res)
+				freeaddrinfo(res);
+			return err_at(c, node,
+				      "cannot resolve %s: not an IP address and not in /etc/hosts "
+				      "(a listen address is never looked up in DNS)",
+				      quote(host, q, sizeof(q)));
+		}
 	}
-	if (!pick || pick->ai_addrlen > sizeof(a->ss)) {
+	if (res)
 		freeaddrinfo(res);
-		return err_at(c, node, "cannot resolve %s: no IPv4 or IPv6 address",
-			      quote(host, q, sizeof(q)));
-	}
-	memcpy(&a->ss, pick->ai_addr, pick->ai_addrlen);
-	a->len = pick->ai_addrlen;
 	memcpy(a->text, s, n + 1);
-	freeaddrinfo(res);
 	if (f->has_on)
 		*(bool *)((char *)base + f->off_on) = true;
 	return 0;
@@ -794,6 +867,90 @@ static void check_health(ctx_t *c, void *base, size_t node)
 			   h->interval_ms);
 }
 
+/* Each server written with a host name becomes SP_CONF_DNS_SLOTS entries
+ * in place (see conf.h), so the positions shards index by stay fixed while
+ * the resolver changes the addresses behind them. */
+static void expand_names(ctx_t *c, void *base, size_t node)
+{
+	sp_upstream_t *up = base;
+	size_t names = 0;
+
+	for (size_t i = 0; i < up->nservers; i++) {
+		up->servers[i].origin = (uint16_t)i;
+		names += up->servers[i].dns;
+	}
+	up->nnames = names;
+	if (!names)
+		return;
+	size_t total = up->nservers - names + names * SP_CONF_DNS_SLOTS;
+	if (total > SP_CONF_MAX_SERVERS) {
+		member_err(c, node, "servers",
+			   "%zu host names take %d entries each (one per address they may have): "
+			   "%zu in all, at most %d per upstream",
+			   names, SP_CONF_DNS_SLOTS, total, SP_CONF_MAX_SERVERS);
+		return;
+	}
+	sp_server_t *x = calloc(total, sizeof(*x));
+	if (!x) {
+		c->oom = true;
+		return;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < up->nservers; i++) {
+		unsigned slots = up->servers[i].dns ? SP_CONF_DNS_SLOTS : 1;
+		for (unsigned j = 0; j < slots; j++) {
+			x[k] = up->servers[i];
+			x[k++].dns_slot = (uint8_t)j;
+		}
+	}
+	free(up->servers);
+	up->servers = x;
+	up->nservers = total;
+}
+
+/* resolvers[]: nameservers are addresses (a name would need a nameserver). */
+static int resolver_elem(ctx_t *c, const char *s, size_t node, void *slot)
+{
+	/* Parsed as a server address is (a name is then only marked), so that
+	 * a name is refused instead of looked up. */
+	static const conf_field_t f = {.key = "resolvers", .names_later = true};
+	static sp_server_t tmp;
+	json_t *v = json_string(s);
+	sp_addr_t *a = slot;
+	char q[80];
+	if (!v) {
+		c->oom = true;
+		return -ENOMEM;
+	}
+	memset(&tmp, 0, sizeof(tmp));
+	int rc = set_addr(c, &f, v, node, &tmp);
+	json_decref(v);
+	*a = tmp.addr;
+	if (rc == 0 && tmp.dns)
+		return err_at(c, node, "invalid nameserver %s: expected an IP address and port, "
+				       "as in \"127.0.0.53:53\" or \"[::1]:53\"",
+			      quote(s, q, sizeof(q)));
+	return rc;
+}
+
+/* admin.socket: a path for an AF_UNIX socket (sun_path holds 107 bytes). */
+static int set_admin_socket(ctx_t *c, const conf_field_t *f, json_t *v, size_t node, void *base)
+{
+	sp_conf_t *conf = base;
+	char q[80];
+	(void)f;
+	if (!json_is_string(v))
+		return type_err(c, node, "a string or null", v);
+	const char *s = json_string_value(v);
+	size_t n = json_string_length(v);
+	if (n == 0 || strlen(s) != n || n >= sizeof(conf->admin.socket))
+		return err_at(c, node, "invalid socket path %s: expected 1 to %zu bytes, as in "
+				       "\"/run/shardproxy/admin.sock\"",
+			      quote(s, q, sizeof(q)), sizeof(conf->admin.socket) - 1);
+	memcpy(conf->admin.socket, s, n + 1);
+	return 0;
+}
+
 static void check_servers(ctx_t *c, void *arr, size_t n, size_t node)
 {
 	const sp_server_t *s = arr;
@@ -874,15 +1031,16 @@ _Static_assert(offsetof(sp_upstream_t, name) == 0, "check_unique_names needs nam
 #define ARRAY(k, T, m, s, lo, hi)                                                                  \
 	.key = k, .type = F_ARRAY, AT(T, m), .off_n = offsetof(T, n##m), .sub = &s, .min = lo,     \
 	.max = hi
-#define LIST(k, T, m, fn, et)                                                                      \
+#define LISTN(k, T, m, fn, et, hi)                                                                 \
 	.key = k, .type = F_LIST, AT(T, m), .off_n = offsetof(T, n##m), .elem = fn,                \
-	.elem_size = sizeof(et), .min = 1, .max = 65536
+	.elem_size = sizeof(et), .min = 1, .max = hi
+#define LIST(k, T, m, fn, et) LISTN(k, T, m, fn, et, 65536)
 #define CUSTOM(k, T, m, fn) .key = k, .type = F_CUSTOM, AT(T, m), .set = fn
 #define ON(T, m) .has_on = true, .off_on = offsetof(T, m)
 #define SCHEMA(T, tab) .size = sizeof(T), .fields = tab, .nfields = ARRAY_SIZE(tab)
 
 static const conf_field_t server_fields[] = {
-    {ADDR("address", sp_server_t, addr), .required = true},
+    {ADDR("address", sp_server_t, addr), .required = true, .names_later = true},
     {INT("weight", sp_server_t, weight, 1, 1, 256)},
     {BOOL("backup", sp_server_t, backup, false)},
 };
@@ -905,6 +1063,7 @@ static const conf_field_t upstream_fields[] = {
     {INT("connect_timeout_ms", sp_upstream_t, connect_timeout_ms, 2000, 1, 600000)},
     {INT("idle_timeout_ms", sp_upstream_t, idle_timeout_ms, 300000, 1, 86400000)},
     {INT("retries", sp_upstream_t, retries, 2, 0, 16)},
+    {INT("resolve_interval_ms", sp_upstream_t, resolve_interval_ms, 0, 100, 86400000)},
     {ENUM("send_proxy_protocol", sp_upstream_t, send_proxy_protocol, SP_PROXY_PROTO_NONE,
 	  proxy_proto_names),
      .nullable = true},
@@ -912,7 +1071,7 @@ static const conf_field_t upstream_fields[] = {
      ON(sp_upstream_t, health_check.enabled)},
 };
 static const conf_schema_t upstream_schema = {SCHEMA(sp_upstream_t, upstream_fields),
-					      .check_all = check_upstreams};
+					      .check = expand_names, .check_all = check_upstreams};
 
 static const conf_field_t match_fields[] = {
     {LIST("sni", sp_route_t, sni, sni_elem, char *)},
@@ -946,6 +1105,7 @@ static const conf_schema_t log_schema = {SCHEMA(sp_conf_t, log_fields)};
 static const conf_field_t admin_fields[] = {
     {ADDR("listen", sp_conf_t, admin.listen), .nullable = true, .passive = true,
      ON(sp_conf_t, admin.enabled)},
+    {CUSTOM("socket", sp_conf_t, admin.socket, set_admin_socket), .nullable = true},
 };
 static const conf_schema_t admin_schema = {SCHEMA(sp_conf_t, admin_fields)};
 
@@ -970,6 +1130,7 @@ static const conf_field_t root_fields[] = {
     {OBJECT("limits", limits_schema)},
     {CUSTOM("user", sp_conf_t, user, set_user)},
     {CUSTOM("group", sp_conf_t, group, set_group)},
+    {LISTN("resolvers", sp_conf_t, resolvers, resolver_elem, sp_addr_t, SP_CONF_MAX_RESOLVERS)},
     {ARRAY("upstreams", sp_conf_t, upstreams, upstream_schema, 1, 65536), .required = true},
     {ARRAY("listeners", sp_conf_t, listeners, listener_schema, 1, 65536), .required = true},
 };
@@ -1040,6 +1201,13 @@ sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,
 	c.conf = conf;
 	apply_defaults(&root_schema, conf);
 	parse_object(&c, &root_schema, root, sp_jmap_root(c.map), conf);
+	size_t total = 0;
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		total += conf->upstreams[u].nservers;
+	if (total > SP_CONF_MAX_TOTAL_SERVERS)
+		err_at(&c, sp_jmap_member(c.map, sp_jmap_root(c.map), "upstreams"),
+		       "%zu servers in all (host names count %d each); at most %d", total,
+		       SP_CONF_DNS_SLOTS, SP_CONF_MAX_TOTAL_SERVERS);
 	number_servers(conf);
 	goto out;
 oom:
@@ -1113,6 +1281,7 @@ void sp_conf_free(sp_conf_t *conf)
 		free(conf->upstreams[i].servers);
 	free(conf->listeners);
 	free(conf->upstreams);
+	free(conf->resolvers);
 	free(conf->log.access_log_path);
 	free(conf->path);
 	free(conf);

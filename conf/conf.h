@@ -17,6 +17,15 @@
 /* Servers are numbered across upstreams for the health verdicts and the
  * counters shards share with the supervisor; those arrays hold this many. */
 #define SP_CONF_MAX_SERVERS 65536
+/* Servers per upstream, host names' slots included (shard/balance.h's
+ * server sets are this wide). */
+#define SP_CONF_MAX_UPSTREAM_SERVERS 256
+/* A server written with a host name takes this many consecutive entries of
+ * its upstream's servers, one per address the name may have: shards index
+ * servers (balancer state, counters, health) by position, so the positions
+ * are fixed for a generation while the addresses behind them change. */
+#define SP_CONF_DNS_SLOTS 8
+#define SP_CONF_MAX_RESOLVERS 8
 
 typedef enum { SP_STEER_HASH, SP_STEER_CPU, SP_STEER_LEAST_CONN, SP_STEER_NONE } sp_steering_t;
 typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;
@@ -56,20 +65,27 @@ typedef struct {
 } sp_health_check_t;
 
 typedef struct {
-	sp_addr_t addr;
+	sp_addr_t addr;  /* text as written; ss/len resolved here for an IP address */
 	uint32_t weight; /* 1..256, default 1 */
 	bool backup;
+	/* A host name: not resolved by the parser (that would block) but by the
+	 * supervisor's asynchronous resolver (proxy/resolver.c), which writes
+	 * the addresses into shared memory; addr.len stays 0 here. */
+	bool dns;
+	uint8_t dns_slot; /* 0..SP_CONF_DNS_SLOTS-1: which address of the name */
+	uint16_t port;
+	uint16_t origin;  /* index of the server in the file's "servers" array */
+	char host[sizeof(((sp_addr_t *)0)->text)];
+	char where[192];  /* "file:line:col: upstreams[0].servers[1].address", for errors */
 } sp_server_t;
 
 typedef struct {
 	char name[SP_CONF_NAME_MAX];
 	sp_balance_t balance;
-	sp_server_t *servers;
-	size_t nservers; /* >= 1 */
-	/* Servers are numbered across upstreams in file order (health verdicts,
-	 * per-server counters): this upstream's server k is first_server + k.
-	 * Computed once by the loader. */
-	uint32_t first_server;
+	sp_server_t *servers; /* host names expanded to SP_CONF_DNS_SLOTS entries each */
+	size_t nservers;      /* >= 1 */
+	size_t nnames;        /* servers written with a host name */
+	uint32_t resolve_interval_ms; /* 0: names resolved at load and reload only */
 	uint32_t connect_timeout_ms;
 	uint32_t idle_timeout_ms;
 	uint32_t retries;
@@ -122,7 +138,11 @@ typedef struct sp_conf {
 	struct {
 		bool enabled; /* false when "admin" is absent or its listen is null */
 		sp_addr_t listen;
+		char socket[108]; /* admin.socket: Unix socket path for writes; "" if none */
 	} admin;
+	/* Nameservers for upstream host names; none: /etc/resolv.conf's. */
+	sp_addr_t *resolvers;
+	size_t nresolvers;
 	struct {
 		uint32_t max_connections;
 		uint32_t drain_timeout_ms;
@@ -140,9 +160,12 @@ typedef struct {
 	size_t n;
 } sp_conf_errors_t;
 
-/* Parse, validate and resolve the file at path. Returns a conf on success,
- * NULL on failure with every error in errs (which the caller frees with
- * sp_conf_errors_free). Host names are resolved here, once. */
+/* Parse and validate the file at path. Returns a conf on success, NULL on
+ * failure with every error in errs (which the caller frees with
+ * sp_conf_errors_free). IP addresses are filled in here; a listen address
+ * may also be a name from /etc/hosts (never asked of DNS: nothing here
+ * blocks); upstream servers' host names are left for the supervisor's
+ * resolver (sp_server_t.dns). */
 sp_conf_t *sp_conf_load(const char *path, sp_conf_errors_t *errs);
 /* Same, from a buffer; name is what error messages call the file. */
 sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,

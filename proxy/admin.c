@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +38,9 @@ typedef struct {
 
 struct sp_admin {
 	int lfd;
+	bool writable;	 /* admin.socket */
+	pid_t owner;	 /* the process that created path */
+	char path[108];
 	client_t clients[SP_ADMIN_MAX_CLIENTS];
 };
 
@@ -80,10 +85,81 @@ err:;
 	return -e;
 }
 
+int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	const char *step = "socket";
+	struct stat st;
+	sp_admin_t *a = calloc(1, sizeof(*a));
+	if (!a) {
+		snprintf(err, errlen, "admin.socket %s: out of memory", path);
+		return -ENOMEM;
+	}
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		free(a);
+		snprintf(err, errlen, "admin.socket %s: path too long", path);
+		return -ENAMETOOLONG;
+	}
+	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++)
+		a->clients[i].fd = -1;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	snprintf(a->path, sizeof(a->path), "%s", path);
+	a->writable = true;
+	a->owner = getpid();
+	a->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (a->lfd < 0)
+		goto err;
+	/* Left behind by a process that died: replace it, unless someone answers. */
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		int live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (live) {
+			errno = EADDRINUSE;
+			step = "bind (another process answers there)";
+			goto err;
+		}
+		unlink(path);
+	}
+	/* The mode is set before bind so the file never exists wider than 0600. */
+	step = "fchmod";
+	if (fchmod(a->lfd, 0600) < 0)
+		goto err;
+	step = "bind";
+	if (bind(a->lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+		goto err;
+	step = "chmod";
+	if (chmod(path, 0600) < 0) {
+		int e = errno;
+		unlink(path);
+		errno = e;
+		goto err;
+	}
+	step = "listen";
+	if (listen(a->lfd, 64) < 0) {
+		int e = errno;
+		unlink(path);
+		errno = e;
+		goto err;
+	}
+	*out = a;
+	return 0;
+err:;
+	int e = errno;
+	snprintf(err, errlen, "admin.socket %s: %s: %s", path, step, strerror(e));
+	if (a->lfd >= 0)
+		close(a->lfd);
+	free(a);
+	return -e;
+}
+
 void sp_admin_close(sp_admin_t *a)
 {
 	if (!a)
 		return;
+	if (a->path[0] && a->owner == getpid())
+		unlink(a->path);
 	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++)
 		if (a->clients[i].fd >= 0)
 			close(a->clients[i].fd);
@@ -168,6 +244,8 @@ static const char *reason_of(int status)
 		return "OK";
 	case 400:
 		return "Bad Request";
+	case 403:
+		return "Forbidden";
 	case 404:
 		return "Not Found";
 	case 405:
@@ -218,7 +296,7 @@ static bool is_token(const char *s, size_t n)
 }
 
 /* "METHOD SP /path SP HTTP/1.x CRLF": anything else is a bad request. */
-static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
+static void handle(client_t *c, bool writable, sp_admin_render_fn render, void *ctx)
 {
 	char path[256];
 	c->buf[c->len] = '\0';
@@ -258,10 +336,24 @@ static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
 			bad(c, 400, "bad request: invalid character in path\n");
 			return;
 		}
-	bool head = (size_t)(sp1 - c->buf) == 4 && strncmp(c->buf, "HEAD", 4) == 0;
-	if (!head && !((size_t)(sp1 - c->buf) == 3 && strncmp(c->buf, "GET", 3) == 0)) {
-		bad(c, 405, "only GET and HEAD\n");
+	char method[16];
+	size_t mlen = (size_t)(sp1 - c->buf);
+	if (mlen >= sizeof(method)) {
+		bad(c, 405, "only GET, HEAD and POST\n");
 		return;
+	}
+	memcpy(method, c->buf, mlen);
+	method[mlen] = '\0';
+	bool head = strcmp(method, "HEAD") == 0;
+	if (!head && strcmp(method, "GET") != 0) {
+		if (strcmp(method, "POST") != 0) {
+			bad(c, 405, "only GET, HEAD and POST\n");
+			return;
+		}
+		if (!writable) {
+			bad(c, 403, "writes are accepted on admin.socket only, not on admin.listen\n");
+			return;
+		}
 	}
 	char *q = strchr(path, '?');
 	if (q)
@@ -269,7 +361,7 @@ static void handle(client_t *c, sp_admin_render_fn render, void *ctx)
 	char *body = NULL;
 	size_t len = 0;
 	const char *ctype = "text/plain; charset=utf-8";
-	int status = render(ctx, path, &body, &len, &ctype);
+	int status = render(ctx, method, path, writable, &body, &len, &ctype);
 	respond(c, status, ctype, body ? body : "", body ? len : 0, head);
 	free(body);
 }
@@ -326,7 +418,7 @@ void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_re
 				break;
 			}
 			c->len += (size_t)r;
-			handle(c, render, ctx);
+			handle(c, a->writable, render, ctx);
 			break;
 		}
 	}

@@ -5,19 +5,28 @@
 #define SP_ADMIN_H
 
 #include <poll.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "conf/conf.h"
 
 #define SP_ADMIN_MAX_CLIENTS 16
 
-/* Fill *body (malloc'd, caller frees) for path; return the HTTP status. */
-typedef int (*sp_admin_render_fn)(void *ctx, const char *path, char **body, size_t *len,
-				  const char **content_type);
+/* Fill *body (malloc'd, caller frees) for method and path; return the HTTP
+ * status. writable: the request came on admin.socket, the only place that
+ * takes writes (on the TCP port a write never reaches this: 403). */
+typedef int (*sp_admin_render_fn)(void *ctx, const char *method, const char *path, bool writable,
+				  char **body, size_t *len, const char **content_type);
 
 typedef struct sp_admin sp_admin_t;
 
 int sp_admin_open(sp_admin_t **out, const sp_addr_t *addr, char *err, size_t errlen);
+/* admin.socket: a Unix socket at path, mode 0600 (whoever can reach it can
+ * take servers out of rotation), serving the same GETs plus writes. A stale
+ * socket file nobody listens on is replaced; a live one is an error. */
+int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t errlen);
+/* Closes; the Unix socket's file is removed by the process that made it
+ * only (a forked shard closing its copy leaves it). */
 void sp_admin_close(sp_admin_t *a);
 /* The descriptors to poll (listener first); returns how many were written. */
 int sp_admin_pollfds(const sp_admin_t *a, struct pollfd *pfds, int max);

@@ -213,6 +213,7 @@ int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen
 
 void sp_gen_free(sp_gen_t *g)
 {
+	sp_names_free(g->names);
 	sp_health_free(g->health);
 	sp_conf_free(g->conf);
 	if (g->access_fd >= 0)
@@ -335,6 +336,8 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	close(sup->notify_r);
 	sp_admin_close(sup->admin);
 	sup->admin = NULL;
+	sp_admin_close(sup->admin_unix);
+	sup->admin_unix = NULL;
 
 	memset(&a, 0, sizeof(a));
 	a.conf = conf;
@@ -357,6 +360,7 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	a.steer_load = sup->steer ? sp_steer_counters(sup->steer) : NULL;
 	a.server_down = sup->server_down + sp_gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
 	a.server_fails = sup->server_fails + sp_gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
+	a.server_ctl = sp_gen_ctl(sup, g);
 	for (size_t l = 0; l < conf->nlisteners; l++) {
 		sp_lgroup_t *grp = &sup->groups[g->group_of[l]];
 		/* Its own slot, plus slots left over when the shard count shrank. */
@@ -481,6 +485,9 @@ int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g)
 		sp_error("generation %u: health checks: out of memory", g->id);
 		return -1;
 	}
+	sp_health_set_ctl(g->health, sp_gen_ctl(sup, g));
+	if (g->names)
+		sp_names_set_health(g->names, g->health);
 	if (sup->cur && sup->cur != g)
 		sp_health_inherit(g->health, sup->cur->health);
 	sup->starting = g;
@@ -566,6 +573,8 @@ void sp_gen_drain(sp_gen_t *g)
 	g->kill_at = sp_now_ms() + g->conf->limits.drain_timeout_ms + KILL_GRACE_MS;
 	sp_health_free(g->health); /* its servers are the new generation's to check */
 	g->health = NULL;
+	sp_names_free(g->names); /* and to re-resolve */
+	g->names = NULL;
 }
 
 /* A shard that exited (crash, SIGKILL, drain timeout) took its sessions

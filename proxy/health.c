@@ -39,6 +39,7 @@ struct sp_health {
 	size_t n;
 	int epfd;
 	size_t inflight;
+	const sp_server_ctl_t *ctl;
 	uint8_t *down;
 	uint32_t *fails;
 };
@@ -102,8 +103,12 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 	return h;
 }
 
+/* A host name's slot is not the same server from one generation to the
+ * next (its address comes from a fresh look-up): it starts up. */
 static bool same_server(const check_t *a, const check_t *b)
 {
+	if (a->srv->dns || b->srv->dns)
+		return false;
 	return strcmp(a->up->name, b->up->name) == 0 && a->srv->addr.len == b->srv->addr.len &&
 	       memcmp(&a->srv->addr.ss, &b->srv->addr.ss, a->srv->addr.len) == 0;
 }
@@ -123,6 +128,30 @@ void sp_health_inherit(sp_health_t *h, const sp_health_t *prev)
 			h->down[c->idx] = __atomic_load_n(&prev->down[o->idx], __ATOMIC_RELAXED);
 			break;
 		}
+	}
+}
+
+void sp_health_set_ctl(sp_health_t *h, const sp_server_ctl_t *ctl)
+{
+	h->ctl = ctl;
+}
+
+void sp_health_reset(sp_health_t *h, uint32_t idx)
+{
+	for (size_t i = 0; i < h->n; i++) {
+		check_t *c = &h->checks[i];
+		if (c->idx != idx)
+			continue;
+		if (c->fd >= 0) {
+			if (epoll_ctl(h->epfd, EPOLL_CTL_DEL, c->fd, NULL) == 0)
+				h->inflight--;
+			close(c->fd);
+		}
+		c->fd = -1;
+		c->ok_streak = c->fail_streak = 0;
+		c->due = mono_ms();
+		__atomic_store_n(&h->down[idx], 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->fails[idx], 0, __ATOMIC_RELAXED);
 	}
 }
 
@@ -175,15 +204,28 @@ static void finish(sp_health_t *h, check_t *c, bool ok, const char *why, uint64_
 
 static void start(sp_health_t *h, check_t *c, uint64_t now)
 {
-	const sp_addr_t *a = &c->srv->addr;
-	c->fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	struct sockaddr_storage ss = c->srv->addr.ss;
+	socklen_t len = c->srv->addr.len;
+	if (h->ctl) {
+		const sp_server_ctl_t *x = &h->ctl[c->idx];
+		/* Nothing to check (an empty slot), or the operator took it out. */
+		if (__atomic_load_n(&x->admin, __ATOMIC_RELAXED) == SP_SRV_DISABLED ||
+		    !sp_server_ctl_addr(x, &ss, &len)) {
+			c->due = now + c->up->health_check.interval_ms;
+			return;
+		}
+	} else if (!len) {
+		c->due = now + c->up->health_check.interval_ms;
+		return;
+	}
+	c->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		/* Our own problem (descriptors), not the server's: try later. */
 		c->due = now + c->up->health_check.interval_ms;
 		return;
 	}
 	c->due = now + c->up->health_check.timeout_ms;
-	if (connect(c->fd, (const struct sockaddr *)&a->ss, a->len) == 0) {
+	if (connect(c->fd, (const struct sockaddr *)&ss, len) == 0) {
 		finish(h, c, true, NULL, now);
 	} else if (errno != EINPROGRESS) {
 		finish(h, c, false, strerror(errno), now);

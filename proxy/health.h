@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "conf/conf.h"
+#include "shard/balance.h"
 
 /* Servers are numbered across upstreams: upstream u's server k is
  * sp_health_index(conf, u) + k. */
@@ -24,6 +25,14 @@ void sp_health_free(sp_health_t *h);
  * instead of taking traffic again until `fall` new checks fail. */
 void sp_health_inherit(sp_health_t *h, const sp_health_t *prev);
 uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream);
+/* Check the addresses in ctl (the generation's run-time control, indexed
+ * as above) instead of the file's: a host name's slots are checked at the
+ * address the resolver gave them, empty slots and disabled servers not at
+ * all. */
+void sp_health_set_ctl(sp_health_t *h, const sp_server_ctl_t *ctl);
+/* Server idx got another address (or none): forget what was learnt about
+ * the old one; it starts up, as a new server does. */
+void sp_health_reset(sp_health_t *h, uint32_t idx);
 /* The descriptor to poll while checks are in flight (one, however many
  * servers are checked); returns how many were written (0 or 1). */
 int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max);

@@ -15,6 +15,9 @@
 
 #include "bpf/steer.h"
 #include "conf/conf.h"
+#include "proxy/control.h"
+#include "proxy/health.h"
+#include "proxy/names.h"
 #include "proxy/steering.h"
 #include "proxy/supervisor.h"
 #include "runtime/ring.h"
@@ -72,6 +75,31 @@ static int version(const char *conf_path)
 	}
 	sp_conf_free(conf);
 	return 0;
+}
+
+/* -t: look up every upstream host name (on the file's resolvers). */
+static int check_names(const sp_conf_t *conf, sp_conf_errors_t *errs)
+{
+	size_t total = conf->nupstreams ? sp_health_index(conf, conf->nupstreams - 1) +
+						  conf->upstreams[conf->nupstreams - 1].nservers
+					: 0;
+	sp_server_ctl_t *ctl = calloc(total ? total : 1, sizeof(*ctl));
+	sp_names_t *n = NULL;
+	char err[256];
+	if (!ctl) {
+		fprintf(stderr, "shardproxy: out of memory\n");
+		return 1;
+	}
+	sp_control_init(conf, ctl);
+	if (sp_names_new(&n, conf, ctl, err, sizeof(err)) < 0) {
+		fprintf(stdout, "%s: %s\n", conf->path, err);
+		free(ctl);
+		return 1;
+	}
+	size_t fatal = sp_names_resolve_now(n, errs);
+	sp_names_free(n);
+	free(ctl);
+	return fatal ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -136,9 +164,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
-		printf("ok\n");
+		/* Host names are resolved as a start would resolve them, so "ok"
+		 * means the file would start. */
+		int rc = check_names(conf, &errs);
+		if (rc == 0)
+			printf("ok\n");
+		sp_conf_errors_print(&errs, stdout);
+		sp_conf_errors_free(&errs);
 		sp_conf_free(conf);
-		return 0;
+		return rc;
 	}
 	return sp_supervisor_run(&so, conf);
 }

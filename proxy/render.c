@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "proxy/control.h"
 #include "proxy/sup_internal.h"
 
 /* One counter or gauge of a row (a slot, a listener, a server). */
@@ -230,16 +231,55 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 		const sp_upstream_t *up = &conf->upstreams[u];
 		fprintf(f, "%s{\"name\":", u ? "," : "");
 		json_string(f, up->name);
-		fprintf(f, ",\"balance\":\"%s\",\"servers\":[", sp_conf_balance_name(up->balance));
+		fprintf(f, ",\"balance\":\"%s\",", sp_conf_balance_name(up->balance));
+		sp_names_stats_t ns;
+		if (sp_names_stats(sup->cur->names, u, &ns)) {
+			fprintf(f, "\"dns\":{\"resolve_interval_ms\":%u,\"lookups\":%llu,"
+				   "\"failures\":%llu,\"last_error\":",
+				up->resolve_interval_ms, (unsigned long long)ns.lookups,
+				(unsigned long long)ns.failures);
+			if (ns.last_error)
+				json_string(f, ns.last_error);
+			else
+				fputs("null", f);
+			fputs("},", f);
+		}
+		fputs("\"servers\":[", f);
+		const sp_server_ctl_t *uctl = sp_gen_ctl(sup, sup->cur) + up->first_server;
 		for (size_t k = 0; k < up->nservers; k++) {
 			const sp_server_t *srv = &up->servers[k];
 			uint32_t fails;
+			if (srv->dns && srv->dns_slot)
+				continue; /* a name is one entry; its addresses are listed in it */
 			const char *state = server_state(sup, u, k, &fails);
 			const sp_srow_t *r = sp_stats_find_server(&v->t, up->name, srv->addr.text);
 			fprintf(f, "%s{\"address\":", k ? "," : "");
 			json_string(f, srv->addr.text);
-			fprintf(f, ",\"weight\":%u,\"backup\":%s,\"state\":\"%s\",\"failures\":%u",
-				srv->weight, srv->backup ? "true" : "false", state, fails);
+			fprintf(f,
+				",\"weight\":%u,\"configured_weight\":%u,\"admin\":\"%s\",\"backup\":%s,"
+				"\"state\":\"%s\",\"failures\":%u",
+				uctl[k].weight, srv->weight, sp_control_admin_name(uctl[k].admin),
+				srv->backup ? "true" : "false", state, fails);
+			if (srv->dns) {
+				/* One server per address: each with its own control and health. */
+				fputs(",\"resolved\":[", f);
+				bool first_addr = true;
+				for (size_t j = k; j < up->nservers && up->servers[j].origin == srv->origin;
+				     j++) {
+					char text[64];
+					uint32_t jf = 0;
+					if (!uctl[j].present)
+						continue;
+					sp_control_addr_text(&uctl[j].ss, text, sizeof(text));
+					fprintf(f, "%s{\"address\":\"%s\",\"weight\":%u,\"admin\":\"%s\","
+						   "\"state\":\"%s\",\"failures\":%u}",
+						first_addr ? "" : ",", text, uctl[j].weight,
+						sp_control_admin_name(uctl[j].admin),
+						server_state(sup, u, j, &jf), jf);
+					first_addr = false;
+				}
+				fputc(']', f);
+			}
 			if (r) {
 				json_metrics(f, server_metrics, NMETRICS(server_metrics), &r->st,
 					     false);
@@ -343,6 +383,31 @@ static void prom_table(FILE *f, const metric_t *ms, size_t n, const sp_stats_vie
 	}
 }
 
+static const sp_server_ctl_t *ctl_of(const sp_sup_t *sup, size_t u, size_t k)
+{
+	return &sp_gen_ctl(sup, sup->cur)[sup->cur->conf->upstreams[u].first_server + k];
+}
+
+/* "shardproxy_NAME{upstream=...,server=..." for server k of upstream u, plus
+ * address=... for a host name's address; false (nothing written) for a
+ * name's empty slot. The caller closes the braces. */
+static bool server_labels_k(const sp_sup_t *sup, FILE *f, const char *name, size_t u, size_t k)
+{
+	const sp_upstream_t *up = &sup->cur->conf->upstreams[u];
+	const sp_server_ctl_t *c = ctl_of(sup, u, k);
+	if (up->servers[k].dns && !c->present)
+		return false;
+	fprintf(f, "shardproxy_%s{", name);
+	prom_label(f, "upstream", up->name, true);
+	prom_label(f, "server", up->servers[k].addr.text, up->servers[k].dns);
+	if (up->servers[k].dns) {
+		char text[64];
+		sp_control_addr_text(&c->ss, text, sizeof(text));
+		prom_label(f, "address", text, false);
+	}
+	return true;
+}
+
 static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 {
 	const sp_conf_t *conf = sup->cur->conf;
@@ -385,16 +450,53 @@ static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *
 
 	prom_family(f, "server_up", "gauge",
 		    "1 if an upstream server of the current configuration is up (or not health "
-		    "checked), 0 if health checks marked it down.");
+		    "checked), 0 if health checks marked it down; a host name's addresses by the "
+		    "address label.");
 	for (size_t u = 0; u < conf->nupstreams; u++)
 		for (size_t k = 0; k < conf->upstreams[u].nservers; k++) {
 			uint32_t fails;
 			const char *state = server_state(sup, u, k, &fails);
-			fprintf(f, "shardproxy_server_up{");
-			prom_label(f, "upstream", conf->upstreams[u].name, true);
-			prom_label(f, "server", conf->upstreams[u].servers[k].addr.text, false);
+			if (!server_labels_k(sup, f, "server_up", u, k))
+				continue;
 			fprintf(f, "} %d\n", strcmp(state, "down") != 0);
 		}
+	prom_family(f, "server_weight", "gauge",
+		    "Weight in force: the file's, or the one set on admin.socket.");
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		for (size_t k = 0; k < conf->upstreams[u].nservers; k++)
+			if (server_labels_k(sup, f, "server_weight", u, k))
+				fprintf(f, "} %u\n", ctl_of(sup, u, k)->weight);
+	prom_family(f, "server_admin_state", "gauge",
+		    "1 for the server's state set on admin.socket (enabled, draining, disabled).");
+	for (size_t u = 0; u < conf->nupstreams; u++)
+		for (size_t k = 0; k < conf->upstreams[u].nservers; k++)
+			for (unsigned a = SP_SRV_ENABLED; a <= SP_SRV_DISABLED; a++) {
+				if (!server_labels_k(sup, f, "server_admin_state", u, k))
+					break;
+				fprintf(f, ",state=\"%s\"} %d\n", sp_control_admin_name(a),
+					ctl_of(sup, u, k)->admin == a);
+			}
+	prom_family(f, "dns_lookups_total", "counter",
+		    "Look-ups of an upstream's server host names, failed ones included.");
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		sp_names_stats_t ns;
+		if (!sp_names_stats(sup->cur->names, u, &ns))
+			continue;
+		fprintf(f, "shardproxy_dns_lookups_total{");
+		prom_label(f, "upstream", conf->upstreams[u].name, false);
+		fprintf(f, "} %llu\n", (unsigned long long)ns.lookups);
+	}
+	prom_family(f, "dns_failures_total", "counter",
+		    "Failed look-ups of an upstream's server host names (the last good addresses "
+		    "stayed in force).");
+	for (size_t u = 0; u < conf->nupstreams; u++) {
+		sp_names_stats_t ns;
+		if (!sp_names_stats(sup->cur->names, u, &ns))
+			continue;
+		fprintf(f, "shardproxy_dns_failures_total{");
+		prom_label(f, "upstream", conf->upstreams[u].name, false);
+		fprintf(f, "} %llu\n", (unsigned long long)ns.failures);
+	}
 }
 
 /* ---- the admin callback ---------------------------------------------------------- */
@@ -413,12 +515,28 @@ static int build_view(const sp_sup_t *sup, sp_stats_view_t *v)
 	return sp_stats_view(v, &sup->retired, gens, n);
 }
 
-int sp_render(void *ctx, const char *path, char **body, size_t *len, const char **ctype)
+int sp_render(void *ctx, const char *method, const char *path, bool writable, char **body,
+	      size_t *len, const char **ctype)
 {
 	const sp_sup_t *sup = ctx;
 	static sp_stats_view_t v; /* large; the supervisor is single-threaded */
 	int status = 200;
 	FILE *f;
+
+	/* Operator writes (admin.c lets them through from admin.socket only). */
+	if (strcmp(method, "POST") == 0 || strncmp(path, "/servers/", 9) == 0) {
+		if (!(f = open_memstream(body, len)))
+			return 500;
+		if (!writable && strcmp(method, "POST") != 0)
+			fprintf(f, "server control is on admin.socket only (POST)\n"), status = 405;
+		else
+			status = sp_control_request(sup->cur->conf, sp_gen_ctl(sup, sup->cur), method,
+						    path, f);
+		if (status == 200)
+			*ctype = "application/json";
+		fclose(f);
+		return status;
+	}
 
 	if (strcmp(path, "/stats") != 0 && strcmp(path, "/metrics") != 0 &&
 	    strcmp(path, "/healthz") != 0 && strcmp(path, "/") != 0) {

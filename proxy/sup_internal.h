@@ -21,6 +21,7 @@
 #include "proxy/backoff.h"
 #include "proxy/health.h"
 #include "proxy/listen.h"
+#include "proxy/names.h"
 #include "proxy/stats.h"
 #include "proxy/supervisor.h"
 #include "shard/shard.h"
@@ -50,6 +51,7 @@ typedef struct {
 	uint64_t ready_by; /* starting: not all ready by then is a failed start */
 	bool start_failed; /* starting: a shard failed or died before it was ready */
 	sp_health_t *health;
+	sp_names_t *names; /* its servers' host names (re-resolved while it is current) */
 	int access_fd; /* log.access_log's file, opened for this generation; -1: stderr */
 	int group_of[SP_SHARD_MAX_LISTENERS]; /* conf listener -> group index */
 	/* The group's sockets when this generation was prepared: its shards
@@ -79,6 +81,11 @@ typedef struct {
 	sp_shard_stats_t *stats; /* [2][SP_MAX_SLOTS], shared with the shards */
 	uint8_t *server_down;	 /* [2][SP_HEALTH_MAX_SERVERS], shared */
 	uint32_t *server_fails;	 /* [2][SP_HEALTH_MAX_SERVERS], shared */
+	sp_server_ctl_t *server_ctl; /* [2][SP_HEALTH_MAX_SERVERS], shared: admin.socket, DNS */
+	/* A reload whose host names are being looked up: the supervisor keeps
+	 * serving (signals, restarts, /healthz) until they are answered. */
+	sp_conf_t *pending_conf;
+	sp_names_t *pending_names;
 	bool stopping;
 	uint64_t stop_kill_at;
 	bool reload_pending;
@@ -89,6 +96,7 @@ typedef struct {
 	bool last_reload_ok;
 	char last_reload_error[512];
 	sp_admin_t *admin;
+	sp_admin_t *admin_unix; /* admin.socket: the same GETs, plus writes */
 } sp_sup_t;
 
 uint64_t sp_now_ms(void);
@@ -104,6 +112,12 @@ static inline size_t sp_gen_half(const sp_sup_t *sup, const sp_gen_t *g)
 static inline sp_shard_stats_t *sp_gen_stats(const sp_sup_t *sup, const sp_gen_t *g)
 {
 	return &sup->stats[sp_gen_half(sup, g) * SP_MAX_SLOTS];
+}
+
+/* g's run-time server control (its half of server_ctl). */
+static inline sp_server_ctl_t *sp_gen_ctl(const sp_sup_t *sup, const sp_gen_t *g)
+{
+	return sup->server_ctl + sp_gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
 }
 
 /* generation.c */
@@ -162,7 +176,8 @@ void sp_steering_live(sp_sup_t *sup, unsigned slot, bool live);
 const char *sp_steering_in_force(const sp_sup_t *sup);
 
 /* render.c: the admin endpoint's pages (sp_admin_render_fn; ctx is sup). */
-int sp_render(void *ctx, const char *path, char **body, size_t *len, const char **ctype);
+int sp_render(void *ctx, const char *method, const char *path, bool writable, char **body,
+	      size_t *len, const char **ctype);
 /* The relay engine conf asks for, as /stats and the start-up line name it. */
 const char *sp_relay_engine(const sp_conf_t *conf);
 

@@ -5,6 +5,7 @@
  * At most two generations exist: the current one and, during a reload, the
  * old one draining. */
 #include "proxy/supervisor.h"
+#include "proxy/control.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -91,13 +92,15 @@ static void notify_ready(sp_sup_t *sup)
 		     failed ? sup->last_reload_error : "");
 }
 
+/* g: the prepared generation to give up, or NULL (the reload failed before). */
 static void reload_failed(sp_sup_t *sup, sp_gen_t *g, const char *err)
 {
 	sup->reloads_failed++;
 	sup->last_reload_ok = false;
 	snprintf(sup->last_reload_error, sizeof(sup->last_reload_error), "%s", err);
 	sp_error("reload failed: %s; generation %u keeps serving", err, sup->cur->id);
-	sp_gen_abandon(sup, g);
+	if (g)
+		sp_gen_abandon(sup, g);
 	notify_ready(sup);
 }
 
@@ -117,6 +120,8 @@ static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
 	if (sup->admin && memcmp(&g->conf->admin.listen.ss, &sup->old->conf->admin.listen.ss,
 				 sizeof(g->conf->admin.listen.ss)) != 0)
 		sp_warn("admin.listen changed: the admin endpoint moves only on a restart");
+	if (strcmp(g->conf->admin.socket, sup->old->conf->admin.socket) != 0)
+		sp_warn("admin.socket changed: the socket moves only on a restart");
 	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
 		sup->old->id);
 	notify_ready(sup);
@@ -145,6 +150,56 @@ static void reload_progress(sp_sup_t *sup)
 	}
 }
 
+/* The free half of server_ctl: the one the next generation will use (the
+ * entry of gens sp_gen_prepare takes). */
+static sp_server_ctl_t *next_ctl(sp_sup_t *sup)
+{
+	size_t half = sup->cur == &sup->gens[0] ? 1 : 0;
+	return sup->server_ctl + half * SP_HEALTH_MAX_SERVERS;
+}
+
+static void drop_pending(sp_sup_t *sup)
+{
+	sp_names_free(sup->pending_names);
+	sp_conf_free(sup->pending_conf);
+	sup->pending_names = NULL;
+	sup->pending_conf = NULL;
+}
+
+/* The new file's host names are answered: start its generation. */
+static void reload_finish(sp_sup_t *sup)
+{
+	sp_conf_t *conf = sup->pending_conf;
+	sp_names_t *names = sup->pending_names;
+	sp_conf_errors_t errs = {0};
+	char err[512];
+
+	sup->pending_conf = NULL;
+	sup->pending_names = NULL;
+	if (sp_names_first_errors(names, sup->cur->names, &errs) > 0) {
+		for (size_t i = 1; i < errs.n; i++)
+			sp_error("%s", errs.msgs[i]);
+		snprintf(err, sizeof(err), "%s", errs.n ? errs.msgs[0] : "cannot resolve a server name");
+		sp_conf_errors_free(&errs);
+		sp_names_free(names);
+		sp_conf_free(conf);
+		reload_failed(sup, NULL, err);
+		return;
+	}
+	sp_gen_t *g;
+	int ret = sp_gen_prepare(sup, conf, sup->cur->conf, &g, err, sizeof(err));
+	g->names = names; /* freed with g from here on */
+	if (ret < 0) {
+		reload_failed(sup, g, err);
+		return;
+	}
+	if (sp_gen_spawn(sup, g) < 0) {
+		snprintf(err, sizeof(err), "generation %u did not start", g->id);
+		reload_failed(sup, g, err);
+	}
+	/* else reload_progress finishes it, from the loop */
+}
+
 static void reload(sp_sup_t *sup)
 {
 	sp_conf_errors_t errs = {0};
@@ -160,6 +215,11 @@ static void reload(sp_sup_t *sup)
 				sup->old ? "draining" : "starting");
 		sup->reload_pending = true;
 		return;
+	}
+	if (sup->pending_conf) {
+		/* Look-ups of an earlier SIGHUP still out: the newest file wins. */
+		sp_info("reload: starting over with the file as it is now");
+		drop_pending(sup);
 	}
 	sup->reload_pending = false;
 	notify_reloading(sup);
@@ -178,16 +238,18 @@ static void reload(sp_sup_t *sup)
 		notify_ready(sup);
 		return;
 	}
-	sp_gen_t *g;
-	if (sp_gen_prepare(sup, conf, sup->cur->conf, &g, err, sizeof(err)) < 0) {
-		reload_failed(sup, g, err);
+	/* Host names are looked up without blocking: the loop goes on serving
+	 * and reload_finish runs when the last answer (or timeout) is in. */
+	sp_control_init(conf, next_ctl(sup));
+	if (sp_names_new(&sup->pending_names, conf, next_ctl(sup), err, sizeof(err)) < 0) {
+		sp_conf_free(conf);
+		reload_failed(sup, NULL, err);
 		return;
 	}
-	if (sp_gen_spawn(sup, g) < 0) {
-		snprintf(err, sizeof(err), "generation %u did not start", g->id);
-		reload_failed(sup, g, err);
-	}
-	/* else reload_progress finishes it, from the loop */
+	sup->pending_conf = conf;
+	sp_names_start(sup->pending_names);
+	if (sp_names_settled(sup->pending_names))
+		reload_finish(sup);
 }
 
 /* ---- children --------------------------------------------------------------------- */
@@ -261,6 +323,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 		sup->reload_pending = false;
 	}
 	sup->stopping = true;
+	drop_pending(sup); /* a reload still looking names up will not happen */
 	sp_sdnotifyf("STOPPING=1\nSTATUS=draining after %s", strsignal(sig));
 	sp_info("%s: draining (up to %u ms)", strsignal(sig), sup->cur->conf->limits.drain_timeout_ms);
 	uint32_t drain = sup->cur->conf->limits.drain_timeout_ms;
@@ -344,7 +407,10 @@ static int setup_process(sp_sup_t *sup)
 				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	sup->server_fails = mmap(NULL, 2 * SP_HEALTH_MAX_SERVERS * sizeof(uint32_t),
 				 PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (sup->server_down == MAP_FAILED || sup->server_fails == MAP_FAILED)
+	sup->server_ctl = mmap(NULL, 2 * SP_HEALTH_MAX_SERVERS * sizeof(sp_server_ctl_t),
+			       PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sup->server_down == MAP_FAILED || sup->server_fails == MAP_FAILED ||
+	    sup->server_ctl == MAP_FAILED)
 		return -ENOMEM;
 	return 0;
 }
@@ -371,13 +437,39 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		return 2;
 	}
 
+	/* Host names first: nothing is served yet, so this wait blocks no one.
+	 * A name that does not resolve stops the start (as nginx does) unless
+	 * its upstream re-resolves (resolve_interval_ms), which then starts
+	 * without it and keeps trying (HAProxy's init-addr none). */
+	sp_names_t *names = NULL;
+	sp_conf_errors_t errs = {0};
+	sp_control_init(conf, next_ctl(sup));
+	if (sp_names_new(&names, conf, next_ctl(sup), err, sizeof(err)) < 0) {
+		fprintf(stderr, "shardproxy: %s\n", err);
+		sp_conf_free(conf);
+		return 2;
+	}
+	if (sp_names_resolve_now(names, &errs) > 0) {
+		sp_conf_errors_print(&errs, stderr);
+		sp_conf_errors_free(&errs);
+		sp_names_free(names);
+		sp_conf_free(conf);
+		return 1;
+	}
 	sp_gen_t *g;
-	if (sp_gen_prepare(sup, conf, NULL, &g, err, sizeof(err)) < 0) {
+	int gret = sp_gen_prepare(sup, conf, NULL, &g, err, sizeof(err));
+	g->names = names;
+	if (gret < 0) {
 		fprintf(stderr, "shardproxy: %s\n", err);
 		return 2;
 	}
 	if (conf->admin.enabled &&
 	    sp_admin_open(&sup->admin, &conf->admin.listen, err, sizeof(err)) < 0) {
+		fprintf(stderr, "shardproxy: %s\n", err);
+		return 2;
+	}
+	if (conf->admin.socket[0] &&
+	    sp_admin_open_unix(&sup->admin_unix, conf->admin.socket, err, sizeof(err)) < 0) {
 		fprintf(stderr, "shardproxy: %s\n", err);
 		return 2;
 	}
@@ -398,18 +490,41 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		     g->id, g->nslots);
 
 	while (!(sup->stopping && all_gone(sup))) {
-		enum { MAXFD = 2 + 1 + SP_ADMIN_MAX_CLIENTS + 256 };
+		enum { MAXFD = 2 + 2 * (1 + SP_ADMIN_MAX_CLIENTS) + 2 * 16 + 256 };
 		struct pollfd pfd[MAXFD] = {
 			{.fd = sup->sigfd, .events = POLLIN},
 			{.fd = sup->notify_r, .events = POLLIN},
 		};
-		int nfd = 2, nadmin = 0, nhealth = 0;
+		int nfd = 2, nadmin = 0, nunix = 0, nhealth = 0, nnames = 0, npend = 0;
 		int timeout = next_timeout(sup);
 		if (sup->admin) {
 			nadmin = sp_admin_pollfds(sup->admin, pfd + nfd, MAXFD - nfd);
 			nfd += nadmin;
 			if (nadmin > 1 && (timeout < 0 || timeout > 500))
 				timeout = 500; /* admin clients have deadlines */
+		}
+		if (sup->admin_unix) {
+			nunix = sp_admin_pollfds(sup->admin_unix, pfd + nfd, MAXFD - nfd);
+			nfd += nunix;
+			if (nunix > 1 && (timeout < 0 || timeout > 500))
+				timeout = 500;
+		}
+		/* Re-resolution of the current generation's names, and the
+		 * look-ups of a reload in progress: their sockets join the poll. */
+		sp_names_t *cnames = sup->stopping ? NULL : sup->cur->names;
+		sp_names_t *pend = sup->pending_names;
+		int nt;
+		if (cnames) {
+			nnames = sp_names_pollfds(cnames, pfd + nfd, 16);
+			nfd += nnames;
+			if ((nt = sp_names_timeout(cnames)) >= 0 && (timeout < 0 || nt < timeout))
+				timeout = nt;
+		}
+		if (pend) {
+			npend = sp_names_pollfds(pend, pfd + nfd, 16);
+			nfd += npend;
+			if ((nt = sp_names_timeout(pend)) >= 0 && (timeout < 0 || nt < timeout))
+				timeout = nt;
 		}
 		sp_health_t *health = sup->stopping ? NULL : sup->cur->health;
 		if (health) {
@@ -429,6 +544,15 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 			sp_health_run(health, pfd + nfd, nhealth);
 		if (sup->admin)
 			sp_admin_serve(sup->admin, pfd + 2, nadmin, sp_render, sup);
+		if (sup->admin_unix)
+			sp_admin_serve(sup->admin_unix, pfd + 2 + nadmin, nunix, sp_render, sup);
+		if (cnames)
+			sp_names_run(cnames, pfd + 2 + nadmin + nunix, nnames);
+		if (pend && pend == sup->pending_names) {
+			sp_names_run(pend, pfd + 2 + nadmin + nunix + nnames, npend);
+			if (sp_names_settled(pend))
+				reload_finish(sup);
+		}
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			while (read(sup->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
@@ -451,11 +575,14 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	if (sup->steer)
 		sp_steer_close(sup->steer);
 	sp_admin_close(sup->admin);
+	sp_admin_close(sup->admin_unix);
+	drop_pending(sup);
 	close(sup->sigfd);
 	close(sup->notify_r);
 	close(sup->notify_w);
 	munmap(sup->stats, sizeof(sp_shard_stats_t) * 2 * SP_MAX_SLOTS);
 	munmap(sup->server_down, 2 * SP_HEALTH_MAX_SERVERS);
 	munmap(sup->server_fails, 2 * SP_HEALTH_MAX_SERVERS * sizeof(uint32_t));
+	munmap(sup->server_ctl, 2 * SP_HEALTH_MAX_SERVERS * sizeof(sp_server_ctl_t));
 	return 0;
 }

@@ -97,11 +97,27 @@ uint64_t sp_hash_addr(const struct sockaddr *sa)
 	return mix64(fnv1a(p, n));
 }
 
-/* Eligible servers: not excluded, and of the preferred class (non-backup while
- * any non-backup server is eligible). */
+/* The weight in force: the operator's (admin.socket) or the file's. */
+static uint32_t weight(const sp_balancer_t *b, unsigned i)
+{
+	if (b->ctl) {
+		uint16_t w = __atomic_load_n(&b->ctl[i].weight, __ATOMIC_RELAXED);
+		if (w)
+			return w;
+	}
+	return b->up->servers[i].weight;
+}
+
+/* Eligible servers: in rotation, not excluded, and of the preferred class
+ * (non-backup while any non-backup server is eligible). */
 static bool eligible(const sp_balancer_t *b, unsigned i, const sp_server_set_t *ex, bool backup)
 {
-	return !sp_server_set_has(ex, i) && b->up->servers[i].backup == backup;
+	if (sp_server_set_has(ex, i) || b->up->servers[i].backup != backup)
+		return false;
+	if (!b->ctl)
+		return !b->up->servers[i].dns; /* an unresolved name has no address */
+	return __atomic_load_n(&b->ctl[i].present, __ATOMIC_RELAXED) &&
+	       __atomic_load_n(&b->ctl[i].admin, __ATOMIC_RELAXED) == SP_SRV_ENABLED;
 }
 
 static int pick_rr(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
@@ -111,8 +127,9 @@ static int pick_rr(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 	for (unsigned i = 0; i < b->up->nservers; i++) {
 		if (!eligible(b, i, ex, backup))
 			continue;
-		b->current[i] += b->up->servers[i].weight;
-		total += b->up->servers[i].weight;
+		uint32_t w = weight(b, i);
+		b->current[i] += w;
+		total += w;
 		if (best < 0 || b->current[i] > b->current[best])
 			best = (int)i;
 	}
@@ -124,8 +141,7 @@ static int pick_rr(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 /* Lower load wins: active/weight compared without division. */
 static bool lighter(const sp_balancer_t *b, unsigned x, unsigned y)
 {
-	return (uint64_t)b->active[x] * b->up->servers[y].weight <
-	       (uint64_t)b->active[y] * b->up->servers[x].weight;
+	return (uint64_t)b->active[x] * weight(b, y) < (uint64_t)b->active[y] * weight(b, x);
 }
 
 /* The least loaded (active/weight) eligible server; among equally loaded
@@ -144,8 +160,9 @@ static int pick_least(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 	for (unsigned i = 0; i < b->up->nservers; i++) {
 		if (!eligible(b, i, ex, backup) || lighter(b, (unsigned)least, i))
 			continue;
-		b->current[i] += b->up->servers[i].weight;
-		total += b->up->servers[i].weight;
+		uint32_t w = weight(b, i);
+		b->current[i] += w;
+		total += w;
 		if (best < 0 || b->current[i] > b->current[best])
 			best = (int)i;
 	}
@@ -164,10 +181,9 @@ static int pick_hash(sp_balancer_t *b, uint64_t client_hash, const sp_server_set
 	for (unsigned i = 0; i < b->up->nservers; i++) {
 		if (!eligible(b, i, ex, backup))
 			continue;
-		const sp_server_t *srv = &b->up->servers[i];
 		uint64_t h = mix64(client_hash ^ b->key[i]);
 		double u = ((double)(h >> 11) + 0.5) / 9007199254740992.0; /* (0,1) */
-		double score = -log(u) / srv->weight;
+		double score = -log(u) / weight(b, i);
 		if (best < 0 || score < best_score) {
 			best = (int)i;
 			best_score = score;
@@ -186,7 +202,7 @@ static unsigned draw(sp_balancer_t *b, const unsigned *cand, unsigned n, uint64_
 		if ((int)cand[k] == skip)
 			continue;
 		last = cand[k];
-		uint32_t w = b->up->servers[cand[k]].weight;
+		uint32_t w = weight(b, cand[k]);
 		if (r < w)
 			return cand[k];
 		r -= w;
@@ -204,14 +220,14 @@ static int pick_two(sp_balancer_t *b, const sp_server_set_t *ex, bool backup)
 	for (unsigned i = 0; i < b->up->nservers; i++)
 		if (eligible(b, i, ex, backup)) {
 			cand[n++] = i;
-			total += b->up->servers[i].weight;
+			total += weight(b, i);
 		}
 	if (n == 0)
 		return -1;
 	unsigned x = draw(b, cand, n, total, -1);
 	if (n == 1)
 		return (int)x;
-	unsigned y = draw(b, cand, n, total - b->up->servers[x].weight, (int)x);
+	unsigned y = draw(b, cand, n, total - weight(b, x), (int)x);
 	return (int)(lighter(b, y, x) ? y : x);
 }
 

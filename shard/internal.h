@@ -180,6 +180,9 @@ typedef struct sp_shard {
 	const sp_relay_engine_t *engine;
 	sp_balancer_t *balancers; /* one per upstream */
 	uint32_t *health_base;    /* per upstream: index of its first server in the health arrays */
+	/* Per server (numbered as health_base does): the address a connect in
+	 * this loop turn reads, copied from args->server_ctl at the pick. */
+	struct sockaddr_storage *srv_addr;
 
 	sp_session_t *sessions;
 	uint32_t *gens; /* generation per session slot, read by the ring */

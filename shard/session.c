@@ -329,8 +329,24 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 		return;
 	}
 	const sp_server_t *srv = &up->servers[i];
+	/* The address in force (the resolver may have changed it), copied from
+	 * shared memory to this shard's own slot for the server: the kernel
+	 * reads it when the ring submits the connect, later in this loop turn,
+	 * and only this thread writes the slot. */
+	uint32_t gi = sh->health_base[s->upstream] + (uint32_t)i;
+	struct sockaddr_storage *dst = &sh->srv_addr[gi];
+	socklen_t dlen = srv->addr.len;
+	if (sh->args->server_ctl) {
+		if (!sp_server_ctl_addr(&sh->args->server_ctl[gi], dst, &dlen)) {
+			sp_server_set_add(&s->tried, (unsigned)i); /* emptied since the pick */
+			connect_next(sh, s);
+			return;
+		}
+	} else {
+		memcpy(dst, &srv->addr.ss, sizeof(*dst));
+	}
 	s->state = SS_CONNECTING;
-	s->ufd = socket(srv->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	s->ufd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->ufd < 0) {
 		int err = errno;
 		if (sp_fd_shortage(err)) {
@@ -360,7 +376,7 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	/* The connect and its linked timeout go to the kernel in one submit. */
 	sp_ring_reserve(&sh->ring, 2);
 	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_CONNECT);
-	io_uring_prep_connect(sqe, s->ufd, (const struct sockaddr *)&srv->addr.ss, srv->addr.len);
+	io_uring_prep_connect(sqe, s->ufd, (const struct sockaddr *)dst, dlen);
 	sqe->flags |= IOSQE_IO_LINK;
 	s->connect_ts.tv_sec = up->connect_timeout_ms / 1000;
 	s->connect_ts.tv_nsec = (long long)(up->connect_timeout_ms % 1000) * 1000000;

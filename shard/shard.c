@@ -518,11 +518,18 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return -ENOMEM;
 	for (size_t u = 1; u < a->conf->nupstreams; u++)
 		sh->health_base[u] = sh->health_base[u - 1] + (uint32_t)a->conf->upstreams[u - 1].nservers;
+	size_t nsrv = a->conf->nupstreams ? sh->health_base[a->conf->nupstreams - 1] +
+						    a->conf->upstreams[a->conf->nupstreams - 1].nservers
+					  : 0;
+	if (!(sh->srv_addr = calloc(nsrv ? nsrv : 1, sizeof(*sh->srv_addr))))
+		return -ENOMEM;
 	for (size_t u = 0; u < a->conf->nupstreams; u++) {
 		ret = sp_balancer_init(&sh->balancers[u], &a->conf->upstreams[u],
 				       ((uint64_t)getpid() << 20) ^ sh->now_ms ^ u);
 		if (ret < 0)
 			return ret;
+		if (a->server_ctl)
+			sh->balancers[u].ctl = a->server_ctl + sh->health_base[u];
 	}
 
 	sp_ring_on(&sh->ring, SP_OP_ACCEPT, on_accept, false);
@@ -553,6 +560,7 @@ static void shard_exit(sp_shard_t *sh)
 			sp_balancer_free(&sh->balancers[u]);
 	free(sh->balancers);
 	free(sh->health_base);
+	free(sh->srv_addr);
 	sp_timers_free(&sh->timers);
 	sp_sessions_free(sh);
 	if (sh->bufs.br)

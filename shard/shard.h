@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "conf/conf.h"
+#include "shard/balance.h"
 
 /* The supervisor's order to a shard: drain (stop accepting, finish the open
  * sessions), or, a second time, stop at once. A signal of its own, not
@@ -117,6 +118,9 @@ typedef struct {
 	 * upstreams in order. */
 	const uint8_t *server_down;
 	uint32_t *server_fails;
+	/* Run-time control per server, numbered the same way (shard/balance.h):
+	 * operator state, weight and the resolved address; NULL: the file's. */
+	const sp_server_ctl_t *server_ctl;
 	/* The config's user/group: after its ring is set up and before it
 	 * accepts anything, the shard drops to them (setgroups, setgid, setuid). */
 	bool drop_user, drop_group;

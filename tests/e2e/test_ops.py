@@ -279,7 +279,8 @@ def test_metrics_pass_promtool_check_metrics(t):
     for line in text.splitlines():
         if line.startswith("shardproxy_") and "{" in line and not line.startswith("shardproxy_info"):
             labels = dict(LABEL_RE.findall(line.split("{", 1)[1].rsplit("}", 1)[0]))
-            check(set(labels) <= {"shard", "listener", "upstream", "server", "direction", "reason", "result"},
+            check(set(labels) <= {"shard", "listener", "upstream", "server", "direction", "reason", "result",
+                                  "address", "state"},
                   "unexpected labels in %r" % line)
 
 
@@ -305,7 +306,9 @@ def test_admin_bad_requests_get_400_and_supervisor_keeps_serving(t):
     st, _, _ = _admin_get(aport, "/no/such/path")
     check(st == 404, "unknown path: %d, want 404" % st)
     resp = _admin_raw(aport, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-    check(resp.startswith(b"HTTP/1.1 405 "), "POST: %r" % resp[:60])
+    check(resp.startswith(b"HTTP/1.1 403 "), "POST on the TCP port: %r" % resp[:60])
+    resp = _admin_raw(aport, b"PUT /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    check(resp.startswith(b"HTTP/1.1 405 "), "PUT: %r" % resp[:60])
     resp = _admin_raw(aport, b"HEAD /healthz HTTP/1.1\r\n\r\n")
     check(resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b"\r\n\r\n"), "HEAD: %r" % resp[:200])
 

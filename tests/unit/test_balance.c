@@ -351,6 +351,137 @@ static void test_hash_addr_treats_v4_mapped_v6_as_v4(void **state)
 	assert_int_equal(sp_hash_addr((struct sockaddr *)&a4), sp_hash_addr((struct sockaddr *)&a6));
 }
 
+
+/* Run-time control (admin.socket, resolver): every balancer honours it. */
+static sp_server_ctl_t ctl[16];
+
+static void ctl_init(unsigned n)
+{
+	memset(ctl, 0, sizeof(ctl));
+	for (unsigned i = 0; i < n; i++) {
+		ctl[i].present = 1;
+		ctl[i].len = sizeof(struct sockaddr_in);
+		ctl[i].weight = (uint16_t)servers[i].weight;
+	}
+}
+
+static const sp_balance_t ALL[] = {SP_BALANCE_ROUND_ROBIN, SP_BALANCE_LEAST_CONN,
+				   SP_BALANCE_SOURCE_HASH, SP_BALANCE_RANDOM_TWO};
+
+static void test_drained_and_disabled_servers_never_get_a_pick_in_any_balancer(void **state)
+{
+	(void)state;
+	sp_server_set_t none = {0};
+	for (size_t a = 0; a < sizeof(ALL) / sizeof(ALL[0]); a++) {
+		sp_balancer_t b;
+		make_upstream(ALL[a], 4, W4, NULL);
+		assert_int_equal(sp_balancer_init(&b, &up, 7), 0);
+		ctl_init(4);
+		b.ctl = ctl;
+		ctl[0].admin = SP_SRV_DRAINING;
+		ctl[2].admin = SP_SRV_DISABLED;
+		for (unsigned i = 0; i < 10000; i++) {
+			int s = sp_balancer_pick(&b, client(i), &none);
+			assert_true(s == 1 || s == 3);
+		}
+		/* Enabled again: back in rotation at once. */
+		ctl[0].admin = SP_SRV_ENABLED;
+		unsigned got0 = 0;
+		for (unsigned i = 0; i < 10000; i++)
+			got0 += sp_balancer_pick(&b, client(i), &none) == 0;
+		assert_true(got0 > 0);
+		sp_balancer_free(&b);
+	}
+}
+
+static void test_every_server_drained_means_no_pick_not_a_drained_one(void **state)
+{
+	(void)state;
+	sp_server_set_t none = {0};
+	bool backup[2] = {false, true};
+	for (size_t a = 0; a < sizeof(ALL) / sizeof(ALL[0]); a++) {
+		sp_balancer_t b;
+		make_upstream(ALL[a], 2, NULL, backup);
+		assert_int_equal(sp_balancer_init(&b, &up, 7), 0);
+		ctl_init(2);
+		b.ctl = ctl;
+		ctl[0].admin = SP_SRV_DRAINING;
+		assert_int_equal(sp_balancer_pick(&b, client(1), &none), 1); /* the backup */
+		ctl[1].admin = SP_SRV_DISABLED;
+		assert_int_equal(sp_balancer_pick(&b, client(1), &none), -1);
+		sp_balancer_free(&b);
+	}
+}
+
+static void test_weight_set_at_run_time_replaces_the_configured_one(void **state)
+{
+	(void)state;
+	sp_server_set_t none = {0};
+	for (size_t a = 0; a < sizeof(ALL) / sizeof(ALL[0]); a++) {
+		sp_balancer_t b;
+		unsigned count[4] = {0};
+		make_upstream(ALL[a], 4, W4, NULL); /* 5:3:2:1 in the file */
+		assert_int_equal(sp_balancer_init(&b, &up, 7), 0);
+		ctl_init(4);
+		b.ctl = ctl;
+		ctl[0].weight = 1;
+		ctl[3].weight = 5; /* now 1:3:2:5 */
+		for (unsigned i = 0; i < PICKS; i++) {
+			int s = sp_balancer_pick(&b, client(i), &none);
+			count[s]++;
+			sp_balancer_connected(&b, (unsigned)s);
+			sp_balancer_released(&b, (unsigned)s);
+		}
+		double want3 = PICKS * 5.0 / 11, want0 = PICKS * 1.0 / 11;
+		if (count[3] < want3 * 0.9 || count[3] > want3 * 1.1 || count[0] < want0 * 0.85 ||
+		    count[0] > want0 * 1.15)
+			fail_msg("%s: server 0 got %u (want %.0f), server 3 got %u (want %.0f)",
+				 sp_conf_balance_name(ALL[a]), count[0], want0, count[3], want3);
+		sp_balancer_free(&b);
+	}
+}
+
+/* A host name's empty slot (no address yet, or fewer addresses than slots)
+ * is never picked; without run-time control an unresolved name is not either. */
+static void test_empty_slot_of_a_name_is_never_picked(void **state)
+{
+	(void)state;
+	sp_server_set_t none = {0};
+	sp_balancer_t b;
+	make_upstream(SP_BALANCE_ROUND_ROBIN, 3, NULL, NULL);
+	servers[1].dns = servers[2].dns = true;
+	assert_int_equal(sp_balancer_init(&b, &up, 7), 0);
+	for (unsigned i = 0; i < 100; i++)
+		assert_int_equal(sp_balancer_pick(&b, client(i), &none), 0);
+	ctl_init(3);
+	ctl[2].present = 0;
+	b.ctl = ctl;
+	for (unsigned i = 0; i < 100; i++)
+		assert_true(sp_balancer_pick(&b, client(i), &none) != 2);
+	sp_balancer_free(&b);
+}
+
+/* The seqlock reader always sees a whole address. */
+static void test_ctl_address_written_then_read_back_whole(void **state)
+{
+	(void)state;
+	sp_server_ctl_t c = {0};
+	struct sockaddr_storage ss = {0}, out;
+	socklen_t len;
+	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+	assert_false(sp_server_ctl_addr(&c, &out, &len));
+	s4->sin_family = AF_INET;
+	s4->sin_port = htons(80);
+	s4->sin_addr.s_addr = htonl(0x7f000002);
+	sp_server_ctl_set_addr(&c, &ss, sizeof(*s4));
+	assert_int_equal(c.seq % 2, 0);
+	assert_true(sp_server_ctl_addr(&c, &out, &len));
+	assert_int_equal(len, sizeof(*s4));
+	assert_memory_equal(&out, &ss, sizeof(*s4));
+	sp_server_ctl_set_addr(&c, NULL, 0);
+	assert_false(sp_server_ctl_addr(&c, &out, &len));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -370,6 +501,11 @@ int main(void)
 		cmocka_unit_test(test_source_hash_respects_weights),
 		cmocka_unit_test(test_random_two_avoids_the_loaded_server),
 		cmocka_unit_test(test_hash_addr_treats_v4_mapped_v6_as_v4),
+		cmocka_unit_test(test_drained_and_disabled_servers_never_get_a_pick_in_any_balancer),
+		cmocka_unit_test(test_every_server_drained_means_no_pick_not_a_drained_one),
+		cmocka_unit_test(test_weight_set_at_run_time_replaces_the_configured_one),
+		cmocka_unit_test(test_empty_slot_of_a_name_is_never_picked),
+		cmocka_unit_test(test_ctl_address_written_then_read_back_whole),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -214,7 +214,8 @@ static void test_unparsable_addresses_rejected(void **state)
 	expect_error_part(LISTEN_AT("[::1]8080"), "invalid address \"[::1]8080\"");
 	expect_error_part(SERVER_AT("127.0.0.1:http"), "invalid port in \"127.0.0.1:http\"");
 	expect_error_part(SERVER_AT("127.0.0.1:65536"), "must be 1 to 65535");
-	expect_error_part(SERVER_AT("[localhost]:80"), "cannot resolve \"localhost\"");
+	expect_error_part(SERVER_AT("[localhost]:80"), "\"localhost\" is not an IPv6 address");
+	expect_error_part(SERVER_AT("bad_host!:80"), "neither an IP address nor a host name");
 }
 
 static void test_port_zero_rejected(void **state)
@@ -485,17 +486,125 @@ static void test_wildcard_listen_means_any_ipv4(void **state)
 	sp_conf_free(c);
 }
 
-static void test_localhost_resolves_to_loopback(void **state)
+/* Parsing never asks a resolver: a server's host name is kept, with its
+ * port and position, for the supervisor's asynchronous resolver. */
+static void test_server_host_name_is_left_to_the_resolver(void **state)
 {
 	(void)state;
-	sp_conf_t *c = expect_ok(SERVER_AT("localhost:9002"));
-	const sp_addr_t *a = &c->upstreams[0].servers[0].addr;
-	const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
-	assert_string_equal(a->text, "localhost:9002");
-	assert_int_equal(sin->sin_family, AF_INET); /* IPv4 is preferred when both exist */
-	assert_int_equal(sin->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
-	assert_int_equal(ntohs(sin->sin_port), 9002);
+	sp_conf_t *c = expect_ok(SERVER_AT("LocalHost:9002"));
+	const sp_server_t *s = &c->upstreams[0].servers[0];
+	assert_true(s->dns);
+	assert_string_equal(s->addr.text, "LocalHost:9002");
+	assert_string_equal(s->host, "localhost");
+	assert_int_equal(s->port, 9002);
+	assert_int_equal(s->addr.len, 0);
+	assert_non_null(strstr(s->where, "conf.json:1:"));
+	assert_non_null(strstr(s->where, "upstreams[0].servers[0].address"));
 	sp_conf_free(c);
+}
+
+/* A name takes SP_CONF_DNS_SLOTS consecutive entries (one per address it
+ * may resolve to), in its place among the others. */
+static void test_server_host_name_takes_dns_slots_in_place(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(
+	    "{" LIS ", 'upstreams': [{'name': 'u', 'servers': [{'address': '127.0.0.1:1'}, "
+	    "{'address': 'svc.test:2', 'weight': 5}, {'address': '127.0.0.1:3'}]}]}");
+	const sp_upstream_t *u = &c->upstreams[0];
+	assert_int_equal(u->nnames, 1);
+	assert_int_equal(u->nservers, 2 + SP_CONF_DNS_SLOTS);
+	assert_false(u->servers[0].dns);
+	for (unsigned k = 0; k < SP_CONF_DNS_SLOTS; k++) {
+		assert_true(u->servers[1 + k].dns);
+		assert_int_equal(u->servers[1 + k].dns_slot, k);
+		assert_int_equal(u->servers[1 + k].origin, 1);
+		assert_int_equal(u->servers[1 + k].weight, 5);
+	}
+	assert_int_equal(u->servers[1 + SP_CONF_DNS_SLOTS].origin, 2);
+	assert_string_equal(u->servers[1 + SP_CONF_DNS_SLOTS].addr.text, "127.0.0.1:3");
+	sp_conf_free(c);
+}
+
+static void test_too_many_host_names_for_one_upstream_is_an_error(void **state)
+{
+	(void)state;
+	char text[16384];
+	size_t n = (size_t)snprintf(text, sizeof(text), "{" LIS ", 'upstreams': [{'name': 'u', "
+							  "'servers': [");
+	for (int i = 0; i < 33; i++)
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "%s{'address': 'h%d.test:80'}",
+				      i ? ", " : "", i);
+	snprintf(text + n, sizeof(text) - n, "]}]}");
+	expect_error_part(text, "upstreams[0].servers: 33 host names take 8 entries each");
+}
+
+/* A listen address may name a host in /etc/hosts, never one DNS knows. */
+static void test_listen_host_name_comes_from_etc_hosts(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(LISTEN_AT("localhost:8080"));
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)&c->listeners[0].listen.ss;
+	assert_int_equal(sin->sin_family, AF_INET);
+	assert_int_equal(sin->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+	sp_conf_free(c);
+	expect_error_part(LISTEN_AT("no-such-host.invalid:8080"), "not in /etc/hosts");
+}
+
+static void test_resolve_interval_ms_is_per_upstream_and_optional(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(UPSTREAM_WITH(", 'resolve_interval_ms': 5000"));
+	assert_int_equal(c->upstreams[0].resolve_interval_ms, 5000);
+	sp_conf_free(c);
+	c = expect_ok(UPSTREAM_WITH(""));
+	assert_int_equal(c->upstreams[0].resolve_interval_ms, 0);
+	sp_conf_free(c);
+	expect_error_part(UPSTREAM_WITH(", 'resolve_interval_ms': 10"),
+			  "upstreams[0].resolve_interval_ms: must be between 100 and 86400000");
+	expect_error_part(UPSTREAM_WITH(", 'resolve_interval_ms': '1s'"), "expected an integer");
+}
+
+static void test_resolvers_are_ip_addresses_with_ports(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH("'resolvers': ['127.0.0.53:53', '[::1]:5353'], "));
+	assert_int_equal(c->nresolvers, 2);
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->resolvers[0].ss;
+	assert_int_equal(s4->sin_family, AF_INET);
+	assert_int_equal(ntohs(s4->sin_port), 53);
+	assert_int_equal(c->resolvers[1].ss.ss_family, AF_INET6);
+	sp_conf_free(c);
+	c = expect_ok(FILE_WITH(""));
+	assert_int_equal(c->nresolvers, 0); /* /etc/resolv.conf's */
+	sp_conf_free(c);
+	expect_error_part(FILE_WITH("'resolvers': ['dns.example:53'], "),
+			  "resolvers[0]: invalid nameserver \"dns.example:53\": expected an IP "
+			  "address and port");
+	expect_error_part(FILE_WITH("'resolvers': ['127.0.0.1'], "), "resolvers[0]: invalid address");
+	expect_error_part(FILE_WITH("'resolvers': [], "), "resolvers: must not be empty");
+	expect_error_part(FILE_WITH("'resolvers': '127.0.0.1:53', "), "expected an array");
+}
+
+static void test_admin_socket_is_a_path(void **state)
+{
+	(void)state;
+	sp_conf_t *c = expect_ok(FILE_WITH("'admin': {'socket': '/run/sp/admin.sock'}, "));
+	assert_string_equal(c->admin.socket, "/run/sp/admin.sock");
+	assert_false(c->admin.enabled);
+	sp_conf_free(c);
+	c = expect_ok(FILE_WITH("'admin': {'listen': '127.0.0.1:9901', 'socket': null}, "));
+	assert_string_equal(c->admin.socket, "");
+	assert_true(c->admin.enabled);
+	sp_conf_free(c);
+	expect_error_part(FILE_WITH("'admin': {'socket': ''}, "), "admin.socket: invalid socket path");
+	expect_error_part(FILE_WITH("'admin': {'socket': 5}, "), "admin.socket: expected a string");
+	char text[1024], path[200];
+	memset(path, 'a', sizeof(path) - 1);
+	path[0] = '/';
+	path[sizeof(path) - 1] = 0;
+	snprintf(text, sizeof(text), FILE_WITH("'admin': {'socket': '%s'}, "), path);
+	expect_error_part(text, "expected 1 to 107 bytes");
 }
 
 static void test_sni_is_stored_lower_case(void **state)
@@ -586,16 +695,18 @@ static void test_spec_example_parses_every_field(void **state)
 	const sp_upstream_t *u = &c->upstreams[0];
 	assert_string_equal(u->name, "web");
 	assert_int_equal(u->balance, SP_BALANCE_ROUND_ROBIN);
-	assert_int_equal(u->nservers, 3);
+	assert_int_equal(u->nservers, 2 + SP_CONF_DNS_SLOTS); /* localhost is a name */
 	assert_string_equal(u->servers[0].addr.text, "127.0.0.1:9000");
 	assert_int_equal(u->servers[0].weight, 3);
 	assert_false(u->servers[0].backup);
 	assert_string_equal(u->servers[1].addr.text, "localhost:9002");
+	assert_true(u->servers[1].dns);
 	assert_int_equal(u->servers[1].weight, 1);
-	assert_string_equal(u->servers[2].addr.text, "[::1]:9001");
-	assert_int_equal(u->servers[2].addr.ss.ss_family, AF_INET6);
-	assert_int_equal(u->servers[2].addr.len, sizeof(struct sockaddr_in6));
-	assert_true(u->servers[2].backup);
+	const sp_server_t *v6 = &u->servers[1 + SP_CONF_DNS_SLOTS];
+	assert_string_equal(v6->addr.text, "[::1]:9001");
+	assert_int_equal(v6->addr.ss.ss_family, AF_INET6);
+	assert_int_equal(v6->addr.len, sizeof(struct sockaddr_in6));
+	assert_true(v6->backup);
 	assert_int_equal(u->connect_timeout_ms, 1000);
 	assert_int_equal(u->idle_timeout_ms, 60000);
 	assert_int_equal(u->retries, 2);
@@ -929,7 +1040,13 @@ int main(void)
 	    cmocka_unit_test(test_workers_number_is_kept),
 	    cmocka_unit_test(test_route_without_match_before_last_is_allowed),
 	    cmocka_unit_test(test_wildcard_listen_means_any_ipv4),
-	    cmocka_unit_test(test_localhost_resolves_to_loopback),
+	    cmocka_unit_test(test_server_host_name_is_left_to_the_resolver),
+	    cmocka_unit_test(test_server_host_name_takes_dns_slots_in_place),
+	    cmocka_unit_test(test_too_many_host_names_for_one_upstream_is_an_error),
+	    cmocka_unit_test(test_listen_host_name_comes_from_etc_hosts),
+	    cmocka_unit_test(test_resolve_interval_ms_is_per_upstream_and_optional),
+	    cmocka_unit_test(test_resolvers_are_ip_addresses_with_ports),
+	    cmocka_unit_test(test_admin_socket_is_a_path),
 	    cmocka_unit_test(test_sni_is_stored_lower_case),
 	    cmocka_unit_test(test_bare_source_address_is_a_host_cidr),
 	    cmocka_unit_test(test_spec_example_parses_every_field),
