@@ -51,11 +51,14 @@ static inline void sp_server_ctl_set_addr(sp_server_ctl_t *c, const struct socka
 	__atomic_store_n(&c->seq, c->seq + 1, __ATOMIC_RELEASE);
 }
 
-/* Reader side: a consistent copy of the address; false if there is none. */
+/* Reader side: a consistent copy of the address; false if there is none.
+ * A write takes a few stores, so a reader retries; the bound only matters
+ * if the supervisor died mid-write (the shard then treats the entry as
+ * empty instead of spinning until its own end). */
 static inline bool sp_server_ctl_addr(const sp_server_ctl_t *c, struct sockaddr_storage *ss,
 				      socklen_t *len)
 {
-	for (;;) {
+	for (unsigned tries = 0; tries < 100000; tries++) {
 		uint32_t s1 = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
 		if (s1 & 1)
 			continue;
@@ -66,6 +69,7 @@ static inline bool sp_server_ctl_addr(const sp_server_ctl_t *c, struct sockaddr_
 		if (__atomic_load_n(&c->seq, __ATOMIC_RELAXED) == s1)
 			return present && *len > 0;
 	}
+	return false;
 }
 
 /* A set of servers to leave out (those already tried by this session). */

@@ -20,6 +20,7 @@
 
 #include "conf/conf.h"
 #include "tests/unit/conf_text.h"
+#include "proxy/control.h"
 #include "proxy/health.h"
 #include "runtime/log.h"
 
@@ -396,6 +397,49 @@ static void test_health_server_past_260_unanswered_checks_is_seen_answering(void
 	close(ok);
 }
 
+/* With run-time control: a disabled server is not checked (its verdict
+ * stays as it was), the others are; a host name's empty slot is not
+ * checked, and a reset (its address changed) brings a down server up. */
+static void test_health_skips_disabled_servers_and_empty_slots_and_reset_clears(void **state)
+{
+	(void)state;
+	in_port_t p1, p2;
+	int f1 = refusing_port(&p1), f2 = refusing_port(&p2);
+	char text[1024];
+	snprintf(text, sizeof(text),
+		 "{" LISTENER ", 'upstreams': [{'name': 'a', 'health_check': {'interval_ms': 100, "
+		 "'timeout_ms': 100, 'fall': 1, 'rise': 1}, 'servers': [{'address': '127.0.0.1:%u'}, "
+		 "{'address': '127.0.0.1:%u'}, {'address': 'svc.test:80'}]}]}",
+		 p1, p2);
+	sp_conf_t *c = load(text);
+	shm_t s = shm_new();
+	sp_server_ctl_t *ctl = calloc(c->upstreams[0].nservers, sizeof(*ctl));
+	assert_non_null(ctl);
+	sp_control_init(c, ctl);
+	ctl[1].admin = SP_SRV_DISABLED;
+	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	assert_non_null(h);
+	sp_health_set_ctl(h, ctl);
+	uint64_t end = mono_ms() + 400;
+	while (mono_ms() < end) {
+		run_due_checks(h);
+		struct timespec ts = {0, 20 * 1000000};
+		nanosleep(&ts, NULL);
+	}
+	assert_int_equal(s.down[0], 1); /* checked: refused */
+	assert_int_equal(s.down[1], 0); /* disabled: never checked */
+	for (unsigned k = 2; k < c->upstreams[0].nservers; k++)
+		assert_int_equal(s.down[k], 0); /* empty slots */
+	sp_health_reset(h, 0);
+	assert_int_equal(s.down[0], 0);
+	sp_health_free(h);
+	free(ctl);
+	shm_free(&s);
+	sp_conf_free(c);
+	close(f1);
+	close(f2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -407,6 +451,7 @@ int main(void)
 	    cmocka_unit_test(test_health_inherit_keeps_the_streak_of_failed_checks),
 	    cmocka_unit_test(test_health_timeout_is_minus_one_when_nothing_is_checked),
 	    cmocka_unit_test(test_health_server_past_260_unanswered_checks_is_seen_answering),
+	    cmocka_unit_test(test_health_skips_disabled_servers_and_empty_slots_and_reset_clears),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);
 }
