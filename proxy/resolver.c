@@ -64,7 +64,7 @@ static int addr_cmp(const void *a, const void *b)
 static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo *res)
 {
 	query_t *q = arg;
-	struct sockaddr_storage addrs[SP_RESOLVER_MAX_ADDRS];
+	struct sockaddr_storage addrs[SP_RESOLVER_MAX_ADDRS] = {{0}};
 	size_t n = 0;
 	(void)timeouts;
 
@@ -92,7 +92,8 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
 			if (!dup)
 				addrs[n++] = ss;
 		}
-		qsort(addrs, n, sizeof(addrs[0]), addr_cmp);
+		if (n > 1)
+			qsort(addrs, n, sizeof(addrs[0]), addr_cmp);
 	}
 	if (res)
 		ares_freeaddrinfo(res);
