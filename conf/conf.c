@@ -943,10 +943,13 @@ static int set_admin_socket(ctx_t *c, const conf_field_t *f, json_t *v, size_t n
 		return type_err(c, node, "a string or null", v);
 	const char *s = json_string_value(v);
 	size_t n = json_string_length(v);
-	if (n == 0 || strlen(s) != n || n >= sizeof(conf->admin.socket))
+	/* 12 bytes of sun_path are kept for the ".<pid>" of the temporary name
+	 * the socket is made at before it is renamed into place (admin.c). */
+	size_t max = sizeof(conf->admin.socket) - 12;
+	if (n == 0 || strlen(s) != n || n > max)
 		return err_at(c, node, "invalid socket path %s: expected 1 to %zu bytes, as in "
 				       "\"/run/shardproxy/admin.sock\"",
-			      quote(s, q, sizeof(q)), sizeof(conf->admin.socket) - 1);
+			      quote(s, q, sizeof(q)), max);
 	memcpy(conf->admin.socket, s, n + 1);
 	return 0;
 }

@@ -40,6 +40,7 @@ struct sp_admin {
 	int lfd;
 	bool writable;	 /* admin.socket */
 	pid_t owner;	 /* the process that created path */
+	ino_t ino;	 /* path's inode then */
 	char path[108];
 	client_t clients[SP_ADMIN_MAX_CLIENTS];
 };
@@ -85,44 +86,43 @@ err:;
 	return -e;
 }
 
+/* The socket is made at "<path>.<pid>" and renamed over path: the file
+ * never exists wider than 0600 (the mode is set before bind), and a socket
+ * file left at path is replaced atomically, whether its process died (a
+ * stale file) or still runs (a binary upgrade: the old supervisor keeps
+ * serving its clients until it exits, new clients reach the new one). */
 int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t errlen)
 {
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	const char *step = "socket";
+	char tmp[sizeof(sun.sun_path)];
 	struct stat st;
 	sp_admin_t *a = calloc(1, sizeof(*a));
 	if (!a) {
 		snprintf(err, errlen, "admin.socket %s: out of memory", path);
 		return -ENOMEM;
 	}
-	if (strlen(path) >= sizeof(sun.sun_path)) {
+	if (snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
 		free(a);
-		snprintf(err, errlen, "admin.socket %s: path too long", path);
+		snprintf(err, errlen, "admin.socket %s: path too long (at most %zu bytes)", path,
+			 sizeof(tmp) - 12);
 		return -ENAMETOOLONG;
+	}
+	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+		free(a);
+		snprintf(err, errlen, "admin.socket %s: exists and is not a socket", path);
+		return -EEXIST;
 	}
 	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++)
 		a->clients[i].fd = -1;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", tmp);
 	snprintf(a->path, sizeof(a->path), "%s", path);
 	a->writable = true;
 	a->owner = getpid();
 	a->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (a->lfd < 0)
 		goto err;
-	/* Left behind by a process that died: replace it, unless someone answers. */
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		int live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
-		if (probe >= 0)
-			close(probe);
-		if (live) {
-			errno = EADDRINUSE;
-			step = "bind (another process answers there)";
-			goto err;
-		}
-		unlink(path);
-	}
-	/* The mode is set before bind so the file never exists wider than 0600. */
+	unlink(tmp); /* ours from an earlier process with the same pid */
 	step = "fchmod";
 	if (fchmod(a->lfd, 0600) < 0)
 		goto err;
@@ -130,21 +130,22 @@ int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t err
 	if (bind(a->lfd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
 		goto err;
 	step = "chmod";
-	if (chmod(path, 0600) < 0) {
-		int e = errno;
-		unlink(path);
-		errno = e;
-		goto err;
-	}
+	if (chmod(tmp, 0600) < 0)
+		goto err_unlink;
 	step = "listen";
-	if (listen(a->lfd, 64) < 0) {
-		int e = errno;
-		unlink(path);
-		errno = e;
-		goto err;
-	}
+	if (listen(a->lfd, 64) < 0)
+		goto err_unlink;
+	step = "rename";
+	if (rename(tmp, path) < 0)
+		goto err_unlink;
+	if (lstat(path, &st) == 0)
+		a->ino = st.st_ino;
 	*out = a;
 	return 0;
+err_unlink:;
+	int e0 = errno;
+	unlink(tmp);
+	errno = e0;
 err:;
 	int e = errno;
 	snprintf(err, errlen, "admin.socket %s: %s: %s", path, step, strerror(e));
@@ -158,7 +159,10 @@ void sp_admin_close(sp_admin_t *a)
 {
 	if (!a)
 		return;
-	if (a->path[0] && a->owner == getpid())
+	/* Only the file this process made: a shard closing its inherited copy,
+	 * or an old supervisor whose path a new one has taken over, leaves it. */
+	struct stat st;
+	if (a->path[0] && a->owner == getpid() && lstat(a->path, &st) == 0 && st.st_ino == a->ino)
 		unlink(a->path);
 	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++)
 		if (a->clients[i].fd >= 0)

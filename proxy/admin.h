@@ -22,11 +22,13 @@ typedef struct sp_admin sp_admin_t;
 
 int sp_admin_open(sp_admin_t **out, const sp_addr_t *addr, char *err, size_t errlen);
 /* admin.socket: a Unix socket at path, mode 0600 (whoever can reach it can
- * take servers out of rotation), serving the same GETs plus writes. A stale
- * socket file nobody listens on is replaced; a live one is an error. */
+ * take servers out of rotation), serving the same GETs plus writes. A
+ * socket file already at path is replaced atomically (stale, or an old
+ * supervisor's during a binary upgrade); any other file is an error. */
 int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t errlen);
-/* Closes; the Unix socket's file is removed by the process that made it
- * only (a forked shard closing its copy leaves it). */
+/* Closes; the Unix socket's file is removed by the process that made it,
+ * if it is still the one it made (a forked shard closing its copy, or an
+ * old supervisor replaced by a new one, leaves it). */
 void sp_admin_close(sp_admin_t *a);
 /* The descriptors to poll (listener first); returns how many were written. */
 int sp_admin_pollfds(const sp_admin_t *a, struct pollfd *pfds, int max);

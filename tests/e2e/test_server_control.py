@@ -246,3 +246,41 @@ def test_drain_under_wrk_load_no_errors_and_no_new_session_reaches_the_drained_s
     check(sb["connected"] > s1["connected"], "the other server took no load: %s" % sb)
     ok = lib.wait_until(lambda: _server(_stats(sock), "web", ha.address)["active"] == 0, 5, 0.1)
     check(ok, "the drained server's sessions did not finish")
+
+
+def test_admin_socket_replaces_a_stale_file_and_a_new_process_keeps_it_when_the_old_exits(t):
+    """A stale socket file is replaced; a second supervisor on the same path
+    (a binary upgrade) takes it over, and the first one's exit leaves it."""
+    sock = os.path.join(t.tmpdir, "admin.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(sock)
+    stale.close()  # the file stays, nobody listens
+
+    def start(name):
+        up = t.echo()
+        port = lib.free_port()
+        conf = lib.config([lib.listener("edge", port, "u")], [lib.upstream("u", [up.address])],
+                          workers=1, admin={"socket": sock})
+        return lib.Proxy(t, conf, name=name).wait_ready()
+
+    a = start("a")
+    check(_stats(sock)["pid"] == a.pid, "the stale socket file was not replaced")
+    b = start("b")
+    check(_stats(sock)["pid"] == b.pid, "the new supervisor did not take admin.socket over")
+    check(a.stop() == 0, "old supervisor exit")
+    check(os.path.exists(sock) and _stats(sock)["pid"] == b.pid,
+          "the old supervisor's exit removed the new one's socket")
+    check(b.stop() == 0, "new supervisor exit")
+    check(not os.path.exists(sock), "admin.socket left behind")
+
+
+def test_admin_socket_path_that_is_not_a_socket_stops_the_start(t):
+    path = t.file("not-a-socket", "data\n")
+    up = t.echo()
+    conf = lib.config([lib.listener("edge", lib.free_port(), "u")], [lib.upstream("u", [up.address])],
+                      admin={"socket": path})
+    p = t.proxy(conf, ready=False)
+    check(p.wait_exit(10) == 2, "exit %s, want 2" % p.returncode)
+    check("admin.socket %s: exists and is not a socket" % path in p.log_text(), p.tail())
+    with open(path) as f:
+        check(f.read() == "data\n", "the file was touched")

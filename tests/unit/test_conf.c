@@ -604,7 +604,7 @@ static void test_admin_socket_is_a_path(void **state)
 	path[0] = '/';
 	path[sizeof(path) - 1] = 0;
 	snprintf(text, sizeof(text), FILE_WITH("'admin': {'socket': '%s'}, "), path);
-	expect_error_part(text, "expected 1 to 107 bytes");
+	expect_error_part(text, "expected 1 to 96 bytes");
 }
 
 static void test_sni_is_stored_lower_case(void **state)
