@@ -883,11 +883,11 @@ static void expand_names(ctx_t *c, void *base, size_t node)
 	if (!names)
 		return;
 	size_t total = up->nservers - names + names * SP_CONF_DNS_SLOTS;
-	if (total > SP_CONF_MAX_SERVERS) {
+	if (total > SP_CONF_MAX_UPSTREAM_SERVERS) {
 		member_err(c, node, "servers",
 			   "%zu host names take %d entries each (one per address they may have): "
 			   "%zu in all, at most %d per upstream",
-			   names, SP_CONF_DNS_SLOTS, total, SP_CONF_MAX_SERVERS);
+			   names, SP_CONF_DNS_SLOTS, total, SP_CONF_MAX_UPSTREAM_SERVERS);
 		return;
 	}
 	sp_server_t *x = calloc(total, sizeof(*x));
@@ -1204,13 +1204,6 @@ sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,
 	c.conf = conf;
 	apply_defaults(&root_schema, conf);
 	parse_object(&c, &root_schema, root, sp_jmap_root(c.map), conf);
-	size_t total = 0;
-	for (size_t u = 0; u < conf->nupstreams; u++)
-		total += conf->upstreams[u].nservers;
-	if (total > SP_CONF_MAX_TOTAL_SERVERS)
-		err_at(&c, sp_jmap_member(c.map, sp_jmap_root(c.map), "upstreams"),
-		       "%zu servers in all (host names count %d each); at most %d", total,
-		       SP_CONF_DNS_SLOTS, SP_CONF_MAX_TOTAL_SERVERS);
 	number_servers(conf);
 	goto out;
 oom:

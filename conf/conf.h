@@ -86,6 +86,10 @@ typedef struct {
 	size_t nservers;      /* >= 1 */
 	size_t nnames;        /* servers written with a host name */
 	uint32_t resolve_interval_ms; /* 0: names resolved at load and reload only */
+	/* Servers are numbered across upstreams in file order (health verdicts,
+	 * per-server counters): this upstream's server k is first_server + k.
+	 * Computed once by the loader. */
+	uint32_t first_server;
 	uint32_t connect_timeout_ms;
 	uint32_t idle_timeout_ms;
 	uint32_t retries;

@@ -126,7 +126,7 @@ int sp_control_request(const sp_conf_t *conf, sp_server_ctl_t *ctl, const char *
 {
 	char upname[SP_CONF_NAME_MAX + 1], srvname[160], action[16], arg[16];
 	const char *p = path;
-	static bool sel[SP_CONF_MAX_SERVERS];
+	static bool sel[SP_CONF_MAX_UPSTREAM_SERVERS];
 
 	if (strncmp(p, "/servers/", 9) != 0)
 		return refuse(out, 404, "not found; writes are POST /servers/<upstream>/<server>/"

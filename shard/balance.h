@@ -11,7 +11,7 @@
 
 #include "conf/conf.h"
 
-#define SP_MAX_SERVERS SP_CONF_MAX_SERVERS
+#define SP_MAX_SERVERS SP_CONF_MAX_UPSTREAM_SERVERS
 
 /* What the operator (admin.socket) made of a server: in rotation, draining
  * (no new sessions; open ones finish; still health-checked) or disabled
