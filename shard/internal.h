@@ -65,10 +65,12 @@ typedef enum {
  * (256 KiB). It holds because each recv is one-shot and takes one buffer:
  * a multishot round would land as many as the socket had (~21 seen). */
 #define SP_COPY_QMAX 8
-/* While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
+/* Slow readers must not pin the whole ring and starve fresh sessions.
+ * While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
  * those the recvs of directions already holding buffers may still take), a
- * direction holding SP_COPY_LOW_HOLD or more waits for the others: slow
- * readers cannot pin the whole ring and starve fresh sessions. */
+ * direction holding SP_COPY_LOW_HOLD or more waits; under half that, only a
+ * direction that holds none and whose destination can take more (POLLOUT)
+ * may receive: one whose reader stopped would pin its buffer for good. */
 #define SP_COPY_LOW_DIV 8
 #define SP_COPY_LOW_HOLD 2
 #define SP_SPLICE_CHUNK SP_PIPE_SIZE

@@ -6,6 +6,7 @@
  * Directions that find the ring empty, or hold buffers while it runs low,
  * wait in a FIFO and are resumed in turn as buffers come back. */
 #include <errno.h>
+#include <poll.h>
 
 #include "shard/internal.h"
 
@@ -72,10 +73,27 @@ static void starve_remove(sp_shard_t *sh, sp_session_t *s, int d)
 /* Few buffers left for directions that hold none. A recv armed by a
  * direction that holds buffers will likely take one more (its source is
  * busy), so those count as taken already. */
-static bool ring_low(const sp_shard_t *sh)
+static bool ring_low(const sp_shard_t *sh, uint32_t div)
 {
 	uint32_t free = sh->bufs.nbufs - sh->bufs.out;
-	return free < sh->recv_held + sh->bufs.nbufs / SP_COPY_LOW_DIV;
+	return free < sh->recv_held + sh->bufs.nbufs / div;
+}
+
+/* Can dst take more bytes now? Asked only when the ring is nearly empty. */
+static bool writable(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+}
+
+/* May this direction take one more buffer from the ring now? */
+static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
+{
+	if (!ring_low(sh, SP_COPY_LOW_DIV))
+		return true;
+	if (!ring_low(sh, 2 * SP_COPY_LOW_DIV))
+		return dir->qn < SP_COPY_LOW_HOLD;
+	return dir->qn == 0 && writable(dir->dst);
 }
 
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
@@ -113,7 +131,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
 	    dir->qn >= SP_COPY_QMAX)
 		return;
-	if (dir->qn >= SP_COPY_LOW_HOLD && ring_low(sh)) {
+	if (!may_take(sh, dir)) {
 		starve_push(sh, s, d); /* others first: copy_resume calls again */
 		return;
 	}
