@@ -11,6 +11,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "runtime/log.h" /* sp_log_level_t */
+
 /* Hard caps, so every array a shard sizes from the conf is bounded. */
 #define SP_CONF_MAX_WORKERS 256
 #define SP_CONF_NAME_MAX 64
@@ -33,7 +35,6 @@ typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;
 typedef enum { SP_AFFINITY_PIN, SP_AFFINITY_NONE } sp_affinity_t;
 /* The shards' event loop: io_uring if a start-up probe finds all it needs, or as forced. */
 typedef enum { SP_IO_AUTO, SP_IO_URING, SP_IO_EPOLL } sp_io_t;
-typedef enum { SP_LOG_DEBUG, SP_LOG_INFO, SP_LOG_WARN, SP_LOG_ERROR } sp_log_level_t;
 typedef enum { SP_LOG_TEXT, SP_LOG_JSON } sp_log_format_t;
 typedef enum {
 	SP_BALANCE_ROUND_ROBIN,

@@ -10,6 +10,7 @@
  *   curl -s http://127.0.0.1:9901/stats | jq .totals
  *   curl -s http://127.0.0.1:9901/metrics | promtool check metrics */
 #include "proxy/admin.h"
+#include "runtime/clock.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -44,13 +45,6 @@ struct sp_admin {
 	char path[108];
 	client_t clients[SP_ADMIN_MAX_CLIENTS];
 };
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 int sp_admin_open(sp_admin_t **out, const sp_addr_t *addr, char *err, size_t errlen)
 {
@@ -205,7 +199,7 @@ static void linger(client_t *c)
 {
 	shutdown(c->fd, SHUT_WR);
 	c->lingering = true;
-	c->deadline = mono_ms() + CLIENT_DEADLINE_MS;
+	c->deadline = sp_clock_ms() + CLIENT_DEADLINE_MS;
 }
 
 static void discard(client_t *c)
@@ -281,7 +275,7 @@ static void respond(client_t *c, int status, const char *ctype, const char *body
 		memcpy(c->out + h, body, blen);
 	c->outlen = (size_t)h + blen;
 	c->outoff = 0;
-	c->deadline = mono_ms() + WRITE_DEADLINE_MS;
+	c->deadline = sp_clock_ms() + WRITE_DEADLINE_MS;
 	if (flush_out(c))
 		linger(c);
 }
@@ -395,7 +389,7 @@ static int victim(const sp_admin_t *a)
 void sp_admin_serve(sp_admin_t *a, const struct pollfd *pfds, int n, sp_admin_render_fn render,
 		    void *ctx)
 {
-	uint64_t now = mono_ms();
+	uint64_t now = sp_clock_ms();
 	for (int k = 1; k < n; k++) {
 		if (!(pfds[k].revents & (POLLIN | POLLOUT | POLLHUP | POLLERR)))
 			continue;

@@ -19,13 +19,6 @@
 #include "proxy/sup_internal.h"
 #include "runtime/log.h"
 
-uint64_t sp_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- sizing ------------------------------------------------------------------- */
 
 /* Each shard is its own process with its own descriptor table, so the limit
@@ -396,7 +389,7 @@ static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
 		shard_child(sup, g, slot, parent);
 	p->pid = pid;
 	p->state = PROC_STARTING;
-	p->started_ms = sp_now_ms();
+	p->started_ms = sp_clock_ms();
 	p->restart_at = 0;
 	return 0;
 }
@@ -492,7 +485,7 @@ int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g)
 		sp_health_inherit(g->health, sup->cur->health);
 	sup->starting = g;
 	g->start_failed = false;
-	g->ready_by = sp_now_ms() + READY_TIMEOUT_MS;
+	g->ready_by = sp_clock_ms() + READY_TIMEOUT_MS;
 	for (unsigned i = 0; i < g->nslots; i++)
 		if (spawn(sup, g, i) < 0) {
 			sp_gen_kill(sup, g);
@@ -510,7 +503,7 @@ int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g)
 			sup->starting = NULL;
 		return 1;
 	}
-	if (sp_now_ms() >= g->ready_by) {
+	if (sp_clock_ms() >= g->ready_by) {
 		sp_error("generation %u: shards not ready after %d ms", g->id, READY_TIMEOUT_MS);
 		return -1;
 	}
@@ -524,7 +517,7 @@ int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
 		return -1;
 	while ((st = sp_gen_start_poll(sup, g)) == 0) {
 		struct pollfd pfd = {.fd = sup->notify_r, .events = POLLIN};
-		uint64_t t = sp_now_ms();
+		uint64_t t = sp_clock_ms();
 		poll(&pfd, 1, g->ready_by > t ? (int)(g->ready_by - t) : 0);
 		sp_gen_read_notify(sup);
 		/* A shard that died before reporting never will. */
@@ -570,7 +563,7 @@ void sp_gen_drain(sp_gen_t *g)
 		p->state = PROC_DRAINING;
 		kill(p->pid, SP_SIG_DRAIN);
 	}
-	g->kill_at = sp_now_ms() + g->conf->limits.drain_timeout_ms + KILL_GRACE_MS;
+	g->kill_at = sp_clock_ms() + g->conf->limits.drain_timeout_ms + KILL_GRACE_MS;
 	sp_health_free(g->health); /* its servers are the new generation's to check */
 	g->health = NULL;
 	sp_names_free(g->names); /* and to re-resolve */
@@ -633,7 +626,7 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 			char how[96];
 			describe_status(status, how, sizeof(how));
 			sp_steering_live(sup, i, false);
-			uint64_t t = sp_now_ms();
+			uint64_t t = sp_clock_ms();
 			if (t - p->started_ms > STABLE_AFTER_MS)
 				p->crashes = 0;
 			uint64_t delay = sp_backoff_ms(p->crashes);

@@ -3,6 +3,7 @@
  * connection failures in a row reported by shards from live traffic; it comes
  * back after `rise` successful checks in a row. Servers start up. */
 #include "proxy/health.h"
+#include "runtime/clock.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -44,19 +45,16 @@ struct sp_health {
 	uint32_t *fails;
 };
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
+/* conf numbers the servers once (first_server); past the last upstream,
+ * the total. */
 uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream)
 {
-	uint32_t idx = 0;
-	for (size_t u = 0; u < upstream; u++)
-		idx += (uint32_t)conf->upstreams[u].nservers;
-	return idx;
+	if (upstream < conf->nupstreams)
+		return conf->upstreams[upstream].first_server;
+	if (!conf->nupstreams)
+		return 0;
+	const sp_upstream_t *last = &conf->upstreams[conf->nupstreams - 1];
+	return last->first_server + (uint32_t)last->nservers;
 }
 
 sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails)
@@ -84,10 +82,10 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 		free(h);
 		return NULL;
 	}
-	uint64_t now = mono_ms();
+	uint64_t now = sp_clock_ms();
 	for (size_t u = 0; u < conf->nupstreams; u++) {
 		const sp_upstream_t *up = &conf->upstreams[u];
-		uint32_t base = sp_health_index(conf, u);
+		uint32_t base = conf->upstreams[u].first_server;
 		for (size_t k = 0; k < up->nservers && base + k < total; k++) {
 			if (!up->health_check.enabled)
 				continue;
@@ -247,7 +245,7 @@ int sp_health_pollfds(const sp_health_t *h, struct pollfd *pfds, int max)
 
 int sp_health_timeout(const sp_health_t *h)
 {
-	uint64_t now = mono_ms(), next = UINT64_MAX;
+	uint64_t now = sp_clock_ms(), next = UINT64_MAX;
 	for (size_t i = 0; i < h->n; i++)
 		if (h->checks[i].due < next)
 			next = h->checks[i].due;
@@ -261,7 +259,7 @@ int sp_health_timeout(const sp_health_t *h)
 void sp_health_run(sp_health_t *h, const struct pollfd *pfds, int n)
 {
 	struct epoll_event evs[64];
-	uint64_t now = mono_ms();
+	uint64_t now = sp_clock_ms();
 	int ready;
 	(void)pfds;
 	(void)n;

@@ -12,7 +12,7 @@
 #include "shard/balance.h"
 
 /* Servers are numbered across upstreams: upstream u's server k is
- * sp_health_index(conf, u) + k. */
+ * conf->upstreams[u].first_server + k. */
 #define SP_HEALTH_MAX_SERVERS SP_CONF_MAX_SERVERS
 
 typedef struct sp_health sp_health_t;

@@ -132,14 +132,10 @@ static void json_metrics(FILE *f, const metric_t *ms, size_t n, const void *row,
 
 const char *sp_relay_engine(const sp_conf_t *conf)
 {
-	switch (conf->relay) {
-	case SP_RELAY_SPLICE:
-		return "splice";
-	case SP_RELAY_COPY:
-		return "copy";
-	default:
-		return "auto (copy, splice for bulk)"; /* shard.c, relay_copy.c */
-	}
+	/* auto is a policy over the two engines (shard.c, relay_copy.c). */
+	if (conf->relay == SP_RELAY_AUTO)
+		return "auto (copy, splice for bulk)";
+	return sp_conf_relay_name(conf->relay);
 }
 
 /* Health verdict of server k of upstream u in the current generation. */

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Per-server detail covers the first servers of the shared numbering. */
+_Static_assert(SP_STATS_MAX_SERVERS <= SP_CONF_MAX_SERVERS, "stats rows past the numbering");
+_Static_assert(SP_STATS_MAX_LISTENERS <= SP_SHARD_MAX_LISTENERS, "stats rows past the listeners");
+
 /* Shards write their slots while we read: relaxed loads, one per counter. */
 static uint64_t ld(const uint64_t *p)
 {

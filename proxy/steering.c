@@ -8,6 +8,10 @@
 #include "proxy/sup_internal.h"
 #include "runtime/log.h"
 
+/* The program's tables are sized for these; the supervisor's must fit. */
+_Static_assert(SP_MAX_SLOTS <= SP_STEER_MAX_SLOTS, "a shard slot the steering program cannot hold");
+_Static_assert(SP_MAX_GROUPS <= SP_STEER_MAX_GROUPS, "a listen address the program cannot hold");
+
 int sp_steering_policy(sp_steering_t s)
 {
 	switch (s) {

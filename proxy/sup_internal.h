@@ -24,6 +24,7 @@
 #include "proxy/names.h"
 #include "proxy/stats.h"
 #include "proxy/supervisor.h"
+#include "runtime/clock.h"
 #include "shard/shard.h"
 
 #define READY_TIMEOUT_MS 10000
@@ -98,8 +99,6 @@ typedef struct {
 	sp_admin_t *admin;
 	sp_admin_t *admin_unix; /* admin.socket: the same GETs, plus writes */
 } sp_sup_t;
-
-uint64_t sp_now_ms(void);
 
 /* Shared arrays come in two halves, one per entry of sup->gens (not per
  * generation id: a failed reload uses up an id, and the next one must still

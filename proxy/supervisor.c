@@ -269,7 +269,7 @@ static void reap(sp_sup_t *sup)
 
 static void run_timers(sp_sup_t *sup)
 {
-	uint64_t t = sp_now_ms();
+	uint64_t t = sp_clock_ms();
 	sp_gen_restart_due(sup, t);
 	if (sup->old && sup->old->kill_at && t >= sup->old->kill_at) {
 		sp_warn("generation %u still has shards after drain_timeout_ms; killing them",
@@ -287,7 +287,7 @@ static void run_timers(sp_sup_t *sup)
 
 static int next_timeout(const sp_sup_t *sup)
 {
-	uint64_t next = UINT64_MAX, t = sp_now_ms();
+	uint64_t next = UINT64_MAX, t = sp_clock_ms();
 	if (sup->cur)
 		for (unsigned i = 0; i < sup->cur->nslots; i++)
 			if (sup->cur->procs[i].state == PROC_NONE && sup->cur->procs[i].restart_at &&
@@ -333,7 +333,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
 				drain = sup->gens[k].conf->limits.drain_timeout_ms;
 		}
-	sup->stop_kill_at = sp_now_ms() + drain + KILL_GRACE_MS;
+	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
 	/* Refuse, never strand: the shards close their copies of the listening
 	 * sockets as they start draining, and these are the last ones. A new
 	 * client is refused at once (and retries elsewhere) instead of
@@ -430,7 +430,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	sup->ncpus = allowed_cpus(sup->cpus, SP_MAX_SLOTS);
 	sup->nofile = raise_nofile();
 	sup->started = time(NULL);
-	sp_log_setup("shardproxy", (int)conf->log.level);
+	sp_log_setup("shardproxy", conf->log.level);
 
 	if ((ret = setup_process(sup)) < 0) {
 		fprintf(stderr, "shardproxy: start-up: %s\n", strerror(-ret));

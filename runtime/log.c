@@ -13,7 +13,7 @@
 _Static_assert(SP_LOG_LINE_MAX <= PIPE_BUF, "a log line must be one atomic pipe write");
 
 static char log_who[64] = "shardproxy";
-static int log_level = SP_LL_INFO;
+static sp_log_level_t log_level = SP_LOG_INFO;
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
 
 /* Where lines go: stderr itself, or (sp_log_nonblocking) a non-blocking
@@ -22,7 +22,7 @@ static int log_fd = STDERR_FILENO;
 static bool log_nonblock, log_sock;
 static uint64_t log_dropped, log_dropped_told;
 
-void sp_log_setup(const char *who, int level)
+void sp_log_setup(const char *who, sp_log_level_t level)
 {
 	snprintf(log_who, sizeof(log_who), "%s", who);
 	log_level = level;
@@ -85,7 +85,7 @@ void sp_log_raw(const char *buf, size_t len)
 		log_dropped++;
 }
 
-void sp_log(int level, const char *fmt, ...)
+void sp_log(sp_log_level_t level, const char *fmt, ...)
 {
 	char line[SP_LOG_LINE_MAX];
 	va_list ap;

@@ -61,13 +61,13 @@ static uint32_t idx(const sp_conf_t *c, const char *name, size_t k)
 	int u = sp_conf_upstream_index(c, name);
 	assert_true(u >= 0);
 	assert_true(k < c->upstreams[u].nservers);
-	return sp_health_index(c, (size_t)u) + (uint32_t)k;
+	return c->upstreams[u].first_server + (uint32_t)k;
 }
 
 static int setup(void **state)
 {
 	(void)state;
-	sp_log_setup("test_health", SP_LL_ERROR); /* "is down" warnings are expected */
+	sp_log_setup("test_health", SP_LOG_ERROR); /* "is down" warnings are expected */
 	return 0;
 }
 
@@ -80,10 +80,9 @@ static void test_health_index_numbers_servers_across_upstreams_in_order(void **s
 			    "{'name': 'b', 'servers': [{'address': '127.0.0.1:9003'},"
 			    " {'address': '127.0.0.1:9004'}, {'address': '127.0.0.1:9005'}]},"
 			    "{'name': 'c', 'servers': [{'address': '127.0.0.1:9006'}]}]}");
-	assert_int_equal(sp_health_index(c, 0), 0);
-	assert_int_equal(sp_health_index(c, 1), 2);
-	assert_int_equal(sp_health_index(c, 2), 5);
-	assert_int_equal(sp_health_index(c, 3), 6); /* one past the last: the total */
+	assert_int_equal(c->upstreams[0].first_server, 0);
+	assert_int_equal(c->upstreams[1].first_server, 2);
+	assert_int_equal(c->upstreams[2].first_server, 5);
 	assert_int_equal(idx(c, "b", 2), 4);
 	sp_conf_free(c);
 }

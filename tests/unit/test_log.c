@@ -49,7 +49,7 @@ static void test_log_full_pipe_drops_lines_instead_of_blocking_then_says_so(void
 {
 	(void)state;
 	char buf[65536];
-	sp_log_setup("test", SP_LL_INFO);
+	sp_log_setup("test", SP_LOG_INFO);
 	assert_int_equal(sp_log_nonblocking(), 0);
 	/* the pipe descriptor itself stays blocking for whoever shares it */
 	assert_false(fcntl(STDERR_FILENO, F_GETFL) & O_NONBLOCK);
@@ -94,7 +94,7 @@ static void test_log_long_line_is_cut_to_one_atomic_write(void **state)
 	char big[3 * PIPE_BUF], buf[2 * PIPE_BUF];
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
-	sp_log_setup("test", SP_LL_INFO);
+	sp_log_setup("test", SP_LOG_INFO);
 	sp_warn("%s", big);
 	ssize_t n = read(pipefd[0], buf, sizeof(buf));
 	assert_true(n > 0 && n <= PIPE_BUF);
@@ -106,7 +106,7 @@ static void test_log_below_level_writes_nothing(void **state)
 {
 	(void)state;
 	char buf[64];
-	sp_log_setup("test", SP_LL_WARN);
+	sp_log_setup("test", SP_LOG_WARN);
 	sp_info("quiet");
 	fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
 	assert_int_equal(read(pipefd[0], buf, sizeof(buf)), -1);

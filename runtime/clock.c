@@ -1,0 +1,11 @@
+/* clock: see clock.h. */
+#include "runtime/clock.h"
+
+#include <time.h>
+
+uint64_t sp_clock_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
