@@ -147,7 +147,7 @@ void sp_health_reset(sp_health_t *h, uint32_t idx)
 		}
 		c->fd = -1;
 		c->ok_streak = c->fail_streak = 0;
-		c->due = mono_ms();
+		c->due = sp_clock_ms();
 		__atomic_store_n(&h->down[idx], 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&h->fails[idx], 0, __ATOMIC_RELAXED);
 	}
