@@ -138,7 +138,10 @@ void sp_loop_buf_put(sp_loop_t *l, uint16_t bid)
 uint32_t sp_loop_bufs_total(const sp_loop_t *l) { return l->nbufs; }
 uint32_t sp_loop_bufs_out(const sp_loop_t *l) { return l->bufs_out; }
 
-int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd) { return l->be->accept(l, tag, fd); }
+int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
+{
+	return l->be->accept(l, tag, fd, multishot);
+}
 
 int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd)
 {

@@ -87,8 +87,9 @@ uint32_t sp_loop_bufs_out(const sp_loop_t *l); /* held by completions not yet pu
 
 /* Operations. Each returns 0 or -errno (-EBUSY: that direction of fd is
  * taken; -ENOBUFS: too many ops in flight). */
-/* Multishot: each completion's res is a new non-blocking, close-on-exec fd. */
-int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd);
+/* Each completion's res is a new non-blocking, close-on-exec fd. Multishot
+ * stays armed; one-shot ends after one connection (or error). */
+int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 /* Multishot into the buffer pool: res bytes in buffer bid; 0 at end of file. */
 int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd);
 /* One send (MSG_NOSIGNAL); res is the bytes taken, possibly fewer than len. */

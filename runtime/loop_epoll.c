@@ -39,6 +39,7 @@ typedef struct {
 	bool live;   /* allocated */
 	bool done;   /* finished: res is final, dispatched from the pending list */
 	bool queued; /* on the pending list */
+	bool once;   /* accept: one connection, then done */
 	short events; /* poll */
 	int res;
 	const void *buf; /* send */
@@ -56,7 +57,8 @@ typedef struct {
 	int epfd;
 	eop_t *ops;
 	uint32_t nops;
-	uint32_t free_head;
+	uint32_t nfresh;    /* ops [0, nfresh) have been used at least once */
+	uint32_t free_head; /* then they are recycled through this list */
 	fdent_t *fds;
 	uint32_t nfds;
 	uint32_t phead, ptail; /* pending list (FIFO) */
@@ -84,9 +86,9 @@ static int ep_init(sp_loop_t *l, char *err, size_t errlen)
 		free(e);
 		goto nomem;
 	}
-	for (uint32_t i = 0; i < e->nops; i++)
-		e->ops[i].next = i + 1 < e->nops ? i + 1 : NONE;
-	e->free_head = 0;
+	/* Records are handed out in order the first time, then recycled, so
+	 * a pool sized for the worst case costs memory only as it is used. */
+	e->free_head = NONE;
 	e->phead = e->ptail = NONE;
 	l->be_state = e;
 	return 0;
@@ -197,7 +199,7 @@ static int op_new(sp_loop_t *l, uint64_t tag, int fd, int kind, bool out, eop_t 
 		return fd < 0 ? -EBADF : -ENOMEM;
 	if ((out ? f->out : f->in) != NONE)
 		return -EBUSY;
-	if (e->free_head == NONE)
+	if (e->free_head == NONE && e->nfresh == e->nops)
 		return -ENOBUFS;
 	if (!f->reg) {
 		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
@@ -207,9 +209,14 @@ static int op_new(sp_loop_t *l, uint64_t tag, int fd, int kind, bool out, eop_t 
 			return -errno;
 		f->reg = true;
 	}
-	uint32_t i = e->free_head;
+	uint32_t i;
+	if (e->free_head != NONE) {
+		i = e->free_head;
+		e->free_head = e->ops[i].next;
+	} else {
+		i = e->nfresh++;
+	}
 	eop_t *op = &e->ops[i];
-	e->free_head = op->next;
 	*op = (eop_t){.tag = tag, .fd = fd, .kind = (uint8_t)kind, .out = out, .live = true,
 		      .next = NONE};
 	sp_timer_setup(&op->timer, on_connect_timeout, l);
@@ -247,6 +254,10 @@ static void try_accept(sp_loop_t *l, eop_t *op)
 				finish(l, op, -errno); /* as io_uring: an error ends the multishot */
 			return;
 		}
+		if (op->once) {
+			finish(l, op, fd);
+			return;
+		}
 		deliver(l, op, fd, true, false, 0);
 		if (op->done)
 			return; /* the handler cancelled it */
@@ -254,7 +265,9 @@ static void try_accept(sp_loop_t *l, eop_t *op)
 	enqueue(e, op); /* budget spent: more next turn */
 }
 
-static void try_recv(sp_loop_t *l, eop_t *op)
+/* ev: the epoll events that brought us here, 0 when started from the
+ * pending list. */
+static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
 {
 	ep_t *e = l->be_state;
 	for (int i = 0; i < RECV_BUDGET; i++) {
@@ -267,8 +280,11 @@ static void try_recv(sp_loop_t *l, eop_t *op)
 		if (n > 0) {
 			deliver(l, op, (int)n, true, true, bid);
 			/* A short read emptied the socket: wait for the next edge
-			 * rather than pay a recv that says EAGAIN. */
-			if (op->done || (size_t)n < l->bufsz)
+			 * rather than pay a recv that says EAGAIN. Not when the
+			 * edge also said end of file (it came in the same
+			 * wake-up, and none will follow), nor without an edge. */
+			if (op->done || ((size_t)n < l->bufsz && ev &&
+					 !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
 				return;
 			continue;
 		}
@@ -329,14 +345,14 @@ static void check_poll(sp_loop_t *l, eop_t *op)
 		finish(l, op, p.revents);
 }
 
-static void attempt(sp_loop_t *l, eop_t *op)
+static void attempt(sp_loop_t *l, eop_t *op, uint32_t ev)
 {
 	switch (op->kind) {
 	case K_ACCEPT:
 		try_accept(l, op);
 		break;
 	case K_RECV:
-		try_recv(l, op);
+		try_recv(l, op, ev);
 		break;
 	case K_SEND:
 		try_send(l, op);
@@ -350,12 +366,14 @@ static void attempt(sp_loop_t *l, eop_t *op)
 	}
 }
 
-static int ep_accept(sp_loop_t *l, uint64_t tag, int fd)
+static int ep_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
 	eop_t *op;
 	int ret = op_new(l, tag, fd, K_ACCEPT, false, &op);
-	if (ret == 0)
+	if (ret == 0) {
+		op->once = !multishot;
 		enqueue(l->be_state, op); /* drained at the next turn */
+	}
 	return ret;
 }
 
@@ -470,7 +488,7 @@ static int run_pending(sp_loop_t *l)
 			sp_loop__dispatch(l, tag, &c);
 			n++;
 		} else {
-			attempt(l, op);
+			attempt(l, op, 0);
 		}
 		i = next;
 	}
@@ -482,7 +500,9 @@ static int ep_wait(sp_loop_t *l, int timeout_ms)
 	ep_t *e = l->be_state;
 	int n = run_pending(l);
 
-	if (e->phead != NONE)
+	/* Handlers ran or more is pending: look at readiness without sleeping,
+	 * so the owner's once-per-turn work (log flush, re-arming) follows. */
+	if (n > 0 || e->phead != NONE)
 		timeout_ms = 0;
 	int r = epoll_wait(e->epfd, e->events, NEVENTS, timeout_ms);
 	if (r < 0) {
@@ -498,10 +518,10 @@ static int ep_wait(sp_loop_t *l, int timeout_ms)
 			continue;
 		uint32_t in = e->fds[fd].in;
 		if (in != NONE && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-			attempt(l, &e->ops[in]);
+			attempt(l, &e->ops[in], ev);
 		uint32_t out = e->fds[fd].out; /* after: the reader's handler may have ended it */
 		if (out != NONE && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
-			attempt(l, &e->ops[out]);
+			attempt(l, &e->ops[out], ev);
 	}
 	return n + r;
 }

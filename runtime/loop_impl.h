@@ -24,7 +24,7 @@ typedef struct sp_loop_backend_ops {
 	/* The pool's memory exists (l->buf_base); lend it to the backend. */
 	int (*bufs_init)(sp_loop_t *l);
 	void (*buf_put)(sp_loop_t *l, uint16_t bid);
-	int (*accept)(sp_loop_t *l, uint64_t tag, int fd);
+	int (*accept)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 	int (*recv)(sp_loop_t *l, uint64_t tag, int fd);
 	int (*send)(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
 	int (*connect)(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,

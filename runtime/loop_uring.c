@@ -340,10 +340,13 @@ static struct io_uring_sqe *sqe_for(uring_t *u, uint64_t tag, unsigned need)
 	return sqe;
 }
 
-static int uring_accept(sp_loop_t *l, uint64_t tag, int fd)
+static int uring_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
 	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
-	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (multishot)
+		io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	else
+		io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	return 0;
 }
 

@@ -128,7 +128,7 @@ static void test_loop_accept_is_multishot_and_gives_nonblocking_fds(void **state
 	sp_loop_t *l = open_loop(state);
 	struct sockaddr_in a;
 	int lfd = tcp_listener(&a, 16);
-	assert_int_equal(sp_loop_accept(l, sp_loop_tag(OP_A, 5, 0), lfd), 0);
+	assert_int_equal(sp_loop_accept(l, sp_loop_tag(OP_A, 5, 0), lfd, true), 0);
 	int c1 = tcp_client(&a), c2 = tcp_client(&a);
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
