@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/io.h"
 #include "proxy/sup_internal.h"
 #include "runtime/log.h"
 
@@ -167,6 +168,23 @@ static int open_access_log(sp_gen_t *g, char *err, size_t errlen)
 
 /* ---- prepare ------------------------------------------------------------------- */
 
+/* The generation's event loop: logged with its reason, and an error when
+ * "io": "io_uring" is configured where io_uring cannot run. */
+static int choose_io(sp_gen_t *g, char *err, size_t errlen)
+{
+	char why[768];
+	int ret = sp_io_choose(g->conf->io, &g->io, why, sizeof(why));
+	if (ret < 0) {
+		snprintf(err, errlen, "io: io_uring configured but unavailable: %.440s", why);
+		return ret;
+	}
+	if (g->conf->io == SP_IO_AUTO && g->io == SP_LOOP_EPOLL)
+		sp_warn("io: %s", why);
+	else
+		sp_info("io: %s", why);
+	return 0;
+}
+
 static sp_gen_t *free_gen_slot(sp_sup_t *sup)
 {
 	return sup->cur == &sup->gens[0] ? &sup->gens[1] : &sup->gens[0];
@@ -193,6 +211,8 @@ int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen
 		snprintf(err, errlen, "listeners: more than %d listeners", SP_SHARD_MAX_LISTENERS);
 		return -E2BIG;
 	}
+	if ((ret = choose_io(g, err, errlen)) < 0)
+		return ret;
 	if ((ret = bind_listeners(sup, g, err, errlen)) < 0)
 		return ret;
 	if ((ret = open_access_log(g, err, errlen)) < 0)
@@ -339,6 +359,7 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	a.gen = g->id;
 	a.cpu = sup->cpus[slot % sup->ncpus];
 	a.max_sessions = sp_gen_shard_sessions(sup, conf, g->nslots, false);
+	a.io = g->io;
 	a.notify_fd = sup->notify_w;
 	a.sup_pid = sup_pid;
 	/* The slot was zeroed when its previous shard was retired. */

@@ -20,7 +20,7 @@
 #include "proxy/names.h"
 #include "proxy/steering.h"
 #include "proxy/supervisor.h"
-#include "runtime/ring.h"
+#include "proxy/io.h"
 
 #define SP_VERSION "0.1.0"
 #define DEFAULT_CONF "conf/shardproxy.json"
@@ -42,24 +42,26 @@ static void usage(FILE *out)
 static int version(const char *conf_path)
 {
 	struct utsname u;
-	sp_ring_features_t f;
-	char buf[512];
+	char buf[768];
 
 	printf("shardproxy %s\n", SP_VERSION);
 	if (uname(&u) == 0)
 		printf("kernel: %s %s %s\n", u.sysname, u.release, u.machine);
-	if (sp_ring_probe(&f, buf, sizeof(buf)) == 0) {
-		sp_ring_features_describe(&f, buf, sizeof(buf));
+	if (sp_loop_probe_uring(buf, sizeof(buf)) == 0)
 		printf("%s\n", buf);
-	} else {
+	else
 		printf("io_uring: unavailable: %s\n", buf);
-	}
 
 	sp_conf_errors_t errs = {0};
 	sp_conf_t *conf = sp_conf_load(conf_path, &errs);
 	sp_steering_t want = conf ? conf->steering : SP_STEER_HASH;
 	const char *src = conf ? conf_path : "default";
 	sp_conf_errors_free(&errs);
+	sp_loop_backend_t io;
+	if (sp_io_choose(conf ? conf->io : SP_IO_AUTO, &io, buf, sizeof(buf)) == 0)
+		printf("io: %s; from %s\n", buf, src);
+	else
+		printf("io: none: io_uring configured in %s but unavailable\n", src);
 	if (want == SP_STEER_NONE) {
 		printf("steering: none (as configured in %s)\n", src);
 	} else {

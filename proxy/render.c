@@ -161,6 +161,8 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 	    f, "{\"pid\":%d,\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
 	    (int)getpid(), sup->cur->id, sup->stopping ? "draining" : "serving",
 	    (long long)sup->started, (long long)(time(NULL) - sup->started));
+	fprintf(f, "\"io\":{\"configured\":\"%s\",\"backend\":\"%s\"},",
+		sp_conf_io_name(conf->io), sp_loop_backend_name(sup->cur->io));
 	fprintf(f, "\"relay\":{\"configured\":\"%s\",\"engine\":\"%s\"},",
 		sp_conf_relay_name(conf->relay), sp_relay_engine(conf));
 	fprintf(f, "\"steering\":{\"configured\":\"%s\",\"in_force\":\"%s\",\"bpf\":%s},",
@@ -409,11 +411,11 @@ static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *
 	const sp_conf_t *conf = sup->cur->conf;
 
 	prom_family(f, "info", "gauge",
-		    "Constant 1, labelled with the relay engine and steering in force.");
+		    "Constant 1, labelled with the event loop, relay engine and steering in force.");
 	fprintf(f,
-		"shardproxy_info{relay=\"%s\",steering=\"%s\",steering_configured=\"%s\","
+		"shardproxy_info{io=\"%s\",relay=\"%s\",steering=\"%s\",steering_configured=\"%s\","
 		"bpf=\"%s\"} 1\n",
-		sp_relay_engine(conf), sp_steering_in_force(sup),
+		sp_loop_backend_name(sup->cur->io), sp_relay_engine(conf), sp_steering_in_force(sup),
 		sp_conf_steering_name(conf->steering), sup->steer ? "true" : "false");
 	prom_family(f, "start_time_seconds", "gauge", "Unix time the supervisor started.");
 	fprintf(f, "shardproxy_start_time_seconds %lld\n", (long long)sup->started);

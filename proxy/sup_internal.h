@@ -16,6 +16,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "runtime/loop.h"
 #include "bpf/steer.h"
 #include "proxy/admin.h"
 #include "proxy/backoff.h"
@@ -64,6 +65,7 @@ typedef struct {
 	unsigned nfds_before[SP_MAX_GROUPS];
 	unsigned ngroups_before;
 	sp_proc_t procs[SP_MAX_SLOTS];
+	sp_loop_backend_t io; /* the shards' event loop (proxy/io.c) */
 } sp_gen_t;
 
 typedef struct {

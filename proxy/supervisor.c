@@ -483,8 +483,8 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		sp_gen_kill(sup, g);
 		return 2;
 	}
-	sp_info("ready: generation %u, %u shards, relay %s, pid %d%s%s", g->id, g->nslots,
-		sp_relay_engine(conf), (int)getpid(),
+	sp_info("ready: generation %u, %u shards, io %s, relay %s, pid %d%s%s", g->id, g->nslots,
+		sp_loop_backend_name(g->io), sp_relay_engine(conf), (int)getpid(),
 		conf->user.set ? ", shards run as user " : "", conf->user.set ? conf->user.name : "");
 	sp_sdnotifyf("READY=1\nMAINPID=%d\nSTATUS=serving: generation %u, %u shards", (int)getpid(),
 		     g->id, g->nslots);

@@ -143,11 +143,11 @@ int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return l->be->accept(l, tag, fd, multishot);
 }
 
-int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd)
+int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
 	if (!l->buf_base)
 		return -EINVAL;
-	return l->be->recv(l, tag, fd);
+	return l->be->recv(l, tag, fd, multishot);
 }
 
 int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)

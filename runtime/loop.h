@@ -90,8 +90,11 @@ uint32_t sp_loop_bufs_out(const sp_loop_t *l); /* held by completions not yet pu
 /* Each completion's res is a new non-blocking, close-on-exec fd. Multishot
  * stays armed; one-shot ends after one connection (or error). */
 int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
-/* Multishot into the buffer pool: res bytes in buffer bid; 0 at end of file. */
-int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd);
+/* Into the buffer pool: res bytes in buffer bid; 0 at end of file.
+ * Multishot stays armed; one-shot takes exactly one buffer and ends, which
+ * bounds what a direction holds exactly (a multishot round lands as many
+ * buffers as the socket has before a cancel can stop it). */
+int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 /* One send (MSG_NOSIGNAL); res is the bytes taken, possibly fewer than len. */
 int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
 /* Connect a non-blocking socket; res 0, -errno, or -ETIMEDOUT once

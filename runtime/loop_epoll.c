@@ -39,7 +39,9 @@ typedef struct {
 	bool live;   /* allocated */
 	bool done;   /* finished: res is final, dispatched from the pending list */
 	bool queued; /* on the pending list */
-	bool once;   /* accept: one connection, then done */
+	bool once;   /* accept, recv: one result, then done */
+	bool has_buf; /* the final result carries buffer bid */
+	uint16_t bid;
 	short events; /* poll */
 	int res;
 	const void *buf; /* send */
@@ -184,6 +186,14 @@ static void finish(sp_loop_t *l, eop_t *op, int res)
 	enqueue(e, op);
 }
 
+/* A one-shot recv's last result is its data. */
+static void finish_buf(sp_loop_t *l, eop_t *op, int res, uint16_t bid)
+{
+	finish(l, op, res);
+	op->has_buf = true;
+	op->bid = bid;
+}
+
 static void on_connect_timeout(sp_timer_t *t, void *arg)
 {
 	eop_t *op = (eop_t *)((char *)t - offsetof(eop_t, timer));
@@ -277,6 +287,10 @@ static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
 		}
 		uint16_t bid = e->bfree[--e->nbfree];
 		ssize_t n = recv(op->fd, sp_loop_buf(l, bid), l->bufsz, MSG_DONTWAIT);
+		if (n > 0 && op->once) {
+			finish_buf(l, op, (int)n, bid);
+			return;
+		}
 		if (n > 0) {
 			deliver(l, op, (int)n, true, true, bid);
 			/* A short read emptied the socket: wait for the next edge
@@ -377,12 +391,14 @@ static int ep_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return ret;
 }
 
-static int ep_recv(sp_loop_t *l, uint64_t tag, int fd)
+static int ep_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
 	eop_t *op;
 	int ret = op_new(l, tag, fd, K_RECV, false, &op);
-	if (ret == 0)
+	if (ret == 0) {
+		op->once = !multishot;
 		enqueue(l->be_state, op);
+	}
 	return ret;
 }
 
@@ -481,10 +497,9 @@ static int run_pending(sp_loop_t *l)
 		uint32_t next = op->next;
 		op->queued = false;
 		if (op->done) {
-			int res = op->res;
+			sp_completion_t c = {.res = op->res, .has_buf = op->has_buf, .bid = op->bid};
 			uint64_t tag = op->tag;
 			op_free(e, op); /* before the handler, which may reuse the slot */
-			sp_completion_t c = {.res = res};
 			sp_loop__dispatch(l, tag, &c);
 			n++;
 		} else {

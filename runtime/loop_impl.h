@@ -25,7 +25,7 @@ typedef struct sp_loop_backend_ops {
 	int (*bufs_init)(sp_loop_t *l);
 	void (*buf_put)(sp_loop_t *l, uint16_t bid);
 	int (*accept)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
-	int (*recv)(sp_loop_t *l, uint64_t tag, int fd);
+	int (*recv)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 	int (*send)(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
 	int (*connect)(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
 		       socklen_t alen, unsigned timeout_ms);

@@ -350,10 +350,13 @@ static int uring_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return 0;
 }
 
-static int uring_recv(sp_loop_t *l, uint64_t tag, int fd)
+static int uring_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
 	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	if (multishot)
+		io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	else
+		io_uring_prep_recv(sqe, fd, NULL, l->bufsz, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
 	return 0;

@@ -10,38 +10,58 @@
 #include <stdint.h>
 #include <sys/signalfd.h>
 
-#include "runtime/bufring.h"
+#include "runtime/loop.h"
 #include "runtime/pipepool.h"
-#include "runtime/ring.h"
 #include "runtime/timer.h"
 #include "shard/balance.h"
 #include "shard/shard.h"
 
-/* Ops packed into user_data. Relay ops come in pairs, one per direction:
- * op + SP_UP (client -> upstream) or op + SP_DOWN (upstream -> client). */
+/* Ops in a loop tag. Relay ops exist once per direction (client ->
+ * upstream, upstream -> client); sp_relay_ops maps each to its kind and
+ * direction and sp_relay_op back, so nothing depends on the enum's order. */
 enum {
 	SP_OP_NONE = 0,
-	SP_OP_ACCEPT,         /* slot = index into sh->accepts */
-	SP_OP_SIGNAL,         /* read on the signalfd */
-	SP_OP_CONNECT,        /* slot = session */
-	SP_OP_CONNECT_TIMEOUT,
-	SP_OP_PEEK,           /* readiness of a client whose first bytes we need */
-	SP_OP_RECV,           /* + dir: copy engine multishot recv */
-	SP_OP_SEND = SP_OP_RECV + 2,    /* + dir */
-	SP_OP_POLL_IN = SP_OP_SEND + 2, /* + dir: splice engine readiness */
-	SP_OP_POLL_OUT = SP_OP_POLL_IN + 2,
-	SP_OP_CANCEL = SP_OP_POLL_OUT + 2, /* results ignored */
+	SP_OP_ACCEPT,  /* slot = index into sh->accepts */
+	SP_OP_SIGNAL,  /* the signalfd is readable */
+	SP_OP_CONNECT, /* slot = session */
+	SP_OP_PEEK,    /* readiness of a client whose first bytes we need */
+	SP_OP_RECV_UP,
+	SP_OP_RECV_DOWN,
+	SP_OP_SEND_UP,
+	SP_OP_SEND_DOWN,
+	SP_OP_POLL_IN_UP,
+	SP_OP_POLL_IN_DOWN,
+	SP_OP_POLL_OUT_UP,
+	SP_OP_POLL_OUT_DOWN,
 	SP_OP_MAX,
 };
+_Static_assert(SP_OP_MAX <= SP_LOOP_MAX_OPS, "op codes must fit the loop's tag");
 
 enum { SP_UP = 0, SP_DOWN = 1 };
 
+/* What a relay op does, whichever direction it serves. */
 typedef enum {
-	SS_FREE = 0,
-	SS_PEEK,       /* waiting for a PROXY header or TLS ClientHello to route on */
-	SS_CONNECTING, /* route and server chosen, connect in flight */
-	SS_RELAY,      /* both sockets open, bytes flowing */
-	SS_CLOSING,    /* waiting for in-flight ops before closing the fds */
+	SP_RELAY_RECV = 1, /* copy: one-shot recv into the loop's buffer pool */
+	SP_RELAY_SEND,     /* copy: send the head of the direction's queue */
+	SP_RELAY_POLL_IN,  /* splice: the source is readable */
+	SP_RELAY_POLL_OUT, /* splice: the destination is writable */
+} sp_relay_kind_t;
+
+typedef struct {
+	uint8_t kind; /* sp_relay_kind_t; 0: not a relay op */
+	uint8_t dir;  /* SP_UP or SP_DOWN */
+} sp_relay_op_t;
+
+extern const sp_relay_op_t sp_relay_ops[SP_OP_MAX];
+/* The op code of kind for direction d. */
+unsigned sp_relay_op(sp_relay_kind_t kind, int d);
+
+typedef enum {
+	SP_SESSION_FREE = 0,
+	SP_SESSION_PEEK,       /* waiting for a PROXY header or TLS ClientHello to route on */
+	SP_SESSION_CONNECTING, /* route and server chosen, connect in flight */
+	SP_SESSION_RELAY,      /* both sockets open, bytes flowing */
+	SP_SESSION_CLOSING,    /* waiting for in-flight ops before closing the fds */
 } sp_session_state_t;
 
 typedef enum {
@@ -133,7 +153,6 @@ typedef struct sp_session {
 	int8_t reset_dir;
 	bool ack_wait;
 	uint32_t ack_outq;
-	struct __kernel_timespec connect_ts;
 	uint64_t start_ms, last_active_ms;
 	sp_timer_t timer;
 	sp_dir_t dir[2];
@@ -144,14 +163,18 @@ struct sp_shard;
 
 /* A relay engine: moves bytes both ways once both sockets are connected.
  * Engines report through sp_dir_eof_flushed / sp_session_fail, and must
- * release whatever buffers or pipes they hold in release(). */
+ * release whatever buffers or pipes they hold in release(). They declare
+ * what the shard must set up for them instead of the shard knowing them. */
 typedef struct {
 	const char *name;
+	bool needs_bufs;     /* the loop's buffer pool (copy) */
+	bool needs_pipes;    /* the shard's pipe pool (splice) */
+	bool bulk_to_splice; /* a direction carrying bulk moves from copy to splice */
 	void (*start)(struct sp_shard *sh, sp_session_t *s);
-	void (*on_cqe)(struct sp_shard *sh, sp_session_t *s, unsigned op, int dir, int res,
-		       uint32_t flags);
+	void (*on_completion)(struct sp_shard *sh, sp_session_t *s, sp_relay_kind_t kind, int dir,
+			      const sp_completion_t *c);
 	void (*release)(struct sp_shard *sh, sp_session_t *s);
-	/* Buffers came back to the ring: resume sessions that starved. */
+	/* Buffers came back to the pool: resume sessions that starved. */
 	void (*resume)(struct sp_shard *sh);
 } sp_relay_engine_t;
 
@@ -175,10 +198,8 @@ typedef struct {
 typedef struct sp_shard {
 	const sp_conf_t *conf;
 	const sp_shard_args_t *args;
-	sp_ring_t ring;
-	sp_bufring_t bufs;
+	sp_loop_t *loop; /* backend, handlers, timers, clock */
 	sp_pipepool_t pipes;
-	sp_timers_t timers;
 	const sp_relay_engine_t *engine;
 	sp_balancer_t *balancers; /* one per upstream */
 	uint32_t *health_base;    /* per upstream: index of its first server in the health arrays */
@@ -187,7 +208,7 @@ typedef struct sp_shard {
 	struct sockaddr_storage *srv_addr;
 
 	sp_session_t *sessions;
-	uint32_t *gens; /* generation per session slot, read by the ring */
+	uint32_t *gens; /* generation per session slot, read by the loop */
 	uint32_t nsessions;
 	uint32_t active;
 	sp_session_t *free_list;
@@ -215,7 +236,6 @@ typedef struct sp_shard {
 	bool draining, stopping;
 	sp_timer_t drain_timer;
 
-	uint64_t now_ms;
 	char logbuf[16384];
 	size_t loglen;
 } sp_shard_t;
@@ -232,16 +252,14 @@ void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir);
 void sp_session_peer_reset(sp_shard_t *sh, sp_session_t *s, int d, bool at_src);
 void sp_session_touch(sp_shard_t *sh, sp_session_t *s);
 void sp_session_op_done(sp_shard_t *sh, sp_session_t *s);
-void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
-void sp_session_on_connect_timeout(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
-void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
-void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags);
+void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c);
+void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c);
+void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c);
 void sp_session_close_all(sp_shard_t *sh, sp_end_t why);
 int sp_sessions_init(sp_shard_t *sh, uint32_t n);
 void sp_sessions_free(sp_shard_t *sh);
 
 /* shard.c */
-void sp_shard_session_closed(sp_shard_t *sh);
 /* Out of descriptors or memory (what names the call that failed): stop
  * accepting for SP_ACCEPT_PAUSE_MS so open sessions can finish. */
 void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err);
@@ -254,11 +272,24 @@ static inline bool sp_fd_shortage(int err)
 }
 void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s);
 
-/* Counted SQE for a session op: inflight++ for ops with one final CQE. */
-static inline struct io_uring_sqe *sp_session_sqe(sp_shard_t *sh, sp_session_t *s, unsigned op)
+/* The loop tag of a session op (current generation of its slot). */
+static inline uint64_t sp_session_tag(const sp_shard_t *sh, const sp_session_t *s, unsigned op)
 {
-	s->inflight++;
-	return sp_ring_sqe(&sh->ring, op, s->idx, sh->gens[s->idx]);
+	return sp_loop_tag(op, s->idx, sh->gens[s->idx]);
 }
+
+/* After starting a session op whose last completion is still to come:
+ * count it in flight, or, when the loop refused it, end the session. */
+static inline bool sp_session_started(sp_shard_t *sh, sp_session_t *s, int ret)
+{
+	if (ret == 0) {
+		s->inflight++;
+		return true;
+	}
+	sp_session_fail(sh, s, SP_END_ERROR);
+	return false;
+}
+
+static inline uint64_t sp_shard_now(const sp_shard_t *sh) { return sp_loop_now(sh->loop); }
 
 #endif

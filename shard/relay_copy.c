@@ -1,6 +1,6 @@
 /* relay_copy: the copy engine. Each direction keeps one recv in flight on
- * its source; the kernel lands data in a buffer of the shard's provided
- * ring, and the session sends the buffers on in order, one send in flight
+ * its source; the kernel lands data in a buffer of the loop's buffer
+ * pool (a provided-buffer ring under io_uring), and the session sends the buffers on in order, one send in flight
  * per socket. A direction holds at most SP_COPY_QMAX buffers (queued plus
  * the one its recv may take): each recv is one-shot, so the bound is exact.
  * Directions that find the ring empty, or hold buffers while it runs low,
@@ -13,10 +13,9 @@
 static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
-	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_RECV + (unsigned)d);
-	io_uring_prep_recv(sqe, dir->src, NULL, SP_COPY_BUF_SIZE, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = sh->bufs.bgid;
+	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_RECV, d));
+	if (!sp_session_started(sh, s, sp_loop_recv(sh->loop, tag, dir->src, false)))
+		return;
 	dir->recv_armed = true;
 	dir->recv_paused = false;
 	dir->recv_held = dir->qn != 0;
@@ -75,8 +74,9 @@ static void starve_remove(sp_shard_t *sh, sp_session_t *s, int d)
  * busy), so those count as taken already. */
 static bool ring_low(const sp_shard_t *sh, uint32_t div)
 {
-	uint32_t free = sh->bufs.nbufs - sh->bufs.out;
-	return free < sh->recv_held + sh->bufs.nbufs / div;
+	uint32_t total = sp_loop_bufs_total(sh->loop);
+	uint32_t free = total - sp_loop_bufs_out(sh->loop);
+	return free < sh->recv_held + total / div;
 }
 
 /* Can dst take more bytes now? Asked only when the ring is nearly empty. */
@@ -99,17 +99,18 @@ static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
-	uint8_t *p = sp_bufring_addr(&sh->bufs, dir->qhead) + dir->qoff;
-	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_SEND + (unsigned)d);
-	io_uring_prep_send(sqe, dir->dst, p, sh->bufq_len[dir->qhead] - dir->qoff, MSG_NOSIGNAL);
-	dir->send_busy = true;
+	uint8_t *p = sp_loop_buf(sh->loop, dir->qhead) + dir->qoff;
+	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_SEND, d));
+	if (sp_session_started(sh, s,
+			       sp_loop_send(sh->loop, tag, dir->dst, p,
+					    sh->bufq_len[dir->qhead] - dir->qoff)))
+		dir->send_busy = true;
 }
 
 static void pause_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
-	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
-	io_uring_prep_cancel64(sqe, sp_udata_pack(SP_OP_RECV + (unsigned)d, s->idx, sh->gens[s->idx]),
-			       0);
+	sp_loop_cancel(sh->loop, s->dir[d].src,
+		       sp_session_tag(sh, s, sp_relay_op(SP_RELAY_RECV, d)));
 	s->dir[d].recv_paused = true;
 }
 
@@ -120,7 +121,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 	if (dir->to_splice) {
 		/* auto: bulk seen. Once the recv has ended and every byte it
 		 * took is sent, the direction is splice's from here on. */
-		if (s->state != SS_RELAY || dir->recv_armed || dir->qn || dir->send_busy || dir->eof)
+		if (s->state != SP_SESSION_RELAY || dir->recv_armed || dir->qn || dir->send_busy || dir->eof)
 			return;
 		starve_remove(sh, s, d);
 		dir->to_splice = false;
@@ -128,7 +129,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		sp_splice_take_dir(sh, s, d);
 		return;
 	}
-	if (s->state != SS_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
+	if (s->state != SP_SESSION_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
 	    dir->qn >= SP_COPY_QMAX)
 		return;
 	if (!may_take(sh, dir)) {
@@ -154,21 +155,21 @@ static void watch_bulk(sp_shard_t *sh, sp_session_t *s, int d, int res)
 		pause_recv(sh, s, d);
 }
 
-static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t flags)
+static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_t *c)
 {
 	sp_dir_t *dir = &s->dir[d];
-	bool more = flags & IORING_CQE_F_MORE;
+	bool more = c->more;
+	int res = c->res;
 
 	if (!more) {
 		dir->recv_armed = false;
 		sh->recv_held -= dir->recv_held;
 		dir->recv_held = false;
 	}
-	if (flags & IORING_CQE_F_BUFFER) {
-		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
-		sp_bufring_took(&sh->bufs);
-		if (res <= 0 || s->state != SS_RELAY || dir->dead) {
-			sp_bufring_put(&sh->bufs, bid);
+	if (c->has_buf) {
+		uint16_t bid = c->bid;
+		if (res <= 0 || s->state != SP_SESSION_RELAY || dir->dead) {
+			sp_loop_buf_put(sh->loop, bid);
 		} else {
 			sh->bufq_len[bid] = (uint16_t)res;
 			if (dir->qn)
@@ -179,14 +180,14 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 			dir->qn++;
 		}
 	}
-	if (s->state != SS_RELAY || dir->dead)
+	if (s->state != SP_SESSION_RELAY || dir->dead)
 		return;
 
 	if (res > 0) {
 		sp_session_touch(sh, s);
 		if (!dir->send_busy)
 			send_head(sh, s, d);
-		if (sh->engine == &sp_relay_auto)
+		if (sh->engine->bulk_to_splice)
 			watch_bulk(sh, s, d, res);
 		if (!more)
 			maybe_resume(sh, s, d);
@@ -200,7 +201,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 	}
 	switch (-res) {
 	case ENOBUFS:
-		/* The shard's buffer ring ran dry: wait in line for a buffer
+		/* The loop's buffer pool ran dry: wait in line for a buffer
 		 * (copy_resume). */
 		starve_push(sh, s, d);
 		maybe_resume(sh, s, d); /* auto: a bulk direction may go now */
@@ -211,7 +212,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, int res, uint32_t fl
 	default:
 		/* The source reset: what it sent before still goes on. */
 		sp_session_peer_reset(sh, s, d, true);
-		if (s->state == SS_RELAY && !dir->send_busy && dir->qn == 0)
+		if (s->state == SP_SESSION_RELAY && !dir->send_busy && dir->qn == 0)
 			sp_dir_eof_flushed(sh, s, d);
 	}
 }
@@ -221,7 +222,7 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	sp_dir_t *dir = &s->dir[d];
 
 	dir->send_busy = false;
-	if (s->state != SS_RELAY || dir->dead)
+	if (s->state != SP_SESSION_RELAY || dir->dead)
 		return;
 	if (res < 0) {
 		sp_session_peer_reset(sh, s, d, false);
@@ -235,7 +236,7 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	if (dir->qoff == sh->bufq_len[dir->qhead]) {
 		uint16_t done = dir->qhead;
 		dir->qhead = sh->bufq_next[done];
-		sp_bufring_put(&sh->bufs, done);
+		sp_loop_buf_put(sh->loop, done);
 		dir->qn--;
 		dir->qoff = 0;
 	}
@@ -249,16 +250,17 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 static void copy_start(sp_shard_t *sh, sp_session_t *s)
 {
 	arm_recv(sh, s, SP_UP);
-	arm_recv(sh, s, SP_DOWN);
+	if (s->state == SP_SESSION_RELAY)
+		arm_recv(sh, s, SP_DOWN);
 }
 
-static void copy_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, int res,
-			uint32_t flags)
+static void copy_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int d,
+			       const sp_completion_t *c)
 {
-	if (op == SP_OP_RECV)
-		on_recv(sh, s, d, res, flags);
-	else if (op == SP_OP_SEND)
-		on_send(sh, s, d, res);
+	if (kind == SP_RELAY_RECV)
+		on_recv(sh, s, d, c);
+	else if (kind == SP_RELAY_SEND)
+		on_send(sh, s, d, c->res);
 }
 
 static void copy_release(sp_shard_t *sh, sp_session_t *s)
@@ -268,7 +270,7 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 		while (dir->qn) {
 			uint16_t bid = dir->qhead;
 			dir->qhead = sh->bufq_next[bid];
-			sp_bufring_put(&sh->bufs, bid);
+			sp_loop_buf_put(sh->loop, bid);
 			dir->qn--;
 		}
 		starve_remove(sh, s, d);
@@ -281,7 +283,7 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
  * goes back to the end of the line, so each waits at most one round. */
 static void copy_resume(sp_shard_t *sh)
 {
-	uint32_t budget = sh->bufs.nbufs - sh->bufs.out;
+	uint32_t budget = sp_loop_bufs_total(sh->loop) - sp_loop_bufs_out(sh->loop);
 	/* While the ring is low, directions that hold buffers go round the
 	 * line without a buffer: bound the walk per turn. */
 	uint32_t visits = sh->nstarved < 256 ? sh->nstarved : 256;
@@ -300,20 +302,21 @@ static void copy_resume(sp_shard_t *sh)
 
 const sp_relay_engine_t sp_relay_copy = {
 	.name = "copy",
+	.needs_bufs = true,
 	.start = copy_start,
-	.on_cqe = copy_on_cqe,
+	.on_completion = copy_on_completion,
 	.release = copy_release,
 	.resume = copy_resume,
 };
 
 /* auto: copy and splice side by side, per direction (see internal.h). */
-static void auto_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, int res,
-			uint32_t flags)
+static void auto_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int d,
+			       const sp_completion_t *c)
 {
-	if (op == SP_OP_RECV || op == SP_OP_SEND)
-		copy_on_cqe(sh, s, op, d, res, flags);
+	if (kind == SP_RELAY_RECV || kind == SP_RELAY_SEND)
+		copy_on_completion(sh, s, kind, d, c);
 	else
-		sp_relay_splice.on_cqe(sh, s, op, d, res, flags);
+		sp_relay_splice.on_completion(sh, s, kind, d, c);
 }
 
 static void auto_release(sp_shard_t *sh, sp_session_t *s)
@@ -324,8 +327,11 @@ static void auto_release(sp_shard_t *sh, sp_session_t *s)
 
 const sp_relay_engine_t sp_relay_auto = {
 	.name = "auto",
+	.needs_bufs = true,
+	.needs_pipes = true,
+	.bulk_to_splice = true,
 	.start = copy_start,
-	.on_cqe = auto_on_cqe,
+	.on_completion = auto_on_completion,
 	.release = auto_release,
 	.resume = copy_resume,
 };

@@ -1,5 +1,5 @@
-/* relay_splice: the splice engine (the HAProxy model). io_uring only reports
- * readiness (a poll); the bytes move with non-blocking splice(2) calls
+/* relay_splice: the splice engine (the HAProxy model). The loop only reports
+ * readiness (a poll, on either backend); the bytes move with non-blocking splice(2) calls
  * socket -> pipe -> socket inside the shard, never through user memory and
  * never parking a kernel thread (IORING_OP_SPLICE would: it always runs in
  * io-wq). A direction holds a pipe only while bytes sit in it. */
@@ -46,9 +46,9 @@ static void size_sndbuf(sp_dir_t *dir)
 static void arm_poll(sp_shard_t *sh, sp_session_t *s, int d, bool out)
 {
 	sp_dir_t *dir = &s->dir[d];
-	unsigned op = (out ? SP_OP_POLL_OUT : SP_OP_POLL_IN) + (unsigned)d;
-	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, op);
-	io_uring_prep_poll_add(sqe, out ? dir->dst : dir->src, out ? POLLOUT : POLLIN);
+	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(out ? SP_RELAY_POLL_OUT : SP_RELAY_POLL_IN, d));
+	if (!sp_session_started(sh, s, sp_loop_poll(sh->loop, tag, out ? dir->dst : dir->src, out)))
+		return;
 	if (out)
 		dir->poll_out = true;
 	else
@@ -71,7 +71,7 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 
 	if (dir->dead)
 		return;
-	for (int i = 0; i < PUMP_BUDGET && s->state == SS_RELAY; i++) {
+	for (int i = 0; i < PUMP_BUDGET && s->state == SP_SESSION_RELAY; i++) {
 		if (dir->in_pipe) {
 			ssize_t n = splice(dir->pipe[0], NULL, dir->dst, NULL, dir->in_pipe,
 					   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -106,7 +106,7 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 			 * spin) until sessions closing free some. */
 			sp_shard_pause_accepts(sh, "pipe2", -err);
 			dir->pipe_wait = true;
-			sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
+			sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
 			return;
 		}
 		ssize_t n = splice(dir->src, NULL, dir->pipe[1], NULL, SP_SPLICE_CHUNK,
@@ -129,7 +129,7 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 		/* The source reset: what it sent before still goes on. */
 		sp_session_peer_reset(sh, s, d, true);
 	}
-	if (s->state == SS_RELAY && !dir->shut) /* budget spent: yield, come back when ready */
+	if (s->state == SP_SESSION_RELAY && !dir->shut) /* budget spent: yield, come back when ready */
 		arm_poll(sh, s, d, dir->in_pipe != 0);
 }
 
@@ -143,22 +143,23 @@ void sp_splice_take_dir(sp_shard_t *sh, sp_session_t *s, int d)
 static void splice_start(sp_shard_t *sh, sp_session_t *s)
 {
 	arm_poll(sh, s, SP_UP, false);
-	arm_poll(sh, s, SP_DOWN, false);
+	if (s->state == SP_SESSION_RELAY)
+		arm_poll(sh, s, SP_DOWN, false);
 }
 
-static void splice_on_cqe(sp_shard_t *sh, sp_session_t *s, unsigned op, int d, int res,
-			  uint32_t flags)
+static void splice_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int d,
+				 const sp_completion_t *c)
 {
 	sp_dir_t *dir = &s->dir[d];
-	(void)flags;
+	int res = c->res;
 
-	if (op == SP_OP_POLL_IN)
+	if (kind == SP_RELAY_POLL_IN)
 		dir->poll_in = false;
-	else if (op == SP_OP_POLL_OUT)
+	else if (kind == SP_RELAY_POLL_OUT)
 		dir->poll_out = false;
 	else
 		return;
-	if (s->state != SS_RELAY || dir->dead)
+	if (s->state != SP_SESSION_RELAY || dir->dead)
 		return;
 	if (res < 0 && res != -ECANCELED) {
 		sp_session_fail(sh, s, SP_END_ERROR);
@@ -176,8 +177,9 @@ static void splice_release(sp_shard_t *sh, sp_session_t *s)
 
 const sp_relay_engine_t sp_relay_splice = {
 	.name = "splice",
+	.needs_pipes = true,
 	.start = splice_start,
-	.on_cqe = splice_on_cqe,
+	.on_completion = splice_on_completion,
 	.release = splice_release,
 	.resume = NULL, /* never waits for shard-wide resources */
 };

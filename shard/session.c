@@ -33,7 +33,7 @@ int sp_sessions_init(sp_shard_t *sh, uint32_t n)
 	sh->nsessions = n;
 	sh->nfresh = 0;
 	sh->free_list = NULL;
-	sp_ring_set_gens(&sh->ring, sh->gens, n);
+	sp_loop_set_gens(sh->loop, sh->gens, n);
 	return 0;
 }
 
@@ -85,7 +85,7 @@ static void count_connect_result(sp_shard_t *sh, const sp_session_t *s, int res)
 		stat_add(&ss->active, 1);
 		return;
 	}
-	int err = res == -ECANCELED ? ETIMEDOUT : -res; /* the linked timeout fired */
+	int err = -res;
 	stat_add(err == ETIMEDOUT ? &ss->timeouts : &ss->failures, 1);
 	__atomic_store_n(&ss->last_fail, (uint64_t)time(NULL) << 16 | (uint64_t)(err & 0xffff),
 			 __ATOMIC_RELAXED);
@@ -117,8 +117,8 @@ static void finish(sp_shard_t *sh, sp_session_t *s)
 	else if (s->end == SP_END_UPSTREAM_RESET)
 		set_abortive(s->cfd);
 	if (s->ufd >= 0)
-		close(s->ufd);
-	close(s->cfd);
+		sp_loop_close(sh->loop, s->ufd);
+	sp_loop_close(sh->loop, s->cfd);
 	if (s->counted)
 		sp_balancer_released(&sh->balancers[s->upstream], (unsigned)s->server);
 	sp_shard_access_log(sh, s);
@@ -128,38 +128,31 @@ static void finish(sp_shard_t *sh, sp_session_t *s)
 		__atomic_fetch_sub(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 
 	sh->gens[s->idx]++;
-	s->state = SS_FREE;
+	s->state = SP_SESSION_FREE;
 	s->next_free = sh->free_list;
 	sh->free_list = s;
-	sh->active--;
-	sp_shard_session_closed(sh);
+	sh->active--; /* the shard re-arms its accepts once per loop turn */
 }
 
 void sp_session_op_done(sp_shard_t *sh, sp_session_t *s)
 {
-	if (s->state == SS_CLOSING && s->inflight == 0)
+	if (s->state == SP_SESSION_CLOSING && s->inflight == 0)
 		finish(sh, s);
-}
-
-static void cancel_fd(sp_shard_t *sh, int fd)
-{
-	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
-	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
 }
 
 void sp_session_fail(sp_shard_t *sh, sp_session_t *s, sp_end_t why)
 {
-	if (s->state == SS_CLOSING || s->state == SS_FREE)
+	if (s->state == SP_SESSION_CLOSING || s->state == SP_SESSION_FREE)
 		return;
 	s->end = why;
-	s->state = SS_CLOSING;
-	sp_timer_disarm(&sh->timers, &s->timer);
+	s->state = SP_SESSION_CLOSING;
+	sp_loop_timer_disarm(sh->loop, &s->timer);
 	if (s->inflight) {
 		/* Ops keep their buffers and fds until they complete, so the fds
 		 * close only when the last completion is in (sp_session_op_done). */
-		cancel_fd(sh, s->cfd);
+		sp_loop_cancel_fd(sh->loop, s->cfd);
 		if (s->ufd >= 0)
-			cancel_fd(sh, s->ufd);
+			sp_loop_cancel_fd(sh->loop, s->ufd);
 		return;
 	}
 	finish(sh, s);
@@ -167,7 +160,7 @@ void sp_session_fail(sp_shard_t *sh, sp_session_t *s, sp_end_t why)
 
 void sp_session_touch(sp_shard_t *sh, sp_session_t *s)
 {
-	s->last_active_ms = sh->now_ms;
+	s->last_active_ms = sp_shard_now(sh);
 }
 
 /* Idle check from the shard's timer heap: activity only stamps
@@ -182,18 +175,18 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 	sp_shard_t *sh = arg;
 	sp_session_t *s = (sp_session_t *)((char *)t - offsetof(sp_session_t, timer));
 
-	if (s->state == SS_PEEK) {
+	if (s->state == SP_SESSION_PEEK) {
 		on_peek_timer(sh, s);
 		return;
 	}
-	if (s->state == SS_CONNECTING && s->fd_wait_until && s->ufd < 0 && !s->inflight) {
+	if (s->state == SP_SESSION_CONNECTING && s->fd_wait_until && s->ufd < 0 && !s->inflight) {
 		connect_next(sh, s); /* the socket(2) that found no descriptor, again */
 		return;
 	}
-	if (s->state != SS_RELAY)
+	if (s->state != SP_SESSION_RELAY)
 		return;
 	if (s->ack_wait) {
-		if (sh->now_ms - s->last_active_ms >=
+		if (sp_shard_now(sh) - s->last_active_ms >=
 		    sh->conf->upstreams[s->upstream].idle_timeout_ms)
 			sp_session_fail(sh, s, s->reset_end);
 		else
@@ -202,24 +195,24 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 	}
 	/* A direction that found no descriptor for a pipe tries again. */
 	bool waiting = false;
-	for (int d = 0; d < 2 && s->state == SS_RELAY; d++) {
+	for (int d = 0; d < 2 && s->state == SP_SESSION_RELAY; d++) {
 		if (!s->dir[d].pipe_wait)
 			continue;
 		s->dir[d].pipe_wait = false;
 		sp_splice_take_dir(sh, s, d);
 		waiting |= s->dir[d].pipe_wait;
 	}
-	if (s->state != SS_RELAY)
+	if (s->state != SP_SESSION_RELAY)
 		return;
 	uint64_t idle = sh->conf->upstreams[s->upstream].idle_timeout_ms;
-	if (sh->now_ms - s->last_active_ms >= idle) {
+	if (sp_shard_now(sh) - s->last_active_ms >= idle) {
 		sp_session_fail(sh, s, SP_END_IDLE_TIMEOUT);
 		return;
 	}
 	uint64_t at = s->last_active_ms + idle;
-	if (waiting && sh->now_ms + SP_ACCEPT_PAUSE_MS < at)
-		at = sh->now_ms + SP_ACCEPT_PAUSE_MS;
-	sp_timer_arm(&sh->timers, t, at);
+	if (waiting && sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS < at)
+		at = sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS;
+	sp_loop_timer_arm(sh->loop, t, at);
 }
 
 /* The direction out of a peer that reset has sent everything: the reset is
@@ -239,7 +232,7 @@ static void reset_when_acked(sp_shard_t *sh, sp_session_t *s)
 		sp_session_touch(sh, s); /* the reader is reading */
 	s->ack_wait = true;
 	s->ack_outq = (uint32_t)outq;
-	sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + ACK_POLL_MS);
+	sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + ACK_POLL_MS);
 }
 
 void sp_session_peer_reset(sp_shard_t *sh, sp_session_t *s, int d, bool at_src)
@@ -248,7 +241,7 @@ void sp_session_peer_reset(sp_shard_t *sh, sp_session_t *s, int d, bool at_src)
 	sp_end_t why = fd == s->cfd ? SP_END_CLIENT_RESET : SP_END_UPSTREAM_RESET;
 	int out = fd == s->dir[SP_UP].src ? SP_UP : SP_DOWN;
 
-	if (s->state != SS_RELAY)
+	if (s->state != SP_SESSION_RELAY)
 		return;
 	if (s->reset_end && s->reset_end != why) {
 		sp_session_fail(sh, s, s->reset_end); /* both sides failed */
@@ -345,7 +338,7 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	} else {
 		memcpy(dst, &srv->addr.ss, sizeof(*dst));
 	}
-	s->state = SS_CONNECTING;
+	s->state = SP_SESSION_CONNECTING;
 	s->ufd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->ufd < 0) {
 		int err = errno;
@@ -354,9 +347,9 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 			 * clients and try again soon, within connect_timeout_ms. */
 			sp_shard_pause_accepts(sh, "socket", err);
 			if (!s->fd_wait_until)
-				s->fd_wait_until = sh->now_ms + up->connect_timeout_ms;
-			if (sh->now_ms < s->fd_wait_until) {
-				sp_timer_arm(&sh->timers, &s->timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
+				s->fd_wait_until = sp_shard_now(sh) + up->connect_timeout_ms;
+			if (sp_shard_now(sh) < s->fd_wait_until) {
+				sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
 				return;
 			}
 		}
@@ -373,15 +366,11 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	if (server_stats(sh, s))
 		stat_add(&server_stats(sh, s)->attempts, 1);
 
-	/* The connect and its linked timeout go to the kernel in one submit. */
-	sp_ring_reserve(&sh->ring, 2);
-	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_CONNECT);
-	io_uring_prep_connect(sqe, s->ufd, (const struct sockaddr *)dst, dlen);
-	sqe->flags |= IOSQE_IO_LINK;
-	s->connect_ts.tv_sec = up->connect_timeout_ms / 1000;
-	s->connect_ts.tv_nsec = (long long)(up->connect_timeout_ms % 1000) * 1000000;
-	sqe = sp_session_sqe(sh, s, SP_OP_CONNECT_TIMEOUT);
-	io_uring_prep_link_timeout(sqe, &s->connect_ts, 0);
+	/* The address is this shard's own slot for the server, which only this
+	 * thread writes and which outlives the loop turn (loop.h). */
+	sp_session_started(sh, s,
+			   sp_loop_connect(sh->loop, sp_session_tag(sh, s, SP_OP_CONNECT), s->ufd,
+					   (const struct sockaddr *)dst, dlen, up->connect_timeout_ms));
 }
 
 /* send_proxy_protocol: the header goes out first, synchronously: the socket
@@ -406,15 +395,15 @@ static int send_proxy_header(sp_shard_t *sh, sp_session_t *s)
 	return 0;
 }
 
-void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
 	sp_session_t *s = &sh->sessions[slot];
+	int res = c->res;
 	(void)op;
-	(void)flags;
 
 	s->inflight--;
-	if (s->state != SS_CONNECTING) {
+	if (s->state != SP_SESSION_CONNECTING) {
 		sp_session_op_done(sh, s);
 		return;
 	}
@@ -423,7 +412,7 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint3
 		if (fails && __atomic_load_n(fails, __ATOMIC_RELAXED))
 			__atomic_store_n(fails, 0, __ATOMIC_RELAXED);
 		count_connect_result(sh, s, 0);
-		s->state = SS_RELAY;
+		s->state = SP_SESSION_RELAY;
 		s->counted = true;
 		sp_balancer_connected(&sh->balancers[s->upstream], (unsigned)s->server);
 		s->dir[SP_UP] = (sp_dir_t){.src = s->cfd, .dst = s->ufd, .pipe = {-1, -1}};
@@ -433,44 +422,55 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, int res, uint3
 			return;
 		}
 		sp_session_touch(sh, s);
-		sp_timer_arm(&sh->timers, &s->timer,
-			     sh->now_ms + sh->conf->upstreams[s->upstream].idle_timeout_ms);
+		sp_loop_timer_arm(sh->loop, &s->timer,
+			     sp_shard_now(sh) + sh->conf->upstreams[s->upstream].idle_timeout_ms);
 		sh->engine->start(sh, s);
 		return;
 	}
 	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
 	sp_debug("upstream %s server %s: connect: %s", up->name,
 		 up->servers[s->server].addr.text,
-		 res == -ECANCELED ? "timed out" : strerror(-res));
+		 strerror(-res));
 	uint32_t *fails = server_fails(sh, s, (unsigned)s->server);
 	if (fails)
 		__atomic_fetch_add(fails, 1, __ATOMIC_RELAXED);
 	count_connect_result(sh, s, res);
-	close(s->ufd);
+	sp_loop_close(sh->loop, s->ufd);
 	s->ufd = -1;
 	connect_next(sh, s);
 }
 
-void sp_session_on_connect_timeout(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+const sp_relay_op_t sp_relay_ops[SP_OP_MAX] = {
+	[SP_OP_RECV_UP] = {SP_RELAY_RECV, SP_UP},
+	[SP_OP_RECV_DOWN] = {SP_RELAY_RECV, SP_DOWN},
+	[SP_OP_SEND_UP] = {SP_RELAY_SEND, SP_UP},
+	[SP_OP_SEND_DOWN] = {SP_RELAY_SEND, SP_DOWN},
+	[SP_OP_POLL_IN_UP] = {SP_RELAY_POLL_IN, SP_UP},
+	[SP_OP_POLL_IN_DOWN] = {SP_RELAY_POLL_IN, SP_DOWN},
+	[SP_OP_POLL_OUT_UP] = {SP_RELAY_POLL_OUT, SP_UP},
+	[SP_OP_POLL_OUT_DOWN] = {SP_RELAY_POLL_OUT, SP_DOWN},
+};
+
+unsigned sp_relay_op(sp_relay_kind_t kind, int d)
 {
-	sp_shard_t *sh = ctx;
-	sp_session_t *s = &sh->sessions[slot];
-	(void)op;
-	(void)res;
-	(void)flags;
-	s->inflight--;
-	sp_session_op_done(sh, s);
+	static const unsigned ops[][2] = {
+		[SP_RELAY_RECV] = {SP_OP_RECV_UP, SP_OP_RECV_DOWN},
+		[SP_RELAY_SEND] = {SP_OP_SEND_UP, SP_OP_SEND_DOWN},
+		[SP_RELAY_POLL_IN] = {SP_OP_POLL_IN_UP, SP_OP_POLL_IN_DOWN},
+		[SP_RELAY_POLL_OUT] = {SP_OP_POLL_OUT_UP, SP_OP_POLL_OUT_DOWN},
+	};
+	return ops[kind][d];
 }
 
-void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
 	sp_session_t *s = &sh->sessions[slot];
-	unsigned rel = op - SP_OP_RECV;
+	const sp_relay_op_t *r = &sp_relay_ops[op];
 
-	if (!(flags & IORING_CQE_F_MORE))
+	if (!c->more)
 		s->inflight--;
-	sh->engine->on_cqe(sh, s, SP_OP_RECV + (rel & ~1u), (int)(rel & 1u), res, flags);
+	sh->engine->on_completion(sh, s, (sp_relay_kind_t)r->kind, r->dir, c);
 	sp_session_op_done(sh, s);
 }
 
@@ -490,8 +490,8 @@ static bool needs_peek(const sp_listener_t *l)
 
 static void arm_peek(sp_shard_t *sh, sp_session_t *s)
 {
-	struct io_uring_sqe *sqe = sp_session_sqe(sh, s, SP_OP_PEEK);
-	io_uring_prep_poll_add(sqe, s->cfd, POLLIN);
+	sp_session_started(sh, s,
+			   sp_loop_poll(sh->loop, sp_session_tag(sh, s, SP_OP_PEEK), s->cfd, false));
 }
 
 static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
@@ -518,8 +518,8 @@ static void peek_wait_more(sp_shard_t *sh, sp_session_t *s, size_t have)
 		arm_peek(sh, s);
 		return;
 	}
-	uint64_t at = sh->now_ms + PEEK_RETRY_MS;
-	sp_timer_arm(&sh->timers, &s->timer, at < s->peek_deadline ? at : s->peek_deadline);
+	uint64_t at = sp_shard_now(sh) + PEEK_RETRY_MS;
+	sp_loop_timer_arm(sh->loop, &s->timer, at < s->peek_deadline ? at : s->peek_deadline);
 }
 
 /* Has the client sent its FIN? Then what it sent is all there will be: a
@@ -601,21 +601,21 @@ static void do_peek(sp_shard_t *sh, sp_session_t *s)
 			break; /* not TLS: only routes without sni can match */
 		}
 	}
-	sp_timer_disarm(&sh->timers, &s->timer);
+	sp_loop_timer_disarm(sh->loop, &s->timer);
 	int one = 1; /* the relay reads whatever arrives */
 	(void)setsockopt(s->cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 	route_and_connect(sh, s, have_sni ? sni : NULL);
 }
 
-void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
 	sp_session_t *s = &sh->sessions[slot];
+	int res = c->res;
 	(void)op;
-	(void)flags;
 
 	s->inflight--;
-	if (s->state != SS_PEEK) {
+	if (s->state != SP_SESSION_PEEK) {
 		sp_session_op_done(sh, s);
 		return;
 	}
@@ -626,17 +626,17 @@ void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, int res, uint32_t
 	do_peek(sh, s);
 }
 
-/* The session timer in SS_PEEK: either the deadline or a look-again. */
+/* The session timer in SP_SESSION_PEEK: either the deadline or a look-again. */
 static void on_peek_timer(sp_shard_t *sh, sp_session_t *s)
 {
-	if (sh->now_ms >= s->peek_deadline) {
+	if (sp_shard_now(sh) >= s->peek_deadline) {
 		sp_session_fail(sh, s, SP_END_PEEK_TIMEOUT);
 		return;
 	}
 	if (s->inflight == 0)
 		do_peek(sh, s);
 	else
-		sp_timer_arm(&sh->timers, &s->timer, s->peek_deadline);
+		sp_loop_timer_arm(sh->loop, &s->timer, s->peek_deadline);
 }
 
 void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
@@ -669,7 +669,7 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	for (int d = 0; d < 2; d++)
 		s->dir[d].pipe[0] = s->dir[d].pipe[1] = -1;
 	s->listener = sh->accepts[accept_idx].listener;
-	s->start_ms = s->last_active_ms = sh->now_ms;
+	s->start_ms = s->last_active_ms = sp_shard_now(sh);
 	sp_timer_setup(&s->timer, on_session_timer, sh);
 	if (sh->need_peer && getpeername(fd, (struct sockaddr *)&s->client, &alen) < 0)
 		s->client.ss_family = AF_UNSPEC;
@@ -684,13 +684,13 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 		__atomic_fetch_add(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 
 	if (needs_peek(l)) {
-		s->state = SS_PEEK;
-		s->peek_deadline = sh->now_ms + l->peek_timeout_ms;
-		sp_timer_arm(&sh->timers, &s->timer, s->peek_deadline);
+		s->state = SP_SESSION_PEEK;
+		s->peek_deadline = sp_shard_now(sh) + l->peek_timeout_ms;
+		sp_loop_timer_arm(sh->loop, &s->timer, s->peek_deadline);
 		arm_peek(sh, s);
 		return;
 	}
-	s->state = SS_CONNECTING;
+	s->state = SP_SESSION_CONNECTING;
 	route_and_connect(sh, s, NULL);
 }
 
@@ -698,7 +698,7 @@ void sp_session_close_all(sp_shard_t *sh, sp_end_t why)
 {
 	for (uint32_t i = 0; i < sh->nfresh; i++) {
 		sp_session_t *s = &sh->sessions[i];
-		if (s->state == SS_PEEK || s->state == SS_CONNECTING || s->state == SS_RELAY)
+		if (s->state == SP_SESSION_PEEK || s->state == SP_SESSION_CONNECTING || s->state == SP_SESSION_RELAY)
 			sp_session_fail(sh, s, why);
 	}
 }

@@ -1,4 +1,5 @@
-/* shard: one worker's loop. It arms a multishot accept per listening socket,
+/* shard: one worker's event loop (runtime/loop.h, io_uring or epoll as the
+ * supervisor chose). It arms a multishot accept per listening socket,
  * turns each accepted connection into a session, and on the supervisor's
  * drain order (SP_SIG_DRAIN) stops accepting, lets its sessions finish (up to drain_timeout_ms) and returns.
  * Lifecycle hooks read in order: shard_init -> arm -> loop -> drain -> exit. */
@@ -22,32 +23,8 @@
 #include "runtime/log.h"
 #include "shard/internal.h"
 
-#define RING_ENTRIES 4096
-#define BUF_GROUP 0
-
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* A completion for a session slot already reused carried a buffer: the
- * kernel took it from the ring, so it goes straight back. (Unreachable as
- * sessions stand: a slot is freed only when its last op has completed; this
- * keeps the ring whole if that ever changes.) */
-static void drop_buffer(void *ctx, uint16_t bid)
-{
-	sp_shard_t *sh = ctx;
-	sp_bufring_took(&sh->bufs);
-	sp_bufring_put(&sh->bufs, bid);
-}
-
-static void on_wake(void *ctx)
-{
-	sp_shard_t *sh = ctx;
-	sh->now_ms = clock_ms();
-}
+#define LOOP_ENTRIES 4096 /* io_uring SQ entries; epoll sizes its op pool per session */
+#define SP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- accepting ---------------------------------------------------------- */
 
@@ -66,15 +43,15 @@ static uint32_t accept_room(const sp_shard_t *sh)
  * accept_pending, so sessions never exceed max_sessions. */
 static void arm_accept(sp_shard_t *sh, unsigned i, bool multishot)
 {
-	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_ACCEPT, i, 0);
-	if (multishot) {
-		io_uring_prep_multishot_accept(sqe, sh->accepts[i].fd, NULL, NULL,
-					       SOCK_NONBLOCK | SOCK_CLOEXEC);
-	} else {
-		io_uring_prep_accept(sqe, sh->accepts[i].fd, NULL, NULL,
-				     SOCK_NONBLOCK | SOCK_CLOEXEC);
-		sh->accept_pending++;
+	int ret = sp_loop_accept(sh->loop, sp_loop_tag(SP_OP_ACCEPT, i, 0), sh->accepts[i].fd,
+				 multishot);
+	if (ret < 0) {
+		sp_warn("listener %s: accept: %s", sh->conf->listeners[sh->accepts[i].listener].name,
+			strerror(-ret));
+		return;
 	}
+	if (!multishot)
+		sh->accept_pending++;
 	sh->accepts[i].armed = true;
 	sh->accepts[i].multishot = multishot;
 	sh->accepts[i].cancelling = false;
@@ -84,8 +61,7 @@ static void cancel_accept(sp_shard_t *sh, unsigned i)
 {
 	if (!sh->accepts[i].armed || sh->accepts[i].cancelling)
 		return;
-	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_CANCEL, 0, 0);
-	io_uring_prep_cancel64(sqe, sp_udata_pack(SP_OP_ACCEPT, i, 0), 0);
+	sp_loop_cancel(sh->loop, sh->accepts[i].fd, sp_loop_tag(SP_OP_ACCEPT, i, 0));
 	sh->accepts[i].cancelling = true;
 }
 
@@ -140,17 +116,18 @@ void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err)
 		SP_ACCEPT_PAUSE_MS, sh->active);
 	sh->accept_paused = true;
 	stop_accepts(sh);
-	sp_timer_arm(&sh->timers, &sh->accept_timer, sh->now_ms + SP_ACCEPT_PAUSE_MS);
+	sp_loop_timer_arm(sh->loop, &sh->accept_timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
 }
 
 static void last_accepts(sp_shard_t *sh, unsigned i);
 
-static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flags)
+static void on_accept(void *ctx, unsigned op, uint32_t i, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
+	int res = c->res;
 	(void)op;
 
-	if (!(flags & IORING_CQE_F_MORE)) {
+	if (!c->more) {
 		if (sh->accepts[i].armed && !sh->accepts[i].multishot)
 			sh->accept_pending--;
 		sh->accepts[i].armed = false;
@@ -172,17 +149,13 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, int res, uint32_t flag
 		rearm_accepts(sh);
 }
 
-void sp_shard_session_closed(sp_shard_t *sh)
-{
-	rearm_accepts(sh);
-}
-
 /* ---- signals and draining ----------------------------------------------- */
 
 static void arm_signal(sp_shard_t *sh)
 {
-	struct io_uring_sqe *sqe = sp_ring_sqe(&sh->ring, SP_OP_SIGNAL, 0, 0);
-	io_uring_prep_read(sqe, sh->sigfd, &sh->siginfo, sizeof(sh->siginfo), 0);
+	int ret = sp_loop_poll(sh->loop, sp_loop_tag(SP_OP_SIGNAL, 0, 0), sh->sigfd, false);
+	if (ret < 0)
+		sp_error("signalfd: poll: %s", strerror(-ret));
 }
 
 static void on_drain_timer(sp_timer_t *t, void *arg)
@@ -218,7 +191,7 @@ static void last_accepts(sp_shard_t *sh, unsigned i)
 			break;
 		sp_session_accepted(sh, i, fd);
 	}
-	close(lfd);
+	sp_loop_close(sh->loop, lfd);
 	sh->accepts[i].fd = -1;
 }
 
@@ -229,29 +202,38 @@ static void start_drain(sp_shard_t *sh)
 	for (unsigned i = 0; i < sh->naccepts; i++)
 		if (!sh->accepts[i].armed)
 			last_accepts(sh, i);
-	sp_timer_arm(&sh->timers, &sh->drain_timer, sh->now_ms + sh->conf->limits.drain_timeout_ms);
+	sp_loop_timer_arm(sh->loop, &sh->drain_timer, sp_shard_now(sh) + sh->conf->limits.drain_timeout_ms);
 }
 
-static void on_signal(void *ctx, unsigned op, uint32_t slot, int res, uint32_t flags)
+/* The signalfd is readable: take every signal queued. */
+static void on_signal(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
 	(void)op;
 	(void)slot;
-	(void)flags;
-	/* The supervisor's drain order counts; SIGTERM (or SIGINT) only once the
-	 * supervisor is gone. A signal to the whole process group (Ctrl-C in a
-	 * terminal, kill -- -PGID, systemd's control-group kill) reaches the
-	 * supervisor too, and it orders every shard to drain in turn. */
-	bool order = res == (int)sizeof(sh->siginfo) &&
-		     (sh->siginfo.ssi_signo == SP_SIG_DRAIN || getppid() != sh->sup_pid);
-	if (res == (int)sizeof(sh->siginfo) && !order) {
-		sp_debug("%s from pid %u ignored: the supervisor decides",
-			 strsignal((int)sh->siginfo.ssi_signo), (unsigned)sh->siginfo.ssi_pid);
-	} else if (order) {
-		if (!sh->draining)
+	(void)c;
+
+	for (;;) {
+		ssize_t n = read(sh->sigfd, &sh->siginfo, sizeof(sh->siginfo));
+		if (n != (ssize_t)sizeof(sh->siginfo)) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			break; /* EAGAIN: all taken */
+		}
+		/* The supervisor's drain order counts; SIGTERM (or SIGINT) only
+		 * once the supervisor is gone. A signal to the whole process
+		 * group (Ctrl-C in a terminal, kill -- -PGID, systemd's
+		 * control-group kill) reaches the supervisor too, and it orders
+		 * every shard to drain in turn. */
+		bool order = sh->siginfo.ssi_signo == SP_SIG_DRAIN || getppid() != sh->sup_pid;
+		if (!order) {
+			sp_debug("%s from pid %u ignored: the supervisor decides",
+				 strsignal((int)sh->siginfo.ssi_signo), (unsigned)sh->siginfo.ssi_pid);
+		} else if (!sh->draining) {
 			start_drain(sh);
-		else
+		} else {
 			sh->stopping = true; /* a second signal: stop at once */
+		}
 	}
 	if (!sh->stopping)
 		arm_signal(sh);
@@ -384,7 +366,7 @@ void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
 		     client, route, up, srv, sh->args->slot, sh->args->gen,
 		     (unsigned long long)s->dir[SP_UP].bytes,
 		     (unsigned long long)s->dir[SP_DOWN].bytes,
-		     (unsigned long long)(sh->now_ms - s->start_ms), end_names[s->end]);
+		     (unsigned long long)(sp_shard_now(sh) - s->start_ms), end_names[s->end]);
 	if (n > 0 && (size_t)n < room && n <= PIPE_BUF) /* flush_log writes whole lines */
 		sh->loglen += (size_t)n;
 	else /* the log is not keeping up: count the line rather than wait */
@@ -447,7 +429,6 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 
 	sh->args = a;
 	sh->conf = a->conf;
-	sh->now_ms = clock_ms();
 	sh->need_peer = needs_peer_address(a->conf);
 
 	sigemptyset(&set);
@@ -455,19 +436,12 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SP_SIG_DRAIN);
 	sigprocmask(SIG_BLOCK, &set, NULL);
-	sh->sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+	sh->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sh->sigfd < 0) {
 		sp_error("signalfd: %s", strerror(errno));
 		return -errno;
 	}
 
-	ret = sp_ring_init(&sh->ring, RING_ENTRIES, sh, err, sizeof(err));
-	if (ret < 0) {
-		sp_error("%s", err);
-		return ret;
-	}
-	sh->ring.on_wake = on_wake;
-	sh->ring.drop_buffer = drop_buffer;
 	/* Engines: "auto" starts every direction on copy and moves bulk ones
 	 * to splice (relay_copy.c, watch_bulk), so it needs both resources. */
 	switch (a->conf->relay) {
@@ -481,34 +455,48 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		sh->engine = &sp_relay_auto;
 		break;
 	}
-	if (sh->engine != &sp_relay_splice) {
-		/* The ring is the shard's whole copy memory: it bounds what
+	uint32_t nsess = a->max_sessions + 64; /* slack: see sp_session_accepted */
+	/* Ops in flight: at most four per session (a reader and a writer on
+	 * each socket), plus accepts and the signalfd. */
+	sp_loop_config_t lc = {
+		.backend = a->io,
+		.entries = a->io == SP_LOOP_URING ? LOOP_ENTRIES
+						    : nsess * 4 + SP_ARRAY_LEN(sh->accepts) + 8,
+		.timers = nsess + 8,
+		.ctx = sh,
+	};
+	ret = sp_loop_new(&sh->loop, &lc, err, sizeof(err));
+	if (ret < 0) {
+		sp_error("%s", err);
+		return ret;
+	}
+	sp_loop_describe(sh->loop, err, sizeof(err));
+	sp_debug("event loop: %s", err);
+	if (sh->engine->needs_bufs) {
+		/* The pool is the shard's whole copy memory: it bounds what
 		 * all sessions together hold in flight (starved sessions wait
 		 * for buffers, see copy_resume), and every buffer is touched as
-		 * the ring cycles, so it is sized for throughput, not for the
+		 * the pool cycles, so it is sized for throughput, not for the
 		 * number of sessions. */
 		uint32_t nbufs = pow2_clamp(a->max_sessions, SP_COPY_NBUFS_MIN, SP_COPY_NBUFS_MAX);
 		sh->bufq_next = calloc(nbufs, sizeof(*sh->bufq_next));
 		sh->bufq_len = calloc(nbufs, sizeof(*sh->bufq_len));
 		if (!sh->bufq_next || !sh->bufq_len)
 			return -ENOMEM;
-		ret = sp_bufring_init(&sh->bufs, &sh->ring.uring, BUF_GROUP, nbufs,
-				      SP_COPY_BUF_SIZE);
+		ret = sp_loop_bufs_init(sh->loop, nbufs, SP_COPY_BUF_SIZE);
 		if (ret < 0) {
-			sp_error("io_uring buffer ring (%u x %u bytes): %s", nbufs,
-				 SP_COPY_BUF_SIZE, strerror(-ret));
+			sp_error("%s buffer pool (%u x %u bytes): %s", sp_loop_backend_name(a->io),
+				 nbufs, SP_COPY_BUF_SIZE, strerror(-ret));
 			return ret;
 		}
 	}
-	if (sh->engine != &sp_relay_copy) {
+	if (sh->engine->needs_pipes) {
 		ret = sp_pipepool_init(&sh->pipes, SP_SHARD_IDLE_PIPES, SP_PIPE_SIZE);
 		if (ret < 0)
 			return ret;
 	}
 
-	uint32_t nsess = a->max_sessions + 64; /* slack: see sp_session_accepted */
-	if ((ret = sp_sessions_init(sh, nsess)) < 0 ||
-	    (ret = sp_timers_init(&sh->timers, nsess + 8)) < 0) {
+	if ((ret = sp_sessions_init(sh, nsess)) < 0) {
 		sp_error("session pool of %u: %s", nsess, strerror(-ret));
 		return ret;
 	}
@@ -525,20 +513,20 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return -ENOMEM;
 	for (size_t u = 0; u < a->conf->nupstreams; u++) {
 		ret = sp_balancer_init(&sh->balancers[u], &a->conf->upstreams[u],
-				       ((uint64_t)getpid() << 20) ^ sh->now_ms ^ u);
+				       ((uint64_t)getpid() << 20) ^ sp_shard_now(sh) ^ u);
 		if (ret < 0)
 			return ret;
 		if (a->server_ctl)
 			sh->balancers[u].ctl = a->server_ctl + sh->health_base[u];
 	}
 
-	sp_ring_on(&sh->ring, SP_OP_ACCEPT, on_accept, false);
-	sp_ring_on(&sh->ring, SP_OP_SIGNAL, on_signal, false);
-	sp_ring_on(&sh->ring, SP_OP_CONNECT, sp_session_on_connect, true);
-	sp_ring_on(&sh->ring, SP_OP_CONNECT_TIMEOUT, sp_session_on_connect_timeout, true);
-	sp_ring_on(&sh->ring, SP_OP_PEEK, sp_session_on_peek, true);
-	for (unsigned op = SP_OP_RECV; op < SP_OP_CANCEL; op++)
-		sp_ring_on(&sh->ring, op, sp_session_on_relay, true);
+	sp_loop_on(sh->loop, SP_OP_ACCEPT, on_accept, false);
+	sp_loop_on(sh->loop, SP_OP_SIGNAL, on_signal, false);
+	sp_loop_on(sh->loop, SP_OP_CONNECT, sp_session_on_connect, true);
+	sp_loop_on(sh->loop, SP_OP_PEEK, sp_session_on_peek, true);
+	for (unsigned op = 0; op < SP_OP_MAX; op++)
+		if (sp_relay_ops[op].kind)
+			sp_loop_on(sh->loop, op, sp_session_on_relay, true);
 
 	sp_timer_setup(&sh->accept_timer, on_accept_timer, sh);
 	sp_timer_setup(&sh->drain_timer, on_drain_timer, sh);
@@ -561,21 +549,17 @@ static void shard_exit(sp_shard_t *sh)
 	free(sh->balancers);
 	free(sh->health_base);
 	free(sh->srv_addr);
-	sp_timers_free(&sh->timers);
 	sp_sessions_free(sh);
-	if (sh->bufs.br)
-		sp_bufring_free(&sh->bufs, &sh->ring.uring);
 	free(sh->bufq_next);
 	free(sh->bufq_len);
 	if (sh->pipes.fds)
 		sp_pipepool_free(&sh->pipes);
-	if (sh->ring.uring.ring_fd > 0)
-		sp_ring_exit(&sh->ring);
+	sp_loop_free(sh->loop);
 	if (sh->sigfd >= 0)
 		close(sh->sigfd);
 }
 
-/* user/group from the config: give up root once the ring and its buffers
+/* user/group from the config: give up root once the loop and its buffers
  * exist (as root they are not charged to RLIMIT_MEMLOCK) and before the
  * first submission (so no io-wq worker is ever created with root's
  * credentials). No supplementary group, no way back. */
@@ -693,20 +677,17 @@ int sp_shard_main(const sp_shard_args_t *a)
 		start_drain(sh);
 	}
 	rearm_accepts(sh);
-	io_uring_submit(&sh->ring.uring);
 	notify(a, SP_SHARD_EV_READY, 0);
 
 	while (!sh->stopping) {
-		uint64_t next = sp_timers_next(&sh->timers);
-		int timeout = next == UINT64_MAX ? -1
-			      : next <= sh->now_ms ? 0
-						   : (int)(next - sh->now_ms);
-		ret = sp_ring_run_once(&sh->ring, timeout); /* on_wake: now_ms */
+		ret = sp_loop_run_once(sh->loop, -1); /* until the next timer at most */
 		if (ret < 0) {
-			sp_error("io_uring_enter: %s", strerror(-ret));
+			sp_error("%s: wait: %s", sp_loop_backend_name(a->io), strerror(-ret));
 			break;
 		}
-		sp_timers_run(&sh->timers, sh->now_ms);
+		/* Sessions that closed this turn may have made room: the shard
+		 * learns it from its own count, a session never calls up. */
+		rearm_accepts(sh);
 		if (sh->engine->resume)
 			sh->engine->resume(sh);
 		flush_log(sh);

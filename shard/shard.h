@@ -11,6 +11,7 @@
 
 #include "conf/conf.h"
 #include "shard/balance.h"
+#include "runtime/loop.h"
 
 /* The supervisor's order to a shard: drain (stop accepting, finish the open
  * sessions), or, a second time, stop at once. A signal of its own, not
@@ -106,6 +107,7 @@ typedef struct {
 	int listen_fds[SP_SHARD_MAX_LISTENERS][SP_SHARD_MAX_FDS_PER_LISTENER];
 	unsigned nlisten_fds[SP_SHARD_MAX_LISTENERS];
 	uint32_t max_sessions; /* this shard's share of limits.max_connections */
+	sp_loop_backend_t io;  /* the event loop backend the supervisor chose */
 	int notify_fd;         /* write end of the supervisor's notify pipe */
 	/* The supervisor's pid, read before the fork: a shard whose parent is
 	 * no longer this pid was orphaned, maybe before PR_SET_PDEATHSIG was

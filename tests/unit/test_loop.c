@@ -162,7 +162,7 @@ static void test_loop_recv_lands_data_in_pool_buffers_until_eof(void **state)
 	stream_pair(sv);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 4096), 0);
 	assert_int_equal(sp_loop_bufs_total(l), 4);
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], true), 0);
 	assert_int_equal(write(sv[1], "hello", 5), 5);
 	run_until(l, 1, 2000);
 	assert_int_equal(ncalls, 1);
@@ -192,7 +192,7 @@ static void test_loop_recv_ends_with_enobufs_when_the_pool_is_empty(void **state
 	stream_pair(sv);
 	put_bufs = false; /* the handler keeps every buffer */
 	assert_int_equal(sp_loop_bufs_init(l, 1, 16), 0);
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], true), 0);
 	assert_int_equal(write(sv[1], "0123456789abcdef", 16), 16);
 	run_until(l, 1, 2000);
 	assert_int_equal(write(sv[1], "more", 4), 4);
@@ -205,11 +205,42 @@ static void test_loop_recv_ends_with_enobufs_when_the_pool_is_empty(void **state
 	sp_loop_buf_put(l, calls[0].c.bid);
 	/* re-armed once the buffer is back, the waiting bytes arrive */
 	put_bufs = true;
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], true), 0);
 	run_until(l, 3, 2000);
 	assert_string_equal(calls[2].data, "more");
 	sp_loop_cancel_fd(l, sv[0]);
 	run_until(l, 4, 2000);
+	sp_loop_close(l, sv[0]);
+	close(sv[1]);
+	sp_loop_free(l);
+}
+
+static void test_loop_one_shot_recv_takes_one_buffer_and_ends(void **state)
+{
+	sp_loop_t *l = open_loop(state);
+	int sv[2];
+	stream_pair(sv);
+	put_bufs = false;
+	assert_int_equal(sp_loop_bufs_init(l, 4, 8), 0);
+	/* more than one buffer's worth waits on the socket */
+	assert_int_equal(write(sv[1], "0123456789abcdef0123", 20), 20);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 1, 2000);
+	uint64_t deadline = mono_ms() + 100;
+	while (mono_ms() < deadline)
+		assert_true(sp_loop_run_once(l, 20) >= 0);
+	assert_int_equal(ncalls, 1);
+	assert_int_equal(calls[0].c.res, 8);
+	assert_true(calls[0].c.has_buf);
+	assert_false(calls[0].c.more);
+	assert_string_equal(calls[0].data, "01234567");
+	assert_int_equal(sp_loop_bufs_out(l), 1);
+	sp_loop_buf_put(l, calls[0].c.bid);
+	/* the next one-shot gets the next bytes */
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 2, 2000);
+	assert_string_equal(calls[1].data, "89abcdef");
+	sp_loop_buf_put(l, calls[1].c.bid);
 	sp_loop_close(l, sv[0]);
 	close(sv[1]);
 	sp_loop_free(l);
@@ -357,7 +388,7 @@ static void test_loop_cancel_ends_only_the_named_op(void **state)
 	int sv[2];
 	stream_pair(sv);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0], true), 0);
 	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_B, 1, 0), sv[1], false), 0);
 	run_until(l, 1, 50);
 	assert_int_equal(sp_loop_cancel(l, sv[0], sp_loop_tag(OP_A, 1, 0)), 0);
@@ -385,7 +416,7 @@ static void test_loop_cancel_fd_ends_every_op_on_it(void **state)
 	while (send(sv[0], big, sizeof(big), MSG_DONTWAIT) > 0)
 		;
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0], true), 0);
 	assert_int_equal(sp_loop_send(l, sp_loop_tag(OP_B, 1, 0), sv[0], "z", 1), 0);
 	run_until(l, 1, 50);
 	assert_int_equal(ncalls, 0);
@@ -411,7 +442,7 @@ static void test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffe
 	sp_loop_on(l, OP_A, record, true);
 	sp_loop_set_gens(l, gens, 4);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
-	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 2, 0), sv[0]), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 2, 0), sv[0], true), 0);
 	run_until(l, 1, 50);
 	gens[2] = 1; /* slot 2 freed and reused */
 	assert_int_equal(write(sv[1], "stale", 5), 5);
@@ -507,6 +538,7 @@ int main(void)
 		BOTH(test_loop_accept_is_multishot_and_gives_nonblocking_fds),
 		BOTH(test_loop_recv_lands_data_in_pool_buffers_until_eof),
 		BOTH(test_loop_recv_ends_with_enobufs_when_the_pool_is_empty),
+		BOTH(test_loop_one_shot_recv_takes_one_buffer_and_ends),
 		BOTH(test_loop_send_completes_with_bytes_taken_never_inside_the_call),
 		BOTH(test_loop_send_waits_for_room_when_the_peer_is_full),
 		BOTH(test_loop_connect_reports_refused),
