@@ -115,6 +115,11 @@ $(BUILD)/profile_run: tests/seccomp/profile_run.c | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lseccomp -ljansson
 
+# Runs a command with the io_uring system calls denied (the e2e fallback tests).
+$(BUILD)/no_uring: tests/seccomp/no_uring.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libshardproxy.a | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libshardproxy.a $(LDLIBS) -lcmocka
@@ -153,8 +158,12 @@ run: all
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
-e2e: deps all $(BUILD)/profile_run
+# Twice: on the event loop auto picks (io_uring where it runs), then on epoll.
+e2e: deps all $(BUILD)/profile_run $(BUILD)/no_uring
+	@echo "== e2e, io auto"
 	$(PYTHON) tests/e2e/run.py --build $(BUILD)
+	@echo "== e2e, io epoll (E2E_IO=epoll)"
+	E2E_IO=epoll $(PYTHON) tests/e2e/run.py --build $(BUILD)
 
 test: unit e2e
 

@@ -716,8 +716,15 @@ def config(listeners, upstreams, workers=2, relay=None, steering=None, access_lo
     return c
 
 
+# E2E_IO=epoll (or io_uring) runs the proxies of a whole pass on that event
+# loop: every config written here gets "io" unless the test sets its own.
+IO = os.environ.get("E2E_IO", "")
+
+
 def write_config(path, conf):
     """Write atomically (rename), so a SIGHUP never reads a half-written file."""
+    if IO and isinstance(conf, dict) and "io" not in conf:
+        conf = dict(conf, io=IO)
     text = conf if isinstance(conf, str) else json.dumps(conf, indent=2) + "\n"
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
