@@ -15,7 +15,8 @@ What runs (see METHOD below, which is also written into the report):
   - variants: direct (wrk straight to the backend), haproxy (mode tcp,
     nbthread = workers), nginx (stream, worker_processes = workers,
     reuseport), shardproxy-auto (the default relay) / shardproxy-copy /
-    shardproxy-splice (steering hash); shardproxy-copy-none (steering
+    shardproxy-splice (steering hash), shardproxy-epoll (auto relay on the
+    epoll event loop, "io": "epoll"); shardproxy-copy-none (steering
     none), shardproxy-copy-cpu and shardproxy-copy-lc on request (--only);
   - per repeat, for each variant in turn (A B C A B C ...), a fresh proxy
     runs: keep-alive (wrk -t2 -c50 --latency), new connection per request
@@ -73,13 +74,14 @@ ALL_VARIANTS = [
     "shardproxy-auto",
     "shardproxy-copy",
     "shardproxy-splice",
+    "shardproxy-epoll",
     "shardproxy-copy-none",
     "shardproxy-copy-cpu",
     "shardproxy-copy-lc",
     "shardproxy-auto-pin",
     "shardproxy-auto-none",
 ]
-DEFAULT_VARIANTS = ALL_VARIANTS[:6]
+DEFAULT_VARIANTS = ALL_VARIANTS[:7]
 SHARDPROXY_VARIANTS = {
     # name: (relay, steering)
     "shardproxy-copy": ("copy", "hash"),
@@ -92,7 +94,10 @@ SHARDPROXY_VARIANTS = {
     # its default; these two set it, for the A/B behind that default.
     "shardproxy-auto-pin": ("auto", "hash", "pin"),
     "shardproxy-auto-none": ("auto", "hash", "none"),
+    "shardproxy-epoll": ("auto", "hash"),
 }
+# The event loop of variants not on the default (io_uring where it runs).
+SHARDPROXY_IO = {"shardproxy-epoll": "epoll"}
 ALL_WORKLOADS = ["keepalive", "close", "bulk", "redis", "redis_p16", "pg", "idle"]
 
 
@@ -988,7 +993,7 @@ def run_variant(ctx, name, rep):
         relay, steering, *more = SHARDPROXY_VARIANTS[name]
         server = start_shardproxy(ctx.shardproxy, a.workers, relay, steering, backend.port,
                                   max(10000, a.idle + 2000), extra=extra,
-                                  affinity=more[0] if more else None)
+                                  affinity=more[0] if more else None, io=SHARDPROXY_IO.get(name))
     if name != "direct":
         if server is None:
             res["notes"].append("did not start")
