@@ -92,24 +92,24 @@ static void explain(int err, char *buf, size_t len)
 			snprintf(buf, len,
 				 "io_uring_setup: %s: io_uring is disabled by "
 				 "kernel.io_uring_disabled=2 (set it to 0 to allow it)",
-				 err == EPERM ? "EPERM" : "ENOSYS");
+				 err == EPERM ? "Operation not permitted (EPERM)" : "Function not implemented (ENOSYS)");
 		else if (have_sysctl && disabled == 1 && err == EPERM)
 			snprintf(buf, len,
-				 "io_uring_setup: EPERM: kernel.io_uring_disabled=1 and this process "
+				 "io_uring_setup: Operation not permitted (EPERM): kernel.io_uring_disabled=1 and this process "
 				 "is not in kernel.io_uring_group (add it, or set the sysctl to 0)");
 		else if (seccomp_filtered())
 			snprintf(buf, len,
 				 "io_uring_setup: %s: io_uring is blocked by a seccomp filter on this "
 				 "process (as in Docker's, Podman's and Kubernetes' default profiles; "
 				 "allow io_uring_setup, io_uring_enter and io_uring_register to use it)",
-				 err == EPERM ? "EPERM" : "ENOSYS");
+				 err == EPERM ? "Operation not permitted (EPERM)" : "Function not implemented (ENOSYS)");
 		else if (err == ENOSYS)
 			snprintf(buf, len,
-				 "io_uring_setup: ENOSYS: this kernel has no io_uring system call "
+				 "io_uring_setup: Function not implemented (ENOSYS): this kernel has no io_uring system call "
 				 "(built without CONFIG_IO_URING, or a sandbox such as gVisor)");
 		else
 			snprintf(buf, len,
-				 "io_uring_setup: EPERM: io_uring is not permitted here (no seccomp "
+				 "io_uring_setup: Operation not permitted (EPERM): io_uring is not permitted here (no seccomp "
 				 "filter on this process and kernel.io_uring_disabled=%d; a security "
 				 "module may deny it)",
 				 disabled);
@@ -117,7 +117,7 @@ static void explain(int err, char *buf, size_t len)
 	case ENOMEM:
 		getrlimit(RLIMIT_MEMLOCK, &rl);
 		snprintf(buf, len,
-			 "io_uring_setup: ENOMEM: out of locked memory, a resource limit "
+			 "io_uring_setup: Cannot allocate memory (ENOMEM): out of locked memory, a resource limit "
 			 "(RLIMIT_MEMLOCK soft %llu, hard %llu bytes; raise LimitMEMLOCK or ulimit -l)",
 			 (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
 		break;

@@ -64,7 +64,7 @@ def test_io_epoll_forced_relays_with_every_engine_and_reports_epoll(t):
 def test_io_auto_under_seccomp_denying_io_uring_starts_on_epoll_and_says_why(t):
     _no_uring(t)
     p, aport = _relay_all_engines(t, {"io": "auto"}, admin=True)
-    p.expect_log(r"warning: io: epoll \(auto: io_uring unavailable: io_uring_setup: EPERM: "
+    p.expect_log(r"warning: io: epoll \(auto: io_uring unavailable: io_uring_setup: Operation not permitted \(EPERM\): "
                  r"io_uring is blocked by a seccomp filter")
     _check_reports(aport, "epoll")
 
@@ -72,7 +72,7 @@ def test_io_auto_under_seccomp_denying_io_uring_starts_on_epoll_and_says_why(t):
 def test_io_auto_under_seccomp_answering_enosys_starts_on_epoll(t):
     _no_uring(t, errno="ENOSYS")
     p, _ = _relay_all_engines(t, {"io": "auto"})
-    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: ENOSYS: "
+    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: Function not implemented \(ENOSYS\): "
                  r"io_uring is blocked by a seccomp filter")
 
 
@@ -84,7 +84,7 @@ def test_io_uring_forced_under_seccomp_exits_2_naming_the_cause(t):
                            io="io_uring"), ready=False)
     code = p.wait_exit(10)
     check(code == 2, "exit status %r, want 2; stderr:\n%s" % (code, p.tail()))
-    check("io: io_uring configured but unavailable: io_uring_setup: EPERM: io_uring is blocked "
+    check("io: io_uring configured but unavailable: io_uring_setup: Operation not permitted (EPERM): io_uring is blocked "
           "by a seccomp filter" in p.log_text(), "stderr does not name the cause:\n%s" % p.tail())
 
 
@@ -95,7 +95,7 @@ def test_version_under_seccomp_says_io_uring_unavailable_and_epoll_in_force(t):
                        timeout=20)
     out = r.stdout + r.stderr
     check(r.returncode == 0, "-V exit %d: %s" % (r.returncode, out))
-    check("io_uring: unavailable: io_uring_setup: EPERM" in out, "-V output:\n%s" % out)
+    check("io_uring: unavailable: io_uring_setup: Operation not permitted (EPERM)" in out, "-V output:\n%s" % out)
     check("io: epoll (auto: io_uring unavailable" in out, "-V output:\n%s" % out)
 
 
@@ -130,7 +130,7 @@ def test_io_auto_with_sysctl_io_uring_disabled_starts_on_epoll_and_says_why(t):
     finally:
         restore()
     p.wait_ready()
-    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: EPERM: io_uring is "
+    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: Operation not permitted \(EPERM\): io_uring is "
                  r"disabled by kernel.io_uring_disabled=2")
     for i, n in enumerate((1, 3 * MiB)):
         lib.check_echo(port, lib.payload(n, seed=i), up, what="%d bytes:" % n)
