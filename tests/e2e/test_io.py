@@ -134,3 +134,43 @@ def test_io_auto_with_sysctl_io_uring_disabled_starts_on_epoll_and_says_why(t):
                  r"disabled by kernel.io_uring_disabled=2")
     for i, n in enumerate((1, 3 * MiB)):
         lib.check_echo(port, lib.payload(n, seed=i), up, what="%d bytes:" % n)
+
+
+@lib.needs("root")
+@lib.timeout(60)
+def test_io_uring_shard_that_cannot_set_up_its_ring_on_restart_logs_why_and_backs_off(t):
+    """A shard restarted while io_uring is unavailable (here the sysctl, set
+    for about a second) fails with the cause in the log, the supervisor
+    retries with its backoff, and once io_uring is back the shard serves."""
+    if os.geteuid() != 0:
+        raise lib.Skip("needs root to set kernel.io_uring_disabled")
+    if not os.path.exists(SYSCTL):
+        raise lib.Skip("this kernel has no kernel.io_uring_disabled (Linux 6.6+)")
+    if lib.IO == "epoll":
+        raise lib.Skip("the io_uring backend is what fails here")
+    with open(SYSCTL) as f:
+        saved = f.read().strip()
+
+    def restore():
+        with open(SYSCTL, "w") as f:
+            f.write(saved)
+
+    t.defer(restore)
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
+                           workers=1, io="io_uring"))
+    shard = p.wait_shards(1)[0]
+    m = p.mark()
+    with open(SYSCTL, "w") as f:
+        f.write("2")
+    try:
+        os.kill(shard, 9)
+        p.expect_log(r"shard 0\]: error: io_uring_setup: Operation not permitted \(EPERM\): io_uring "
+                     r"is disabled by kernel.io_uring_disabled=2", timeout_s=10, after=m)
+        p.expect_log(r"shard 0 \(pid \d+, generation 1\) .*; restarting in [1-9]\d* ms",
+                     timeout_s=10, after=m)
+    finally:
+        restore()
+    p.expect_log(r"shard 0 restarted", timeout_s=15, after=m)
+    lib.check_echo(port, lib.payload(100000, seed=9), up, what="after the shard came back:")
