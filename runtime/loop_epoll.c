@@ -483,18 +483,25 @@ static void ep_close(sp_loop_t *l, int fd)
 	close(fd);
 }
 
-/* Deliver what finished and restart what has budget left, in FIFO order;
- * what handlers queue meanwhile waits for the next turn. */
+/* Deliver what finished and restart what has budget left, in FIFO order.
+ * What handlers queue meanwhile (a send that completed at once, a recv armed
+ * again) is taken in the same pass, so a message is received, handed over
+ * and sent on in one turn; PENDING_BUDGET bounds the pass, so an op that
+ * keeps completing at once (a poll on a socket nobody reads) cannot hold
+ * the loop. */
+#define PENDING_BUDGET 1024
+
 static int run_pending(sp_loop_t *l)
 {
 	ep_t *e = l->be_state;
-	uint32_t i = e->phead;
 	int n = 0;
 
-	e->phead = e->ptail = NONE;
-	while (i != NONE) {
+	for (int budget = PENDING_BUDGET; budget > 0 && e->phead != NONE; budget--) {
+		uint32_t i = e->phead;
 		eop_t *op = &e->ops[i];
-		uint32_t next = op->next;
+		e->phead = op->next;
+		if (e->phead == NONE)
+			e->ptail = NONE;
 		op->queued = false;
 		if (op->done) {
 			sp_completion_t c = {.res = op->res, .has_buf = op->has_buf, .bid = op->bid};
@@ -505,7 +512,6 @@ static int run_pending(sp_loop_t *l)
 		} else {
 			attempt(l, op, 0);
 		}
-		i = next;
 	}
 	return n;
 }
