@@ -187,8 +187,6 @@ void sp_loop__dispatch(sp_loop_t *l, uint64_t tag, const sp_completion_t *c)
 	uint32_t slot = sp_udata_slot(tag);
 	const sp_loop_handler_t *h = &l->handlers[op];
 
-	if (c->has_buf)
-		l->bufs_out++;
 	if (!h->fn) {
 		/* An op whose result nobody needs; a buffer goes straight back. */
 		if (c->has_buf)

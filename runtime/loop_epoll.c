@@ -285,7 +285,10 @@ static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
 			finish(l, op, -ENOBUFS);
 			return;
 		}
+		/* Counted as out from here, as the owner sees it: a buffer
+		 * whose completion waits on the pending list is not free. */
 		uint16_t bid = e->bfree[--e->nbfree];
+		l->bufs_out++;
 		ssize_t n = recv(op->fd, sp_loop_buf(l, bid), l->bufsz, MSG_DONTWAIT);
 		if (n > 0 && op->once) {
 			finish_buf(l, op, (int)n, bid);
@@ -303,6 +306,7 @@ static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
 			continue;
 		}
 		e->bfree[e->nbfree++] = bid;
+		l->bufs_out--;
 		if (n == 0) {
 			finish(l, op, 0);
 			return;

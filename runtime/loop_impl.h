@@ -55,7 +55,7 @@ struct sp_loop {
 	/* buffer pool */
 	uint8_t *buf_base;
 	uint32_t nbufs, bufsz;
-	uint32_t bufs_out;
+	uint32_t bufs_out; /* counted by the backend the moment a buffer is taken */
 	sp_loop_stats_t stats;
 };
 

@@ -454,6 +454,8 @@ static int uring_wait(sp_loop_t *l, int timeout_ms)
 		n++;
 		if (op == SP_LOOP_OP_SELF)
 			continue;
+		if (c.has_buf)
+			l->bufs_out++; /* the kernel took it from the ring */
 		if (c.res == -ECANCELED && u->is_connect[op])
 			c.res = -ETIMEDOUT;
 		sp_loop__dispatch(l, tag, &c);
