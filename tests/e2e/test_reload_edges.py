@@ -106,6 +106,8 @@ def _slow_start_wrapper(t, delay_s):
 
 @lib.timeout(90)
 def test_reload_with_slow_new_generation_healthz_answers_and_killed_shard_restarts_within_2s(t):
+    if lib.IO == "epoll":
+        raise lib.Skip("the slow start is a delayed io_uring_setup; shards on epoll never call it")
     delay = 4.0
     t.binary = _slow_start_wrapper(t, delay)
     up = t.echo()
