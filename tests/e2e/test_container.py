@@ -26,6 +26,17 @@ def _echo_conf(up, port, **kw):
     return lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])], **kw)
 
 
+def _echo_after_reload(port, data, old, new, what):
+    """A connection opened right after a reload may still be taken by the old
+    generation (a draining shard serves what was queued on its sockets), so
+    either upstream may see it; it must arrive intact at one of them."""
+    r = lib.echo_transfer(port, data)
+    want = lib.sha(data)
+    check(r["end"] == "eof" and r["sha"] == want,
+          "%s: got back %d of %d bytes (end=%s %s)" % (what, r["received"], len(data), r["end"], r["error"]))
+    check(new.has_record(want) or old.has_record(want), "%s: no upstream received the bytes intact" % what)
+
+
 def _no_filter_needed(t):
     """The tests below prove a profile lets the proxy work; they mean nothing
     if the process is already under a filter that denies more."""
@@ -54,7 +65,7 @@ def test_shipped_seccomp_profile_lets_proxy_relay_reload_and_drain_on_io_uring(t
     up2 = t.echo(name="echo2")
     mark = p.reload(_echo_conf(up2, port, relay="auto"))
     p.expect_log(r"reload: generation 2 ready", 10, after=mark)
-    lib.check_echo(port, lib.payload(4096, 3), up2, what="after reload under the profile")
+    _echo_after_reload(port, lib.payload(4096, 3), up, up2, "after reload under the profile")
     rc = p.stop(15)
     check(rc == 0, "exit status %s after SIGTERM under the profile; log:\n%s" % (rc, p.tail()))
 
@@ -64,8 +75,9 @@ def test_profile_launcher_denies_what_profile_omits(t):
     """The launcher really enforces: -V under a profile without the io_uring
     calls must see io_uring_setup fail with EPERM."""
     _no_filter_needed(t)
+    env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0")
     r = subprocess.run([_profile_run(t), "--deny", "io_uring_setup,io_uring_enter,io_uring_register",
-                        PROFILE, "--", t.binary, "-V"], capture_output=True, text=True, timeout=20)
+                        PROFILE, "--", t.binary, "-V"], capture_output=True, text=True, timeout=20, env=env)
     out = r.stdout + r.stderr
     check("seccomp" in out and "Operation not permitted" in out,
           "-V under a profile denying io_uring does not report the seccomp block:\n%s" % out)
@@ -102,7 +114,7 @@ def test_supervisor_as_pid_1_reloads_on_sighup_from_inside_and_drains_on_sigterm
     lib.write_config(p.path, _echo_conf(up2, port, limits={"drain_timeout_ms": 10000}))
     subprocess.run(["nsenter", "-t", str(sup), "-p", "-m", "kill", "-HUP", "1"], check=True, timeout=10)
     p.expect_log(r"reload: generation 2 ready", 10, after=mark, what="SIGHUP to PID 1 from inside")
-    lib.check_echo(port, lib.payload(65536, 5), up2, what="after a reload of PID 1")
+    _echo_after_reload(port, lib.payload(65536, 5), up, up2, "after a reload of PID 1")
     # The old generation's shards were reaped by PID 1, not left as zombies.
     check(lib.wait_until(lambda: all(not os.path.exists("/proc/%d" % s) for s in shards), 10),
           "the old generation's shards are still there (zombies?): %s" % shards)
