@@ -4,6 +4,7 @@
  *
  *   curl --unix-socket /run/shardproxy/admin.sock -X POST \
  *        http://localhost/servers/web/127.0.0.1:9000/drain */
+#include "proxy/json_out.h"
 #include "proxy/control.h"
 
 #include <arpa/inet.h>
@@ -100,19 +101,6 @@ static bool select_servers(const sp_upstream_t *up, const sp_server_ctl_t *ctl, 
 	return any;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			fprintf(f, "\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			fprintf(f, "\\u%04x", *s);
-		else
-			fputc(*s, f);
-	}
-	fputc('"', f);
-}
 
 static int refuse(FILE *out, int status, const char *fmt, const char *arg)
 {
@@ -174,7 +162,7 @@ int sp_control_request(const sp_conf_t *conf, sp_server_ctl_t *ctl, const char *
 
 	/* Checked; now applied. */
 	fprintf(out, "{\"upstream\":");
-	json_str(out, up->name);
+	sp_json_string(out, up->name);
 	fprintf(out, ",\"servers\":[");
 	bool first = true;
 	for (size_t k = 0; k < up->nservers; k++) {
@@ -187,12 +175,12 @@ int sp_control_request(const sp_conf_t *conf, sp_server_ctl_t *ctl, const char *
 		if (up->servers[k].dns && !uc[k].present)
 			continue; /* an empty slot of a name: nothing to show */
 		fprintf(out, "%s{\"index\":%u,\"address\":", first ? "" : ",", up->servers[k].origin);
-		json_str(out, up->servers[k].addr.text);
+		sp_json_string(out, up->servers[k].addr.text);
 		if (up->servers[k].dns) {
 			char resolved[64];
 			sp_control_addr_text(&uc[k].ss, resolved, sizeof(resolved));
 			fprintf(out, ",\"resolved\":");
-			json_str(out, resolved);
+			sp_json_string(out, resolved);
 		}
 		fprintf(out, ",\"admin\":\"%s\",\"weight\":%u}", sp_control_admin_name(uc[k].admin),
 			uc[k].weight);

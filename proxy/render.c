@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "proxy/json_out.h"
 #include "proxy/control.h"
 #include "proxy/sup_internal.h"
 
@@ -99,20 +100,6 @@ static uint64_t metric_value(const void *row, const metric_t *m, unsigned idx)
 
 /* ---- JSON ------------------------------------------------------------------------ */
 
-static void json_string(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			fprintf(f, "\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			fprintf(f, "\\u%04x", *s);
-		else
-			fputc(*s, f);
-	}
-	fputc('"', f);
-}
-
 /* A row's metrics as JSON members, each preceded by a comma unless first. */
 static void json_metrics(FILE *f, const metric_t *ms, size_t n, const void *row, bool first)
 {
@@ -170,7 +157,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 		sup->steer ? "true" : "false");
 	fprintf(f, "\"user\":");
 	if (conf->user.set)
-		json_string(f, conf->user.name);
+		sp_json_string(f, conf->user.name);
 	else
 		fputs("null", f);
 	fprintf(f, ",\"shard_restarts\":%llu,\"shards\":[", (unsigned long long)sup->restarts);
@@ -207,7 +194,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 		if (sup->last_reload_ok)
 			fputs("null", f);
 		else
-			json_string(f, sup->last_reload_error);
+			sp_json_string(f, sup->last_reload_error);
 		fputc('}', f);
 	}
 	fprintf(f, "},\"listeners\":[");
@@ -215,10 +202,10 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 		const sp_lrow_t *r = &v->t.l[i];
 		int l = sp_conf_listener_index(conf, r->name);
 		fprintf(f, "%s{\"name\":", i ? "," : "");
-		json_string(f, r->name);
+		sp_json_string(f, r->name);
 		fprintf(f, ",\"listen\":");
 		if (l >= 0)
-			json_string(f, conf->listeners[l].listen.text);
+			sp_json_string(f, conf->listeners[l].listen.text);
 		else
 			fputs("null", f); /* removed by a reload; its counts stay */
 		json_metrics(f, listener_metrics, NMETRICS(listener_metrics), &r->st, false);
@@ -228,7 +215,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 	for (size_t u = 0; u < conf->nupstreams; u++) {
 		const sp_upstream_t *up = &conf->upstreams[u];
 		fprintf(f, "%s{\"name\":", u ? "," : "");
-		json_string(f, up->name);
+		sp_json_string(f, up->name);
 		fprintf(f, ",\"balance\":\"%s\",", sp_conf_balance_name(up->balance));
 		sp_names_stats_t ns;
 		if (sp_names_stats(sup->cur->names, u, &ns)) {
@@ -237,7 +224,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 				up->resolve_interval_ms, (unsigned long long)ns.lookups,
 				(unsigned long long)ns.failures);
 			if (ns.last_error)
-				json_string(f, ns.last_error);
+				sp_json_string(f, ns.last_error);
 			else
 				fputs("null", f);
 			fputs("},", f);
@@ -252,7 +239,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 			const char *state = server_state(sup, u, k, &fails);
 			const sp_srow_t *r = sp_stats_find_server(&v->t, up->name, srv->addr.text);
 			fprintf(f, "%s{\"address\":", k ? "," : "");
-			json_string(f, srv->addr.text);
+			sp_json_string(f, srv->addr.text);
 			fprintf(f,
 				",\"weight\":%u,\"configured_weight\":%u,\"admin\":\"%s\",\"backup\":%s,"
 				"\"state\":\"%s\",\"failures\":%u",

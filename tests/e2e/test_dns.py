@@ -15,25 +15,9 @@ import time
 import lib
 from lib import check
 from fakedns import FakeDns
+from test_ops import _stats  # the admin reader, shared
 
 NAME = "svc.e2e.test"
-
-
-def _stats(aport):
-    s = socket.create_connection((lib.LOOPBACK, aport), timeout=5)
-    try:
-        s.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
-        buf = bytearray()
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            buf += d
-    finally:
-        s.close()
-    head, _, body = bytes(buf).partition(b"\r\n\r\n")
-    check(head.startswith(b"HTTP/1.1 200"), "/stats: %r" % head[:100])
-    return json.loads(body)
 
 
 def _upstream(st, name="web"):

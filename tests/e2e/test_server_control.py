@@ -17,12 +17,19 @@ import lib
 from lib import check
 
 
-def _unix_http(path, method, url, timeout_s=5.0):
-    """(status, body bytes) of one request on the Unix socket at path."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout_s)
+def _http(where, method, url, timeout_s=5.0):
+    """(status, body bytes) of one request to the admin endpoint: where is the
+    Unix socket's path (str) or the TCP admin port (int)."""
+    if isinstance(where, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout_s)
+        addr = where
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout_s)
+        addr = (lib.LOOPBACK, where)
     try:
-        s.connect(path)
+        s.connect(addr)
         s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (method, url)).encode())
         buf = bytearray()
         while True:
@@ -34,34 +41,18 @@ def _unix_http(path, method, url, timeout_s=5.0):
         s.close()
     head, _, body = bytes(buf).partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
-    check(m, "not an HTTP answer on %s: %r" % (path, bytes(buf)[:200]))
+    check(m, "not an HTTP answer on %s: %r" % (where, bytes(buf)[:200]))
     return int(m.group(1)), body
 
 
-def _tcp_http(port, method, url):
-    s = socket.create_connection((lib.LOOPBACK, port), timeout=5)
-    try:
-        s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (method, url)).encode())
-        buf = bytearray()
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            buf += d
-    finally:
-        s.close()
-    head, _, body = bytes(buf).partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
-
-
 def _post(sock, url, want=200):
-    st, body = _unix_http(sock, "POST", url)
+    st, body = _http(sock, "POST", url)
     check(st == want, "POST %s: %d %r, want %d" % (url, st, body, want))
     return body
 
 
 def _stats(sock):
-    st, body = _unix_http(sock, "GET", "/stats")
+    st, body = _http(sock, "GET", "/stats")
     check(st == 200, "/stats on the socket: %d" % st)
     return json.loads(body)
 
@@ -113,7 +104,7 @@ def test_admin_socket_is_mode_0600_serves_the_gets_and_is_removed_on_exit(t):
     check(stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600,
           "admin.socket mode %o, want a socket of mode 600" % stat.S_IMODE(mode))
     for path in ("/stats", "/metrics", "/healthz"):
-        st, _ = _unix_http(sock, "GET", path)
+        st, _ = _http(sock, "GET", path)
         check(st == 200, "GET %s on admin.socket: %d" % (path, st))
     check(_stats(sock)["generation"] == 1, "/stats on the socket")
     p.stop()
@@ -137,7 +128,7 @@ def test_drain_takes_a_server_out_for_new_sessions_while_its_open_one_finishes(t
     held.close()
     s = _server(_stats(sock), "web", addr)
     check(s["admin"] == "draining", "/stats admin state %r" % s["admin"])
-    st, text = _tcp_http(aport, "GET", "/metrics")
+    st, text = _http(aport, "GET", "/metrics")
     line = 'shardproxy_server_admin_state{upstream="web",server="%s",state="draining"} 1' % addr
     check(line in text.decode(), "/metrics lacks %s" % line)
 
@@ -165,7 +156,7 @@ def test_weight_set_over_the_socket_shifts_the_share_in_every_shard(t):
 
 def test_writes_on_the_tcp_admin_port_get_403_and_change_nothing(t):
     a, b, port, aport, sock, p = _two_servers(t)
-    st, body = _tcp_http(aport, "POST", "/servers/web/0/drain")
+    st, body = _http(aport, "POST", "/servers/web/0/drain")
     check(st == 403 and b"admin.socket" in body, "POST on TCP: %d %r" % (st, body))
     check(_server(_stats(sock), "web", a.address)["admin"] == "enabled", "a write on TCP changed state")
     got = _spread(port, 20)
@@ -184,9 +175,9 @@ def test_malformed_writes_get_4xx_with_a_reason_and_change_nothing(t):
             ("/servers/web/7/drain", 404, b"no such server"),
             ("/servers/web/%s/drain/x" % a.address, 400, b"unexpected"),
             ("/stats", 404, b"not found")]:
-        st, body = _unix_http(sock, "POST", url)
+        st, body = _http(sock, "POST", url)
         check(st == want and reason in body, "POST %s: %d %r, want %d with %r" % (url, st, body, want, reason))
-    st, body = _unix_http(sock, "GET", "/servers/web/0/drain")
+    st, body = _http(sock, "GET", "/servers/web/0/drain")
     check(st == 405, "GET of a write: %d %r" % (st, body))
     after = _stats(sock)["upstreams"]
     for u0, u1 in zip(before, after):
