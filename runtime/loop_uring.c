@@ -85,6 +85,9 @@ static void explain(int err, char *buf, size_t len)
 	int disabled = 0;
 	bool have_sysctl = read_int_file("/proc/sys/kernel/io_uring_disabled", &disabled) == 0;
 
+	/* The errno's name and what it means, not strerror's wording. */
+	const char *name = err == EPERM ? "Operation not permitted (EPERM)" : "ENOSYS (no such system call)";
+
 	switch (err) {
 	case EPERM:
 	case ENOSYS:
@@ -92,7 +95,7 @@ static void explain(int err, char *buf, size_t len)
 			snprintf(buf, len,
 				 "io_uring_setup: %s: io_uring is disabled by "
 				 "kernel.io_uring_disabled=2 (set it to 0 to allow it)",
-				 err == EPERM ? "Operation not permitted (EPERM)" : "Function not implemented (ENOSYS)");
+				 name);
 		else if (have_sysctl && disabled == 1 && err == EPERM)
 			snprintf(buf, len,
 				 "io_uring_setup: Operation not permitted (EPERM): kernel.io_uring_disabled=1 and this process "
@@ -102,10 +105,10 @@ static void explain(int err, char *buf, size_t len)
 				 "io_uring_setup: %s: io_uring is blocked by a seccomp filter on this "
 				 "process (as in Docker's, Podman's and Kubernetes' default profiles; "
 				 "allow io_uring_setup, io_uring_enter and io_uring_register to use it)",
-				 err == EPERM ? "Operation not permitted (EPERM)" : "Function not implemented (ENOSYS)");
+				 name);
 		else if (err == ENOSYS)
 			snprintf(buf, len,
-				 "io_uring_setup: Function not implemented (ENOSYS): this kernel has no io_uring system call "
+				 "io_uring_setup: ENOSYS (no such system call): this kernel has no io_uring system call "
 				 "(built without CONFIG_IO_URING, or a sandbox such as gVisor)");
 		else
 			snprintf(buf, len,

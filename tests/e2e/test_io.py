@@ -72,7 +72,7 @@ def test_io_auto_under_seccomp_denying_io_uring_starts_on_epoll_and_says_why(t):
 def test_io_auto_under_seccomp_answering_enosys_starts_on_epoll(t):
     _no_uring(t, errno="ENOSYS")
     p, _ = _relay_all_engines(t, {"io": "auto"})
-    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: Function not implemented \(ENOSYS\): "
+    p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: ENOSYS \(no such system call\): "
                  r"io_uring is blocked by a seccomp filter")
 
 
