@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "runtime/loop.h"
+#include "tests/unit/helpers.h"
 
 enum { OP_A = 1, OP_B, OP_C };
 
@@ -46,7 +47,7 @@ static void record(void *ctx, unsigned op, uint32_t slot, const sp_completion_t 
 		k->data[0] = 0;
 		if (c->has_buf && c->res > 0) {
 			size_t n = (size_t)c->res < sizeof(k->data) - 1 ? (size_t)c->res
-								       : sizeof(k->data) - 1;
+									: sizeof(k->data) - 1;
 			memcpy(k->data, sp_loop_buf(cur, c->bid), n);
 			k->data[n] = 0;
 		}
@@ -56,80 +57,123 @@ static void record(void *ctx, unsigned op, uint32_t slot, const sp_completion_t 
 		sp_loop_buf_put(cur, c->bid);
 }
 
-static uint64_t mono_ms(void)
+/* What a test runs on: a loop on the backend the test was registered with
+ * and, if it asks, a connected stream pair (sv[0] is the loop's side). The
+ * teardown closes and frees them even when an assertion ended the test. */
+typedef struct {
+	sp_loop_backend_t backend;
+	sp_loop_t *l;
+	int sv[2];
+	int fds[8]; /* more descriptors the teardown closes (own()) */
+	unsigned nfds;
+} fx_t;
+
+static fx_t fx;
+
+static int fx_setup(void **state)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	fx = (fx_t){.backend = (sp_loop_backend_t)(uintptr_t)*state, .sv = {-1, -1}};
+	*state = &fx;
+	return 0;
 }
 
-/* A loop on the backend the test was registered with (its state), or
- * SKIPPED when that backend is io_uring and io_uring cannot run here. */
-static sp_loop_t *open_loop(void **state)
+static int fx_teardown(void **state)
 {
-	sp_loop_backend_t be = (sp_loop_backend_t)(uintptr_t)*state;
+	fx_t *f = *state;
+	for (unsigned i = 0; i < 2; i++)
+		if (f->sv[i] >= 0)
+			sp_loop_close(f->l, f->sv[i]);
+	for (unsigned i = 0; i < f->nfds; i++)
+		sp_loop_close(f->l, f->fds[i]);
+	sp_loop_free(f->l);
+	return 0;
+}
+
+/* The fixture's loop, or SKIPPED when its backend is io_uring and io_uring
+ * cannot run here. With sv, also the stream pair. */
+static sp_loop_t *open_loop(void **state, int **sv)
+{
+	fx_t *f = *state;
 	char err[512] = "";
-	if (be == SP_LOOP_URING && sp_loop_probe_uring(err, sizeof(err)) < 0) {
-		print_message("[  SKIP    ] %s\n", err);
-		skip();
-	}
-	sp_loop_config_t cfg = {.backend = be, .entries = 64, .timers = 8, .ctx = &ctx_token};
-	sp_loop_t *l;
-	int ret = sp_loop_new(&l, &cfg, err, sizeof(err));
+	/* the teardown closes through the loop, so nothing is opened before it */
+	if (f->backend == SP_LOOP_URING && sp_loop_probe_uring(err, sizeof(err)) < 0)
+		th_skip("%s", err);
+	sp_loop_config_t cfg = {
+	    .backend = f->backend, .entries = 64, .timers = 8, .ctx = &ctx_token};
+	int ret = sp_loop_new(&f->l, &cfg, err, sizeof(err));
 	if (ret < 0)
-		fail_msg("sp_loop_new(%s): %d: %s", sp_loop_backend_name(be), ret, err);
-	assert_int_equal(sp_loop_backend(l), be);
+		fail_msg("sp_loop_new(%s): %d: %s", sp_loop_backend_name(f->backend), ret, err);
+	assert_int_equal(sp_loop_backend(f->l), f->backend);
 	for (unsigned op = OP_A; op <= OP_C; op++)
-		sp_loop_on(l, op, record, false);
+		sp_loop_on(f->l, op, record, false);
 	memset(calls, 0, sizeof(calls));
 	ncalls = 0;
 	put_bufs = true;
-	cur = l;
-	return l;
+	cur = f->l;
+	if (sv) {
+		assert_int_equal(
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, f->sv), 0);
+		*sv = f->sv;
+	}
+	return f->l;
+}
+
+/* fd, closed by the teardown. */
+static int own(int fd)
+{
+	assert_true(fd >= 0);
+	assert_true(fx.nfds < sizeof(fx.fds) / sizeof(fx.fds[0]));
+	fx.fds[fx.nfds++] = fd;
+	return fd;
 }
 
 /* Turn the loop until `want` handler calls were seen, or ms passed. */
 static void run_until(sp_loop_t *l, unsigned want, unsigned ms)
 {
-	uint64_t deadline = mono_ms() + ms;
-	while (ncalls < want && mono_ms() < deadline)
+	uint64_t deadline = th_mono_ms() + ms;
+	while (ncalls < want && th_mono_ms() < deadline)
 		assert_true(sp_loop_run_once(l, 20) >= 0);
 }
 
-static int tcp_listener(struct sockaddr_in *addr, int backlog)
+/* Turn the loop for ms whatever arrives: time for a completion that must
+ * not come to show up. */
+static void run_for(sp_loop_t *l, unsigned ms)
 {
-	socklen_t len = sizeof(*addr);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	memset(addr, 0, sizeof(*addr));
-	addr->sin_family = AF_INET;
-	addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)addr, sizeof(*addr)), 0);
-	assert_int_equal(listen(fd, backlog), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)addr, &len), 0);
-	return fd;
+	uint64_t deadline = th_mono_ms() + ms;
+	while (th_mono_ms() < deadline)
+		assert_true(sp_loop_run_once(l, 20) >= 0);
 }
 
-static int tcp_client(const struct sockaddr_in *addr)
+/* Send into fd until its buffers take nothing more. */
+static void fill(int fd)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	assert_int_equal(connect(fd, (const struct sockaddr *)addr, sizeof(*addr)), 0);
-	return fd;
+	static char big[1 << 16];
+	while (send(fd, big, sizeof(big), MSG_DONTWAIT) > 0)
+		;
 }
 
-static void stream_pair(int sv[2])
+/* Connect a new socket (the fixture's) to a through the loop with this
+ * timeout and wait for the one completion; its result. */
+static int connect_and_wait(sp_loop_t *l, const struct sockaddr_in *a, unsigned timeout_ms)
 {
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+	int fd = own(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+	assert_int_equal(sp_loop_connect(l, sp_loop_tag(OP_A, 2, 0), fd, (const struct sockaddr *)a,
+					 sizeof(*a), timeout_ms),
+			 0);
+	run_until(l, 1, timeout_ms + 2000);
+	assert_int_equal(ncalls, 1);
+	assert_false(calls[0].c.more);
+	return calls[0].c.res;
 }
 
 static void test_loop_accept_is_multishot_and_gives_nonblocking_fds(void **state)
 {
-	sp_loop_t *l = open_loop(state);
+	sp_loop_t *l = open_loop(state, NULL);
 	struct sockaddr_in a;
-	int lfd = tcp_listener(&a, 16);
+	int lfd = own(th_tcp_listener(&a, 16));
 	assert_int_equal(sp_loop_accept(l, sp_loop_tag(OP_A, 5, 0), lfd, true), 0);
-	int c1 = tcp_client(&a), c2 = tcp_client(&a);
+	own(th_tcp_client(&a));
+	own(th_tcp_client(&a));
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
 	for (unsigned i = 0; i < 2; i++) {
@@ -142,24 +186,20 @@ static void test_loop_accept_is_multishot_and_gives_nonblocking_fds(void **state
 		sp_loop_close(l, calls[i].c.res);
 	}
 	/* still armed: a third connection is accepted without re-arming */
-	int c3 = tcp_client(&a);
+	own(th_tcp_client(&a));
 	run_until(l, 3, 2000);
 	assert_int_equal(ncalls, 3);
 	sp_loop_close(l, calls[2].c.res);
-	close(c1), close(c2), close(c3);
 	sp_loop_cancel_fd(l, lfd);
 	run_until(l, 4, 2000);
 	assert_int_equal(calls[3].c.res, -ECANCELED);
 	assert_false(calls[3].c.more);
-	sp_loop_close(l, lfd);
-	sp_loop_free(l);
 }
 
 static void test_loop_recv_lands_data_in_pool_buffers_until_eof(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 4096), 0);
 	assert_int_equal(sp_loop_bufs_total(l), 4);
 	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], true), 0);
@@ -180,16 +220,12 @@ static void test_loop_recv_lands_data_in_pool_buffers_until_eof(void **state)
 	assert_false(calls[2].c.more);
 	assert_false(calls[2].c.has_buf);
 	assert_int_equal(sp_loop_bufs_out(l), 0);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_recv_ends_with_enobufs_when_the_pool_is_empty(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	put_bufs = false; /* the handler keeps every buffer */
 	assert_int_equal(sp_loop_bufs_init(l, 1, 16), 0);
 	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], true), 0);
@@ -210,25 +246,19 @@ static void test_loop_recv_ends_with_enobufs_when_the_pool_is_empty(void **state
 	assert_string_equal(calls[2].data, "more");
 	sp_loop_cancel_fd(l, sv[0]);
 	run_until(l, 4, 2000);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_one_shot_recv_takes_one_buffer_and_ends(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	put_bufs = false;
 	assert_int_equal(sp_loop_bufs_init(l, 4, 8), 0);
 	/* more than one buffer's worth waits on the socket */
 	assert_int_equal(write(sv[1], "0123456789abcdef0123", 20), 20);
 	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
 	run_until(l, 1, 2000);
-	uint64_t deadline = mono_ms() + 100;
-	while (mono_ms() < deadline)
-		assert_true(sp_loop_run_once(l, 20) >= 0);
+	run_for(l, 100);
 	assert_int_equal(ncalls, 1);
 	assert_int_equal(calls[0].c.res, 8);
 	assert_true(calls[0].c.has_buf);
@@ -241,17 +271,13 @@ static void test_loop_one_shot_recv_takes_one_buffer_and_ends(void **state)
 	run_until(l, 2, 2000);
 	assert_string_equal(calls[1].data, "89abcdef");
 	sp_loop_buf_put(l, calls[1].c.bid);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_send_completes_with_bytes_taken_never_inside_the_call(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	char buf[16] = {0};
-	stream_pair(sv);
 	assert_int_equal(sp_loop_send(l, sp_loop_tag(OP_C, 9, 0), sv[0], "payload", 7), 0);
 	assert_int_equal(ncalls, 0);
 	run_until(l, 1, 2000);
@@ -262,20 +288,14 @@ static void test_loop_send_completes_with_bytes_taken_never_inside_the_call(void
 	assert_false(calls[0].c.more);
 	assert_int_equal(read(sv[1], buf, sizeof(buf)), 7);
 	assert_memory_equal(buf, "payload", 7);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_send_waits_for_room_when_the_peer_is_full(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	static char big[1 << 16], sink[1 << 16];
-	stream_pair(sv);
-	/* fill the socket until it takes nothing more */
-	while (send(sv[0], big, sizeof(big), MSG_DONTWAIT) > 0)
-		;
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	static char sink[1 << 16];
+	fill(sv[0]);
 	assert_int_equal(sp_loop_send(l, sp_loop_tag(OP_C, 1, 0), sv[0], "x", 1), 0);
 	run_until(l, 1, 200);
 	assert_int_equal(ncalls, 0);
@@ -284,83 +304,49 @@ static void test_loop_send_waits_for_room_when_the_peer_is_full(void **state)
 	run_until(l, 1, 2000);
 	assert_int_equal(ncalls, 1);
 	assert_int_equal(calls[0].c.res, 1);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_connect_reports_refused(void **state)
 {
-	sp_loop_t *l = open_loop(state);
+	sp_loop_t *l = open_loop(state, NULL);
 	struct sockaddr_in a;
-	int lfd = tcp_listener(&a, 1);
-	close(lfd); /* nothing listens on a now */
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	assert_int_equal(sp_loop_connect(l, sp_loop_tag(OP_A, 2, 0), fd, (struct sockaddr *)&a,
-					 sizeof(a), 1000),
-			 0);
-	run_until(l, 1, 2000);
-	assert_int_equal(ncalls, 1);
-	assert_int_equal(calls[0].c.res, -ECONNREFUSED);
-	sp_loop_close(l, fd);
-	sp_loop_free(l);
+	close(th_tcp_listener(&a, 1)); /* nothing listens on a now */
+	assert_int_equal(connect_and_wait(l, &a, 1000), -ECONNREFUSED);
 }
 
 static void test_loop_connect_succeeds(void **state)
 {
-	sp_loop_t *l = open_loop(state);
+	sp_loop_t *l = open_loop(state, NULL);
 	struct sockaddr_in a;
-	int lfd = tcp_listener(&a, 4);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	assert_int_equal(sp_loop_connect(l, sp_loop_tag(OP_A, 2, 0), fd, (struct sockaddr *)&a,
-					 sizeof(a), 1000),
-			 0);
-	run_until(l, 1, 2000);
-	assert_int_equal(ncalls, 1);
-	assert_int_equal(calls[0].c.res, 0);
+	own(th_tcp_listener(&a, 4));
+	assert_int_equal(connect_and_wait(l, &a, 1000), 0);
 	/* the connect timeout does not fire later */
 	run_until(l, 2, 1200);
 	assert_int_equal(ncalls, 1);
-	sp_loop_close(l, fd);
-	close(lfd);
-	sp_loop_free(l);
 }
 
 /* A listener whose accept queue is full drops further SYNs, so a connect
  * to it hangs until its timeout. */
 static void test_loop_connect_times_out_with_etimedout(void **state)
 {
-	sp_loop_t *l = open_loop(state);
+	sp_loop_t *l = open_loop(state, NULL);
 	struct sockaddr_in a;
-	int lfd = tcp_listener(&a, 0);
-	int fill[4], nfill = 0;
-	for (; nfill < 4; nfill++) {
-		fill[nfill] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		connect(fill[nfill], (struct sockaddr *)&a, sizeof(a));
+	own(th_tcp_listener(&a, 0));
+	for (unsigned i = 0; i < 4; i++) {
+		int fd = own(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+		connect(fd, (struct sockaddr *)&a, sizeof(a));
 	}
 	usleep(50 * 1000);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	uint64_t t0 = mono_ms();
-	assert_int_equal(sp_loop_connect(l, sp_loop_tag(OP_A, 3, 0), fd, (struct sockaddr *)&a,
-					 sizeof(a), 150),
-			 0);
-	run_until(l, 1, 3000);
-	uint64_t took = mono_ms() - t0;
-	assert_int_equal(ncalls, 1);
-	assert_int_equal(calls[0].c.res, -ETIMEDOUT);
+	uint64_t t0 = th_mono_ms();
+	assert_int_equal(connect_and_wait(l, &a, 150), -ETIMEDOUT);
+	uint64_t took = th_mono_ms() - t0;
 	assert_true(took >= 140 && took < 1000);
-	sp_loop_close(l, fd);
-	for (int i = 0; i < nfill; i++)
-		close(fill[i]);
-	close(lfd);
-	sp_loop_free(l);
 }
 
 static void test_loop_poll_completes_once_readable(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_A, 4, 0), sv[0], false), 0);
 	run_until(l, 1, 100);
 	assert_int_equal(ncalls, 0);
@@ -377,16 +363,12 @@ static void test_loop_poll_completes_once_readable(void **state)
 	run_until(l, 3, 2000);
 	assert_int_equal(calls[2].op, OP_B);
 	assert_true(calls[2].c.res > 0);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_cancel_ends_only_the_named_op(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
 	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0], true), 0);
 	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_B, 1, 0), sv[1], false), 0);
@@ -402,19 +384,13 @@ static void test_loop_cancel_ends_only_the_named_op(void **state)
 	run_until(l, 2, 2000);
 	assert_int_equal(calls[1].op, OP_B);
 	assert_true(calls[1].c.res > 0);
-	sp_loop_close(l, sv[0]);
-	sp_loop_close(l, sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_cancel_fd_ends_every_op_on_it(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	static char big[1 << 16];
-	stream_pair(sv);
-	while (send(sv[0], big, sizeof(big), MSG_DONTWAIT) > 0)
-		;
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	fill(sv[0]);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
 	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0], true), 0);
 	assert_int_equal(sp_loop_send(l, sp_loop_tag(OP_B, 1, 0), sv[0], "z", 1), 0);
@@ -427,18 +403,15 @@ static void test_loop_cancel_fd_ends_every_op_on_it(void **state)
 		assert_int_equal(calls[i].c.res, -ECANCELED);
 		assert_false(calls[i].c.more);
 	}
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffer(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	uint32_t gens[4] = {0};
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	static uint32_t gens[4]; /* outlives the test: the teardown frees the loop */
 	sp_loop_stats_t st;
-	int sv[2];
-	stream_pair(sv);
+	memset(gens, 0, sizeof(gens));
 	sp_loop_on(l, OP_A, record, true);
 	sp_loop_set_gens(l, gens, 4);
 	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
@@ -446,9 +419,7 @@ static void test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffe
 	run_until(l, 1, 50);
 	gens[2] = 1; /* slot 2 freed and reused */
 	assert_int_equal(write(sv[1], "stale", 5), 5);
-	uint64_t deadline = mono_ms() + 300;
-	while (mono_ms() < deadline)
-		assert_true(sp_loop_run_once(l, 20) >= 0);
+	run_for(l, 300);
 	assert_int_equal(ncalls, 0);
 	sp_loop_stats(l, &st);
 	assert_true(st.stale_drops >= 1);
@@ -459,9 +430,6 @@ static void test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffe
 	assert_int_equal(ncalls, 1);
 	assert_int_equal(calls[0].slot, 3);
 	sp_loop_cancel_fd(l, sv[0]);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static unsigned fired;
@@ -475,7 +443,7 @@ static void on_timer(sp_timer_t *t, void *arg)
 
 static void test_loop_timers_fire_once_at_their_deadline_and_wake_the_wait(void **state)
 {
-	sp_loop_t *l = open_loop(state);
+	sp_loop_t *l = open_loop(state, NULL);
 	sp_timer_t t, never;
 	sp_timer_setup(&t, on_timer, l);
 	sp_timer_setup(&never, on_timer, l);
@@ -485,23 +453,21 @@ static void test_loop_timers_fire_once_at_their_deadline_and_wake_the_wait(void 
 	assert_int_equal(sp_loop_timer_arm(l, &never, start + 60), 0);
 	sp_loop_timer_disarm(l, &never);
 	/* run_once(-1) sleeps only until the timer is due */
-	uint64_t t0 = mono_ms();
+	uint64_t t0 = th_mono_ms();
 	while (!fired)
 		assert_true(sp_loop_run_once(l, -1) >= 0);
 	assert_int_equal(fired, 1);
 	assert_true(fired_at >= start + 80);
-	assert_true(mono_ms() - t0 < 1000);
+	assert_true(th_mono_ms() - t0 < 1000);
 	assert_true(sp_loop_now(l) >= start + 80);
 	assert_int_equal(sp_loop_run_once(l, 30), 0);
 	assert_int_equal(fired, 1);
-	sp_loop_free(l);
 }
 
 static void test_loop_second_reader_on_one_fd_is_refused_on_epoll(void **state)
 {
-	sp_loop_t *l = open_loop(state);
-	int sv[2];
-	stream_pair(sv);
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
 	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_A, 1, 0), sv[0], false), 0);
 	int ret = sp_loop_poll(l, sp_loop_tag(OP_B, 1, 0), sv[0], false);
 	if (sp_loop_backend(l) == SP_LOOP_EPOLL)
@@ -510,9 +476,6 @@ static void test_loop_second_reader_on_one_fd_is_refused_on_epoll(void **state)
 	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_C, 1, 0), sv[0], true), 0);
 	sp_loop_cancel_fd(l, sv[0]);
 	run_until(l, ret == 0 ? 3 : 2, 2000);
-	sp_loop_close(l, sv[0]);
-	close(sv[1]);
-	sp_loop_free(l);
 }
 
 static void test_loop_probe_names_the_backend_or_the_reason(void **state)
@@ -528,29 +491,33 @@ static void test_loop_probe_names_the_backend_or_the_reason(void **state)
 	assert_string_equal(sp_loop_backend_name(SP_LOOP_URING), "io_uring");
 }
 
-#define BOTH(f)                                                                                \
-	cmocka_unit_test_prestate(f, (void *)(uintptr_t)SP_LOOP_URING),                        \
-		cmocka_unit_test_prestate(f, (void *)(uintptr_t)SP_LOOP_EPOLL)
+/* One body, run on each backend under a name that says which. */
+#define ON(f, be, label)                                                                           \
+	{                                                                                          \
+		.name = #f " on " label, .test_func = f, .setup_func = fx_setup,                   \
+		.teardown_func = fx_teardown, .initial_state = (void *)(uintptr_t)(be)             \
+	}
+#define BOTH(f) ON(f, SP_LOOP_URING, "io_uring"), ON(f, SP_LOOP_EPOLL, "epoll")
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		BOTH(test_loop_accept_is_multishot_and_gives_nonblocking_fds),
-		BOTH(test_loop_recv_lands_data_in_pool_buffers_until_eof),
-		BOTH(test_loop_recv_ends_with_enobufs_when_the_pool_is_empty),
-		BOTH(test_loop_one_shot_recv_takes_one_buffer_and_ends),
-		BOTH(test_loop_send_completes_with_bytes_taken_never_inside_the_call),
-		BOTH(test_loop_send_waits_for_room_when_the_peer_is_full),
-		BOTH(test_loop_connect_reports_refused),
-		BOTH(test_loop_connect_succeeds),
-		BOTH(test_loop_connect_times_out_with_etimedout),
-		BOTH(test_loop_poll_completes_once_readable),
-		BOTH(test_loop_cancel_ends_only_the_named_op),
-		BOTH(test_loop_cancel_fd_ends_every_op_on_it),
-		BOTH(test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffer),
-		BOTH(test_loop_timers_fire_once_at_their_deadline_and_wake_the_wait),
-		BOTH(test_loop_second_reader_on_one_fd_is_refused_on_epoll),
-		cmocka_unit_test(test_loop_probe_names_the_backend_or_the_reason),
+	    BOTH(test_loop_accept_is_multishot_and_gives_nonblocking_fds),
+	    BOTH(test_loop_recv_lands_data_in_pool_buffers_until_eof),
+	    BOTH(test_loop_recv_ends_with_enobufs_when_the_pool_is_empty),
+	    BOTH(test_loop_one_shot_recv_takes_one_buffer_and_ends),
+	    BOTH(test_loop_send_completes_with_bytes_taken_never_inside_the_call),
+	    BOTH(test_loop_send_waits_for_room_when_the_peer_is_full),
+	    BOTH(test_loop_connect_reports_refused),
+	    BOTH(test_loop_connect_succeeds),
+	    BOTH(test_loop_connect_times_out_with_etimedout),
+	    BOTH(test_loop_poll_completes_once_readable),
+	    BOTH(test_loop_cancel_ends_only_the_named_op),
+	    BOTH(test_loop_cancel_fd_ends_every_op_on_it),
+	    BOTH(test_loop_drops_completions_of_a_reused_slot_and_returns_their_buffer),
+	    BOTH(test_loop_timers_fire_once_at_their_deadline_and_wake_the_wait),
+	    BOTH(test_loop_second_reader_on_one_fd_is_refused_on_epoll),
+	    cmocka_unit_test(test_loop_probe_names_the_backend_or_the_reason),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
