@@ -190,9 +190,4 @@ const char *sp_conf_balance_name(sp_balance_t b);
 int sp_conf_listener_index(const sp_conf_t *conf, const char *name);
 int sp_conf_upstream_index(const sp_conf_t *conf, const char *name);
 
-/* Does addr (AF_INET/AF_INET6 sockaddr, v4-mapped v6 treated as v4) fall in cidr? */
-bool sp_cidr_match(const sp_cidr_t *cidr, const struct sockaddr *addr);
-/* Does host name (any case) match pattern (exact, or "*.suffix" = any subdomain)? */
-bool sp_sni_match(const char *pattern, const char *host);
-
 #endif

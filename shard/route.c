@@ -1,5 +1,48 @@
-/* route: first-match routing over source CIDRs and TLS server names. */
+/* route: first-match routing over source CIDRs and TLS server names. The
+ * matchers live here, not in conf/: routing is their only user. */
+#include <netinet/in.h>
+#include <string.h>
+#include <strings.h>
+
 #include "shard/route.h"
+
+bool sp_cidr_match(const sp_cidr_t *cidr, const struct sockaddr *addr)
+{
+	const uint8_t *a;
+	int family = addr->sa_family;
+
+	if (family == AF_INET) {
+		a = (const uint8_t *)&((const struct sockaddr_in *)addr)->sin_addr;
+	} else if (family == AF_INET6) {
+		const struct in6_addr *in6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+		a = in6->s6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(in6)) {
+			a += 12;
+			family = AF_INET;
+		}
+	} else {
+		return false;
+	}
+	if (family != cidr->family)
+		return false;
+	size_t full = cidr->prefix / 8;
+	unsigned rest = cidr->prefix % 8;
+	if (memcmp(a, cidr->addr, full) != 0)
+		return false;
+	return !rest || ((a[full] ^ cidr->addr[full]) & (0xFF << (8 - rest)) & 0xFF) == 0;
+}
+
+bool sp_sni_match(const char *pattern, const char *host)
+{
+	size_t hl = strlen(host);
+
+	if (hl && host[hl - 1] == '.') /* a fully qualified name is the same host */
+		hl--;
+	if (strncmp(pattern, "*.", 2) != 0)
+		return strlen(pattern) == hl && strncasecmp(pattern, host, hl) == 0;
+	size_t sl = strlen(pattern + 1); /* ".suffix", dot included */
+	return hl > sl && strncasecmp(host + hl - sl, pattern + 1, sl) == 0;
+}
 
 static bool match_source(const sp_route_t *r, const struct sockaddr *client)
 {

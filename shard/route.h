@@ -14,4 +14,9 @@ int sp_route_pick(const sp_listener_t *l, const struct sockaddr *client, const c
 /* Does any route of l need the TLS ClientHello to decide? */
 bool sp_route_needs_sni(const sp_listener_t *l);
 
+/* Does addr (AF_INET/AF_INET6 sockaddr, v4-mapped v6 treated as v4) fall in cidr? */
+bool sp_cidr_match(const sp_cidr_t *cidr, const struct sockaddr *addr);
+/* Does host name (any case) match pattern (exact, or "*.suffix" = any subdomain)? */
+bool sp_sni_match(const char *pattern, const char *host);
+
 #endif

@@ -267,6 +267,80 @@ static void test_route_each_listener_has_its_own_routes(void **state)
 	sp_conf_free(c);
 }
 
+/* ---- the matchers on their own ---- */
+
+static sp_cidr_t cidr(const char *net, int prefix)
+{
+	sp_cidr_t c = {.prefix = (uint8_t)prefix};
+	c.family = strchr(net, ':') ? AF_INET6 : AF_INET;
+	inet_pton(c.family, net, c.addr);
+	return c;
+}
+
+static bool match4(const sp_cidr_t *c, const char *ip)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	inet_pton(AF_INET, ip, &sin.sin_addr);
+	return sp_cidr_match(c, (struct sockaddr *)&sin);
+}
+
+static bool match6(const sp_cidr_t *c, const char *ip)
+{
+	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+	inet_pton(AF_INET6, ip, &sin6.sin6_addr);
+	return sp_cidr_match(c, (struct sockaddr *)&sin6);
+}
+
+static void test_cidr_match_ipv4(void **state)
+{
+	(void)state;
+	sp_cidr_t c = cidr("10.0.0.0", 8), odd = cidr("192.168.4.0", 22), all = cidr("0.0.0.0", 0);
+	assert_true(match4(&c, "10.255.1.2"));
+	assert_false(match4(&c, "11.0.0.1"));
+	assert_true(match4(&odd, "192.168.7.255"));
+	assert_false(match4(&odd, "192.168.8.0"));
+	assert_true(match4(&all, "203.0.113.9"));
+	assert_false(match6(&all, "2001:db8::1"));
+}
+
+static void test_cidr_match_ipv6(void **state)
+{
+	(void)state;
+	sp_cidr_t c = cidr("fd00::", 8), host = cidr("2001:db8::1", 128);
+	assert_true(match6(&c, "fd12:3456::1"));
+	assert_false(match6(&c, "fe80::1"));
+	assert_true(match6(&host, "2001:db8::1"));
+	assert_false(match6(&host, "2001:db8::2"));
+	assert_false(match4(&c, "10.0.0.1"));
+}
+
+static void test_cidr_match_v4_mapped_client_matches_v4_cidr(void **state)
+{
+	(void)state;
+	sp_cidr_t c = cidr("10.0.0.0", 8);
+	assert_true(match6(&c, "::ffff:10.1.2.3"));
+	assert_false(match6(&c, "::ffff:11.1.2.3"));
+}
+
+static void test_sni_exact_match_ignores_case(void **state)
+{
+	(void)state;
+	assert_true(sp_sni_match("api.example.com", "API.Example.com"));
+	assert_true(sp_sni_match("api.example.com", "api.example.com."));
+	assert_false(sp_sni_match("api.example.com", "api.example.co"));
+	assert_false(sp_sni_match("api.example.com", "xapi.example.com"));
+}
+
+static void test_sni_wildcard_matches_any_subdomain_not_apex(void **state)
+{
+	(void)state;
+	assert_true(sp_sni_match("*.example.com", "a.example.com"));
+	assert_true(sp_sni_match("*.example.com", "a.b.EXAMPLE.com"));
+	assert_false(sp_sni_match("*.example.com", "example.com"));
+	assert_false(sp_sni_match("*.example.com", "badexample.com"));
+	assert_false(sp_sni_match("*.example.com", ".example.com"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -284,6 +358,11 @@ int main(void)
 	    cmocka_unit_test(test_route_with_sni_and_source_needs_both),
 	    cmocka_unit_test(test_route_needs_sni_only_when_some_route_has_sni),
 	    cmocka_unit_test(test_route_each_listener_has_its_own_routes),
+	    cmocka_unit_test(test_cidr_match_ipv4),
+	    cmocka_unit_test(test_cidr_match_ipv6),
+	    cmocka_unit_test(test_cidr_match_v4_mapped_client_matches_v4_cidr),
+	    cmocka_unit_test(test_sni_exact_match_ignores_case),
+	    cmocka_unit_test(test_sni_wildcard_matches_any_subdomain_not_apex),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
