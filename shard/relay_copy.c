@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <poll.h>
 
-#include "shard/internal.h"
+#include "shard/session.h"
 
 static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
@@ -301,7 +301,6 @@ static void copy_resume(sp_shard_t *sh)
 }
 
 const sp_relay_engine_t sp_relay_copy = {
-	.name = "copy",
 	.needs_bufs = true,
 	.start = copy_start,
 	.on_completion = copy_on_completion,
@@ -309,7 +308,7 @@ const sp_relay_engine_t sp_relay_copy = {
 	.resume = copy_resume,
 };
 
-/* auto: copy and splice side by side, per direction (see internal.h). */
+/* auto: copy and splice side by side, per direction (see relay.h). */
 static void auto_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int d,
 			       const sp_completion_t *c)
 {
@@ -326,7 +325,6 @@ static void auto_release(sp_shard_t *sh, sp_session_t *s)
 }
 
 const sp_relay_engine_t sp_relay_auto = {
-	.name = "auto",
 	.needs_bufs = true,
 	.needs_pipes = true,
 	.bulk_to_splice = true,

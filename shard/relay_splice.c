@@ -10,7 +10,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include "shard/internal.h"
+#include "shard/session.h"
 
 /* Splice calls per readiness event before yielding to other sessions. */
 #define PUMP_BUDGET 16
@@ -104,9 +104,9 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 			 * accepting, and this direction tries again from the
 			 * session timer (polling the readable socket would
 			 * spin) until sessions closing free some. */
-			sp_shard_pause_accepts(sh, "pipe2", -err);
+			sp_shard_note_shortage(sh, "pipe2", -err);
 			dir->pipe_wait = true;
-			sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
+			sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);
 			return;
 		}
 		ssize_t n = splice(dir->src, NULL, dir->pipe[1], NULL, SP_SPLICE_CHUNK,
@@ -176,7 +176,6 @@ static void splice_release(sp_shard_t *sh, sp_session_t *s)
 }
 
 const sp_relay_engine_t sp_relay_splice = {
-	.name = "splice",
 	.needs_pipes = true,
 	.start = splice_start,
 	.on_completion = splice_on_completion,

@@ -1,8 +1,10 @@
 /* session: one client connection's life, as a state machine driven by
  * completions:
- *   accept -> route -> pick server -> CONNECTING (connect + linked timeout,
- *   retry on the next server) -> RELAY (engine moves bytes, half-close each
- *   way) -> CLOSING (cancel what is in flight, wait for it) -> closed.
+ *   accept -> [PEEK: PROXY header / ClientHello, peek.c] -> route -> pick
+ *   server -> CONNECTING (connect + linked timeout, retry on the next
+ *   server) -> RELAY (engine moves bytes, half-close each way) -> CLOSING
+ *   (cancel what is in flight, wait for it) -> closed (access log line,
+ *   counters, slot back to the pool).
  * A slot is reused only when no op of its previous life can still complete;
  * the slot generation in user_data is the guard behind that rule. */
 #include <errno.h>
@@ -16,10 +18,11 @@
 #include <unistd.h>
 
 #include "runtime/log.h"
-#include "shard/internal.h"
+#include "shard/accesslog.h"
+#include "shard/peek.h"
 #include "shard/proxyproto.h"
 #include "shard/route.h"
-#include "shard/tls_sni.h"
+#include "shard/session.h"
 
 int sp_sessions_init(sp_shard_t *sh, uint32_t n)
 {
@@ -61,6 +64,24 @@ static void set_abortive(int fd)
 static void stat_add(uint64_t *c, int64_t d)
 {
 	__atomic_store_n(c, *c + (uint64_t)d, __ATOMIC_RELAXED);
+}
+
+static const char *const end_names[SP_END_COUNT] = {
+	[SP_END_DONE] = "done",
+	[SP_END_CLIENT_RESET] = "client_reset",
+	[SP_END_UPSTREAM_RESET] = "upstream_reset",
+	[SP_END_IDLE_TIMEOUT] = "idle_timeout",
+	[SP_END_CONNECT_FAILED] = "connect_failed",
+	[SP_END_NO_ROUTE] = "no_route",
+	[SP_END_PEEK_TIMEOUT] = "peek_timeout",
+	[SP_END_BAD_HEADER] = "bad_proxy_header",
+	[SP_END_DRAIN_TIMEOUT] = "drain_timeout",
+	[SP_END_ERROR] = "error",
+};
+
+const char *sp_shard_end_name(unsigned end)
+{
+	return end < SP_END_COUNT ? end_names[end] : NULL;
 }
 
 /* Per-listener and per-server detail, in the same slot (shard.h). */
@@ -121,7 +142,7 @@ static void finish(sp_shard_t *sh, sp_session_t *s)
 	sp_loop_close(sh->loop, s->cfd);
 	if (s->counted)
 		sp_balancer_released(&sh->balancers[s->upstream], (unsigned)s->server);
-	sp_shard_access_log(sh, s);
+	sp_accesslog_session(sh, s);
 
 	count_finished(sh, s);
 	if (sh->args->steer_load)
@@ -166,7 +187,6 @@ void sp_session_touch(sp_shard_t *sh, sp_session_t *s)
 /* Idle check from the shard's timer heap: activity only stamps
  * last_active_ms, and the timer re-arms itself for the remainder, so busy
  * sessions cost no heap operation per byte. */
-static void on_peek_timer(sp_shard_t *sh, sp_session_t *s);
 static void connect_next(sp_shard_t *sh, sp_session_t *s);
 static void reset_when_acked(sp_shard_t *sh, sp_session_t *s);
 
@@ -176,7 +196,7 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 	sp_session_t *s = (sp_session_t *)((char *)t - offsetof(sp_session_t, timer));
 
 	if (s->state == SP_SESSION_PEEK) {
-		on_peek_timer(sh, s);
+		sp_peek_on_timer(sh, s);
 		return;
 	}
 	if (s->state == SP_SESSION_CONNECTING && s->fd_wait_until && s->ufd < 0 && !s->inflight) {
@@ -210,8 +230,8 @@ static void on_session_timer(sp_timer_t *t, void *arg)
 		return;
 	}
 	uint64_t at = s->last_active_ms + idle;
-	if (waiting && sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS < at)
-		at = sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS;
+	if (waiting && sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS < at)
+		at = sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS;
 	sp_loop_timer_arm(sh->loop, t, at);
 }
 
@@ -345,11 +365,11 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 		if (sp_fd_shortage(err)) {
 			/* Not this server's fault, nor the client's: take no new
 			 * clients and try again soon, within connect_timeout_ms. */
-			sp_shard_pause_accepts(sh, "socket", err);
+			sp_shard_note_shortage(sh, "socket", err);
 			if (!s->fd_wait_until)
 				s->fd_wait_until = sp_shard_now(sh) + up->connect_timeout_ms;
 			if (sp_shard_now(sh) < s->fd_wait_until) {
-				sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
+				sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);
 				return;
 			}
 		}
@@ -440,28 +460,6 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, const sp_compl
 	connect_next(sh, s);
 }
 
-const sp_relay_op_t sp_relay_ops[SP_OP_MAX] = {
-	[SP_OP_RECV_UP] = {SP_RELAY_RECV, SP_UP},
-	[SP_OP_RECV_DOWN] = {SP_RELAY_RECV, SP_DOWN},
-	[SP_OP_SEND_UP] = {SP_RELAY_SEND, SP_UP},
-	[SP_OP_SEND_DOWN] = {SP_RELAY_SEND, SP_DOWN},
-	[SP_OP_POLL_IN_UP] = {SP_RELAY_POLL_IN, SP_UP},
-	[SP_OP_POLL_IN_DOWN] = {SP_RELAY_POLL_IN, SP_DOWN},
-	[SP_OP_POLL_OUT_UP] = {SP_RELAY_POLL_OUT, SP_UP},
-	[SP_OP_POLL_OUT_DOWN] = {SP_RELAY_POLL_OUT, SP_DOWN},
-};
-
-unsigned sp_relay_op(sp_relay_kind_t kind, int d)
-{
-	static const unsigned ops[][2] = {
-		[SP_RELAY_RECV] = {SP_OP_RECV_UP, SP_OP_RECV_DOWN},
-		[SP_RELAY_SEND] = {SP_OP_SEND_UP, SP_OP_SEND_DOWN},
-		[SP_RELAY_POLL_IN] = {SP_OP_POLL_IN_UP, SP_OP_POLL_IN_DOWN},
-		[SP_RELAY_POLL_OUT] = {SP_OP_POLL_OUT_UP, SP_OP_POLL_OUT_DOWN},
-	};
-	return ops[kind][d];
-}
-
 void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
 {
 	sp_shard_t *sh = ctx;
@@ -474,27 +472,8 @@ void sp_session_on_relay(void *ctx, unsigned op, uint32_t slot, const sp_complet
 	sp_session_op_done(sh, s);
 }
 
-/* ---- peek: PROXY header and TLS ClientHello ------------------------------------ */
-
-/* When the bytes a route needs arrived only in part, the socket stays
- * readable, so a plain poll would spin: SO_RCVLOWAT makes it readable only
- * once more bytes (or the FIN) arrive. Should that option fail, look again
- * every PEEK_RETRY_MS instead. */
-#define PEEK_RETRY_MS 5
-#define PEEK_MAX 16384
-
-static bool needs_peek(const sp_listener_t *l)
-{
-	return l->accept_proxy_protocol || sp_route_needs_sni(l);
-}
-
-static void arm_peek(sp_shard_t *sh, sp_session_t *s)
-{
-	sp_session_started(sh, s,
-			   sp_loop_poll(sh->loop, sp_session_tag(sh, s, SP_OP_PEEK), s->cfd, false));
-}
-
-static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
+/* Routing picks the route (route.c), and with it the upstream. */
+void sp_session_route(sp_shard_t *sh, sp_session_t *s, const char *sni)
 {
 	const sp_listener_t *l = &sh->conf->listeners[s->listener];
 	int r = sp_route_pick(l, (struct sockaddr *)&s->client, sni);
@@ -508,135 +487,6 @@ static void route_and_connect(sp_shard_t *sh, sp_session_t *s, const char *sni)
 	s->route = (uint16_t)r;
 	s->upstream = (uint16_t)l->routes[r].upstream;
 	connect_next(sh, s);
-}
-
-/* Wait until more than the `have` bytes peeked so far can be read. */
-static void peek_wait_more(sp_shard_t *sh, sp_session_t *s, size_t have)
-{
-	int lowat = (int)have + 1;
-	if (setsockopt(s->cfd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0) {
-		arm_peek(sh, s);
-		return;
-	}
-	uint64_t at = sp_shard_now(sh) + PEEK_RETRY_MS;
-	sp_loop_timer_arm(sh->loop, &s->timer, at < s->peek_deadline ? at : s->peek_deadline);
-}
-
-/* Has the client sent its FIN? Then what it sent is all there will be: a
- * PROXY header or ClientHello still incomplete is truncated for good. */
-static bool client_finished(int fd)
-{
-	struct tcp_info ti;
-	socklen_t len = sizeof(ti);
-	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
-		return false;
-	return ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_LAST_ACK ||
-	       ti.tcpi_state == TCP_CLOSING || ti.tcpi_state == TCP_CLOSE;
-}
-
-/* Look at what the client sent so far without taking it off the socket
- * (MSG_PEEK): only a PROXY header is consumed; a ClientHello travels on. */
-static void do_peek(sp_shard_t *sh, sp_session_t *s)
-{
-	const sp_listener_t *l = &sh->conf->listeners[s->listener];
-	uint8_t buf[PEEK_MAX];
-	char sni[256];
-	bool have_sni = false;
-
-	ssize_t n = recv(s->cfd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-		arm_peek(sh, s);
-		return;
-	}
-	if (n <= 0) {
-		sp_session_fail(sh, s, SP_END_CLIENT_RESET);
-		return;
-	}
-	if (l->accept_proxy_protocol && !s->proxy_done) {
-		struct sockaddr_storage src, dst;
-		bool local = false;
-		size_t hlen = 0;
-		switch (sp_proxyproto_parse(buf, (size_t)n, &hlen, &src, &dst, &local)) {
-		case SP_PARSE_INCOMPLETE:
-			if ((size_t)n < sizeof(buf) && !client_finished(s->cfd)) {
-				peek_wait_more(sh, s, (size_t)n);
-				return;
-			}
-			/* a full peek buffer and still no header end, or truncated */
-			__attribute__((fallthrough));
-		case SP_PARSE_INVALID:
-			sp_session_fail(sh, s, SP_END_BAD_HEADER);
-			return;
-		case SP_PARSE_OK:
-			break;
-		}
-		if (recv(s->cfd, buf, hlen, MSG_DONTWAIT) != (ssize_t)hlen) {
-			sp_session_fail(sh, s, SP_END_CLIENT_RESET);
-			return;
-		}
-		s->proxy_done = true;
-		if (!local) {
-			s->client = src;
-			s->local = dst;
-		}
-		n -= (ssize_t)hlen;
-		memmove(buf, buf + hlen, (size_t)n);
-		if (n == 0 && sp_route_needs_sni(l)) {
-			peek_wait_more(sh, s, 0); /* nothing more yet */
-			return;
-		}
-	}
-	if (sp_route_needs_sni(l)) {
-		switch (sp_tls_sni_parse(buf, (size_t)n, sni, sizeof(sni))) {
-		case SP_PARSE_OK:
-			have_sni = sni[0] != '\0';
-			break;
-		case SP_PARSE_INCOMPLETE:
-			if ((size_t)n < sizeof(buf) && !client_finished(s->cfd)) {
-				peek_wait_more(sh, s, (size_t)n);
-				return;
-			}
-			break; /* oversized or truncated: route as if there were no name */
-		case SP_PARSE_INVALID:
-			break; /* not TLS: only routes without sni can match */
-		}
-	}
-	sp_loop_timer_disarm(sh->loop, &s->timer);
-	int one = 1; /* the relay reads whatever arrives */
-	(void)setsockopt(s->cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
-	route_and_connect(sh, s, have_sni ? sni : NULL);
-}
-
-void sp_session_on_peek(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
-{
-	sp_shard_t *sh = ctx;
-	sp_session_t *s = &sh->sessions[slot];
-	int res = c->res;
-	(void)op;
-
-	s->inflight--;
-	if (s->state != SP_SESSION_PEEK) {
-		sp_session_op_done(sh, s);
-		return;
-	}
-	if (res < 0) {
-		sp_session_fail(sh, s, SP_END_CLIENT_RESET);
-		return;
-	}
-	do_peek(sh, s);
-}
-
-/* The session timer in SP_SESSION_PEEK: either the deadline or a look-again. */
-static void on_peek_timer(sp_shard_t *sh, sp_session_t *s)
-{
-	if (sp_shard_now(sh) >= s->peek_deadline) {
-		sp_session_fail(sh, s, SP_END_PEEK_TIMEOUT);
-		return;
-	}
-	if (s->inflight == 0)
-		do_peek(sh, s);
-	else
-		sp_loop_timer_arm(sh->loop, &s->timer, s->peek_deadline);
 }
 
 void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
@@ -683,15 +533,12 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	if (sh->args->steer_load)
 		__atomic_fetch_add(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 
-	if (needs_peek(l)) {
-		s->state = SP_SESSION_PEEK;
-		s->peek_deadline = sp_shard_now(sh) + l->peek_timeout_ms;
-		sp_loop_timer_arm(sh->loop, &s->timer, s->peek_deadline);
-		arm_peek(sh, s);
+	if (sp_peek_needed(l)) {
+		sp_peek_start(sh, s);
 		return;
 	}
 	s->state = SP_SESSION_CONNECTING;
-	route_and_connect(sh, s, NULL);
+	sp_session_route(sh, s, NULL);
 }
 
 void sp_session_close_all(sp_shard_t *sh, sp_end_t why)

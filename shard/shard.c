@@ -21,7 +21,11 @@
 #include <unistd.h>
 
 #include "runtime/log.h"
-#include "shard/internal.h"
+#include "shard/accesslog.h"
+#include "shard/context.h"
+#include "shard/peek.h"
+#include "shard/relay.h"
+#include "shard/session.h"
 
 #define LOOP_ENTRIES 4096 /* io_uring SQ entries; epoll sizes its op pool per session */
 #define SP_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -104,19 +108,19 @@ static void on_accept_timer(sp_timer_t *t, void *arg)
 	rearm_accepts(sh);
 }
 
-/* Out of descriptors or memory: stop taking connections for a moment rather
- * than spin on an accept that fails at once, or take sessions that cannot
- * get their upstream socket or pipe. Connections wait in the listen backlog
- * meanwhile; none is refused. */
-void sp_shard_pause_accepts(sp_shard_t *sh, const char *what, int err)
+/* Out of descriptors or memory (what: the call that failed): stop taking
+ * connections for a moment rather than spin on an accept that fails at
+ * once, or take sessions that cannot get their upstream socket or pipe.
+ * Connections wait in the listen backlog meanwhile; none is refused. */
+static void pause_accepts(sp_shard_t *sh, const char *what, int err)
 {
 	if (sh->accept_paused)
 		return;
 	sp_warn("%s: %s: pausing accepts for %d ms (%u sessions open)", what, strerror(err),
-		SP_ACCEPT_PAUSE_MS, sh->active);
+		SP_SHORTAGE_RETRY_MS, sh->active);
 	sh->accept_paused = true;
 	stop_accepts(sh);
-	sp_loop_timer_arm(sh->loop, &sh->accept_timer, sp_shard_now(sh) + SP_ACCEPT_PAUSE_MS);
+	sp_loop_timer_arm(sh->loop, &sh->accept_timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);
 }
 
 static void last_accepts(sp_shard_t *sh, unsigned i);
@@ -137,11 +141,11 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, const sp_completion_t 
 		sp_session_accepted(sh, i, res);
 		narrow_accepts(sh);
 	} else if (sp_fd_shortage(-res)) {
-		sp_shard_pause_accepts(sh, "accept", -res);
+		pause_accepts(sh, "accept", -res);
 	} else if (res != -ECANCELED) {
 		sp_warn("listener %s: accept: %s",
 			sh->conf->listeners[sh->accepts[i].listener].name, strerror(-res));
-		sp_shard_pause_accepts(sh, "accept", -res);
+		pause_accepts(sh, "accept", -res);
 	}
 	if (!sh->accepts[i].armed && sh->draining)
 		last_accepts(sh, i);
@@ -239,141 +243,6 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, const sp_completion
 		arm_signal(sh);
 }
 
-/* ---- access log ----------------------------------------------------------- */
-
-/* Write what the log takes now; keep the rest for the next loop turn. The
- * descriptor is non-blocking where it can be (shard_child gives each shard
- * its own), so a stalled reader costs lines, counted in log_dropped, never
- * the relay's time. Lines are never cut and never interleave with other
- * shards' lines: each write carries whole lines, at most PIPE_BUF bytes,
- * which a pipe takes whole or not at all (a file opened O_APPEND appends
- * each write whole), and a line that does not fit is dropped whole. */
-static void flush_log(sp_shard_t *sh)
-{
-	const sp_shard_args_t *a = sh->args;
-	size_t off = 0;
-
-	while (off < sh->loglen) {
-		size_t len = sh->loglen - off;
-		if (len > PIPE_BUF) {
-			const char *nl = memrchr(sh->logbuf + off, '\n', PIPE_BUF);
-			len = (size_t)(nl - (sh->logbuf + off)) + 1; /* lines are <= PIPE_BUF */
-		}
-		ssize_t n = a->access_sock ? send(a->access_fd, sh->logbuf + off, len,
-						  MSG_DONTWAIT | MSG_NOSIGNAL)
-					   : write(a->access_fd, sh->logbuf + off, len);
-		if (n > 0) {
-			off += (size_t)n;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			break;
-		/* Broken (a closed pipe, a full disk): what is left is lost. */
-		uint64_t lost = 0;
-		for (size_t i = off; i < sh->loglen; i++)
-			lost += sh->logbuf[i] == '\n';
-		__atomic_store_n(&a->stats->log_dropped, a->stats->log_dropped + lost,
-				 __ATOMIC_RELAXED);
-		off = sh->loglen;
-	}
-	memmove(sh->logbuf, sh->logbuf + off, sh->loglen - off);
-	sh->loglen -= off;
-}
-
-_Static_assert(SP_END_ERROR < SP_STATS_NEND, "sp_shard_stats_t.closed too small");
-
-static const char *const end_names[] = {
-	[SP_END_DONE] = "done",
-	[SP_END_CLIENT_RESET] = "client_reset",
-	[SP_END_UPSTREAM_RESET] = "upstream_reset",
-	[SP_END_IDLE_TIMEOUT] = "idle_timeout",
-	[SP_END_CONNECT_FAILED] = "connect_failed",
-	[SP_END_NO_ROUTE] = "no_route",
-	[SP_END_PEEK_TIMEOUT] = "peek_timeout",
-	[SP_END_BAD_HEADER] = "bad_proxy_header",
-	[SP_END_DRAIN_TIMEOUT] = "drain_timeout",
-	[SP_END_ERROR] = "error",
-};
-
-const char *sp_shard_end_name(unsigned end)
-{
-	return end < sizeof(end_names) / sizeof(end_names[0]) ? end_names[end] : NULL;
-}
-
-/* "2025-01-31T12:00:00.123Z": wall-clock time, UTC, for log lines. */
-static void format_time(char *buf, size_t len)
-{
-	struct timespec ts;
-	struct tm tm;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf + n, len - n, ".%03ldZ", ts.tv_nsec / 1000000);
-}
-
-static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
-{
-	char host[INET6_ADDRSTRLEN] = "?";
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const void *)ss;
-		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-		snprintf(buf, len, "%s:%u", host, ntohs(a->sin_port));
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *a = (const void *)ss;
-		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-		snprintf(buf, len, "[%s]:%u", host, ntohs(a->sin6_port));
-	} else {
-		snprintf(buf, len, "-");
-	}
-}
-
-void sp_shard_access_log(sp_shard_t *sh, const sp_session_t *s)
-{
-	const sp_conf_t *c = sh->conf;
-	char client[64], when[40];
-	size_t room;
-	int n;
-
-	if (!c->log.access_log)
-		return;
-	if (sizeof(sh->logbuf) - sh->loglen < 1024)
-		flush_log(sh);
-	format_addr(&s->client, client, sizeof(client));
-	format_time(when, sizeof(when));
-	bool routed = s->route != UINT16_MAX;
-	const char *up = routed ? c->upstreams[s->upstream].name : "-";
-	const char *srv = routed && s->server >= 0
-				  ? c->upstreams[s->upstream].servers[s->server].addr.text
-				  : "-";
-	char route[16];
-	if (routed)
-		snprintf(route, sizeof(route), "%u", s->route);
-	else
-		snprintf(route, sizeof(route), c->log.format == SP_LOG_JSON ? "null" : "-");
-	room = sizeof(sh->logbuf) - sh->loglen;
-	const char *fmt = c->log.format == SP_LOG_JSON
-				  ? "{\"time\":\"%s\",\"listener\":\"%s\",\"client\":\"%s\",\"route\":%s,"
-				    "\"upstream\":\"%s\",\"server\":\"%s\",\"shard\":%u,\"gen\":%u,"
-				    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%llu,"
-				    "\"end\":\"%s\"}\n"
-				  : "%s access listener=%s client=%s route=%s upstream=%s server=%s "
-				    "shard=%u gen=%u bytes_in=%llu bytes_out=%llu duration_ms=%llu "
-				    "end=%s\n";
-	n = snprintf(sh->logbuf + sh->loglen, room, fmt, when, c->listeners[s->listener].name,
-		     client, route, up, srv, sh->args->slot, sh->args->gen,
-		     (unsigned long long)s->dir[SP_UP].bytes,
-		     (unsigned long long)s->dir[SP_DOWN].bytes,
-		     (unsigned long long)(sp_shard_now(sh) - s->start_ms), end_names[s->end]);
-	if (n > 0 && (size_t)n < room && n <= PIPE_BUF) /* flush_log writes whole lines */
-		sh->loglen += (size_t)n;
-	else /* the log is not keeping up: count the line rather than wait */
-		__atomic_store_n(&sh->args->stats->log_dropped, sh->args->stats->log_dropped + 1,
-				 __ATOMIC_RELAXED);
-}
-
 /* ---- descriptor budget ------------------------------------------------------ */
 
 unsigned sp_shard_fds_per_session(const sp_conf_t *conf)
@@ -429,6 +298,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 
 	sh->args = a;
 	sh->conf = a->conf;
+	sp_accesslog_init(&sh->log, a->access_fd, a->access_sock, &a->stats->log_dropped);
 	sh->need_peer = needs_peer_address(a->conf);
 
 	sigemptyset(&set);
@@ -442,19 +312,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return -errno;
 	}
 
-	/* Engines: "auto" starts every direction on copy and moves bulk ones
-	 * to splice (relay_copy.c, watch_bulk), so it needs both resources. */
-	switch (a->conf->relay) {
-	case SP_RELAY_COPY:
-		sh->engine = &sp_relay_copy;
-		break;
-	case SP_RELAY_SPLICE:
-		sh->engine = &sp_relay_splice;
-		break;
-	default:
-		sh->engine = &sp_relay_auto;
-		break;
-	}
+	sh->engine = sp_relay_engine_for(a->conf->relay);
 	uint32_t nsess = a->max_sessions + 64; /* slack: see sp_session_accepted */
 	/* Ops in flight: at most four per session (a reader and a writer on
 	 * each socket), plus accepts and the signalfd. */
@@ -523,7 +381,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	sp_loop_on(sh->loop, SP_OP_ACCEPT, on_accept, false);
 	sp_loop_on(sh->loop, SP_OP_SIGNAL, on_signal, false);
 	sp_loop_on(sh->loop, SP_OP_CONNECT, sp_session_on_connect, true);
-	sp_loop_on(sh->loop, SP_OP_PEEK, sp_session_on_peek, true);
+	sp_loop_on(sh->loop, SP_OP_PEEK, sp_peek_on_ready, true);
 	for (unsigned op = 0; op < SP_OP_MAX; op++)
 		if (sp_relay_ops[op].kind)
 			sp_loop_on(sh->loop, op, sp_session_on_relay, true);
@@ -542,7 +400,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 
 static void shard_exit(sp_shard_t *sh)
 {
-	flush_log(sh);
+	sp_accesslog_flush(&sh->log);
 	if (sh->balancers)
 		for (size_t u = 0; u < sh->conf->nupstreams; u++)
 			sp_balancer_free(&sh->balancers[u]);
@@ -685,12 +543,17 @@ int sp_shard_main(const sp_shard_args_t *a)
 			sp_error("%s: wait: %s", sp_loop_backend_name(a->io), strerror(-ret));
 			break;
 		}
-		/* Sessions that closed this turn may have made room: the shard
-		 * learns it from its own count, a session never calls up. */
+		/* What sessions left this turn, read here rather than called up
+		 * from them: a shortage one met pauses accepts; those that
+		 * closed may have made room (sh->active). */
+		if (sh->shortage.what) {
+			pause_accepts(sh, sh->shortage.what, sh->shortage.err);
+			sh->shortage.what = NULL;
+		}
 		rearm_accepts(sh);
 		if (sh->engine->resume)
 			sh->engine->resume(sh);
-		flush_log(sh);
+		sp_accesslog_flush(&sh->log);
 		if (sh->draining && sh->active == 0 && accepts_idle(sh))
 			break;
 	}

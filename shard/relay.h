@@ -1,0 +1,118 @@
+/* relay: what moves a session's bytes once both sockets are connected. One
+ * small interface (sp_relay_engine_t), one file per engine: relay_copy.c
+ * (copy, and auto's copy side), relay_splice.c (splice). relay.c maps the
+ * relay ops to kind and direction and the configured "relay" to an engine. */
+#ifndef SP_SHARD_RELAY_H
+#define SP_SHARD_RELAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conf/conf.h"
+#include "runtime/loop.h"
+#include "shard/context.h"
+
+/* A session's two directions, the index into sp_session_t.dir. */
+enum { SP_UP = 0, SP_DOWN = 1 };
+
+/* What a relay op does, whichever direction it serves. */
+typedef enum {
+	SP_RELAY_RECV = 1, /* copy: one-shot recv into the loop's buffer pool */
+	SP_RELAY_SEND,     /* copy: send the head of the direction's queue */
+	SP_RELAY_POLL_IN,  /* splice: the source is readable */
+	SP_RELAY_POLL_OUT, /* splice: the destination is writable */
+} sp_relay_kind_t;
+
+typedef struct {
+	uint8_t kind; /* sp_relay_kind_t; 0: not a relay op */
+	uint8_t dir;  /* SP_UP or SP_DOWN */
+} sp_relay_op_t;
+
+/* Indexed by op code: kind 0 for the ops that are not relay ops. */
+extern const sp_relay_op_t sp_relay_ops[SP_OP_MAX];
+/* The op code of kind for direction d. */
+unsigned sp_relay_op(sp_relay_kind_t kind, int d);
+
+#define SP_COPY_BUF_SIZE (16 * 1024)
+_Static_assert(SP_COPY_BUF_SIZE < 65536, "copy lengths are kept in 16 bits (bufq_len)");
+#define SP_COPY_NBUFS_MIN 256
+#define SP_COPY_NBUFS_MAX 1024
+/* Buffers a copy direction holds at most, queued or being received: the
+ * per-session memory bound is exactly 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE
+ * (256 KiB). It holds because each recv is one-shot and takes one buffer:
+ * a multishot round would land as many as the socket had (~21 seen). */
+#define SP_COPY_QMAX 8
+/* Slow readers must not pin the whole ring and starve fresh sessions.
+ * While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
+ * those the recvs of directions already holding buffers may still take), a
+ * direction holding SP_COPY_LOW_HOLD or more waits; under half that, only a
+ * direction that holds none and whose destination can take more (POLLOUT)
+ * may receive: one whose reader stopped would pin its buffer for good. */
+#define SP_COPY_LOW_DIV 8
+#define SP_COPY_LOW_HOLD 2
+#define SP_SPLICE_CHUNK SP_PIPE_SIZE
+
+/* One direction of a session: bytes read from src are written to dst. */
+typedef struct {
+	int src, dst;
+	uint64_t bytes;
+	bool eof;  /* src sent FIN */
+	bool shut; /* the FIN has been passed on to dst */
+	/* copy engine */
+	bool recv_armed;   /* a recv is in flight */
+	bool recv_paused;  /* auto: the recv is being cancelled for the hand-over */
+	bool recv_held;    /* the recv in flight was armed while holding buffers */
+	bool starved;      /* waits in the shard's starved list for a buffer */
+	bool send_busy;    /* one send in flight keeps bytes in order */
+	bool to_splice;    /* auto: bulk seen; hand over to splice once drained */
+	bool spliced;      /* auto: this direction now belongs to splice */
+	uint8_t full_run;  /* auto: consecutive recvs that filled a whole buffer */
+	/* Buffers received and not yet sent, oldest first: a list linked
+	 * through the shard's per-buffer arrays (bufq_next, bufq_len), so a
+	 * session carries no queue storage of its own. */
+	uint16_t qhead, qtail, qn;
+	uint32_t qoff; /* bytes of the head buffer already sent */
+	/* Links in the shard's FIFO of starved directions: key + 1 of the
+	 * neighbours (key = session index * 2 + direction), 0 for none. */
+	uint32_t starve_prev, starve_next;
+	/* splice engine */
+	int pipe[2];
+	uint32_t in_pipe;
+	bool poll_in, poll_out;
+	bool sized; /* the dst send buffer has been sized for bulk (relay_splice.c) */
+	bool pipe_wait; /* out of descriptors for a pipe: the session timer retries */
+	bool dead;      /* dst reset the connection: what is left for it goes nowhere */
+} sp_dir_t;
+
+/* A relay engine: moves bytes both ways once both sockets are connected.
+ * Engines report through sp_dir_eof_flushed / sp_session_fail (session.h),
+ * and must release whatever buffers or pipes they hold in release(). They
+ * declare what the shard must set up for them instead of the shard knowing
+ * them. Their names are conf's (sp_conf_relay_name). */
+struct sp_relay_engine {
+	bool needs_bufs;     /* the loop's buffer pool (copy) */
+	bool needs_pipes;    /* the shard's pipe pool (splice) */
+	bool bulk_to_splice; /* a direction carrying bulk moves from copy to splice */
+	void (*start)(sp_shard_t *sh, sp_session_t *s);
+	void (*on_completion)(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int dir,
+			      const sp_completion_t *c);
+	void (*release)(sp_shard_t *sh, sp_session_t *s);
+	/* Buffers came back to the pool: resume sessions that starved. */
+	void (*resume)(sp_shard_t *sh);
+};
+typedef struct sp_relay_engine sp_relay_engine_t;
+
+extern const sp_relay_engine_t sp_relay_copy;
+extern const sp_relay_engine_t sp_relay_splice;
+/* auto: each direction starts on copy (cheapest for small messages) and
+ * moves to splice once it carries bulk (SP_AUTO_SPLICE_AFTER full buffers in
+ * a row), where splice moves bytes for a third of copy's CPU. */
+extern const sp_relay_engine_t sp_relay_auto;
+#define SP_AUTO_SPLICE_AFTER 4
+
+/* The engine for the configured "relay". */
+const sp_relay_engine_t *sp_relay_engine_for(sp_relay_t relay);
+/* auto: direction d of s has drained its copy side; splice takes it over. */
+void sp_splice_take_dir(sp_shard_t *sh, sp_session_t *s, int d);
+
+#endif
