@@ -23,6 +23,7 @@
 #include "proxy/control.h"
 #include "proxy/health.h"
 #include "runtime/log.h"
+#include "tests/unit/helpers.h"
 
 #define HC "'health_check': {'interval_ms': 100, 'timeout_ms': 100, 'fall': 2, 'rise': 2}"
 #define LISTENER                                                                                   \
@@ -223,24 +224,17 @@ static void test_health_server_no_longer_checked_starts_up(void **state)
 	sp_conf_free(neu);
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Run the checks that are due now to their end (at most 1 s). */
 static void run_due_checks(sp_health_t *h)
 {
 	struct pollfd pfd[8];
-	uint64_t deadline = mono_ms() + 1000;
+	uint64_t deadline = th_mono_ms() + 1000;
 	sp_health_run(h, NULL, 0);
 	for (;;) {
 		int n = sp_health_pollfds(h, pfd, 8);
 		if (n == 0)
 			return;
-		if (mono_ms() > deadline)
+		if (th_mono_ms() > deadline)
 			fail_msg("a health check to a refused port did not finish in 1 s");
 		assert_true(poll(pfd, (nfds_t)n, 200) >= 0);
 		sp_health_run(h, pfd, n);
@@ -251,13 +245,8 @@ static void run_due_checks(sp_health_t *h)
  * bound, never listening. */
 static int refusing_port(in_port_t *port)
 {
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	assert_true(fd >= 0);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	struct sockaddr_in a;
+	int fd = th_loopback_bound(SOCK_STREAM | SOCK_CLOEXEC, &a);
 	*port = ntohs(a.sin_port);
 	return fd;
 }
@@ -369,15 +358,15 @@ static void test_health_server_past_260_unanswered_checks_is_seen_answering(void
 	shm_t s = shm_new();
 	sp_health_t *h = sp_health_new(c, s.down, s.fails);
 	assert_non_null(h);
-	uint64_t start = mono_ms();
+	uint64_t start = th_mono_ms();
 	bool widened = false;
-	while (mono_ms() < start + 2500) {
+	while (th_mono_ms() < start + 2500) {
 		struct pollfd pfd[256];
 		int np = sp_health_pollfds(h, pfd, 256);
 		int t = sp_health_timeout(h);
 		assert_true(poll(pfd, (nfds_t)np, t < 0 || t > 50 ? 50 : t) >= 0);
 		sp_health_run(h, pfd, np);
-		if (!widened && mono_ms() > start + 300) { /* every check has started */
+		if (!widened && th_mono_ms() > start + 300) { /* every check has started */
 			assert_int_equal(listen(ok, 64), 0);
 			widened = true;
 		}
@@ -419,8 +408,8 @@ static void test_health_skips_disabled_servers_and_empty_slots_and_reset_clears(
 	sp_health_t *h = sp_health_new(c, s.down, s.fails);
 	assert_non_null(h);
 	sp_health_set_ctl(h, ctl);
-	uint64_t end = mono_ms() + 400;
-	while (mono_ms() < end) {
+	uint64_t end = th_mono_ms() + 400;
+	while (th_mono_ms() < end) {
 		run_due_checks(h);
 		struct timespec ts = {0, 20 * 1000000};
 		nanosleep(&ts, NULL);

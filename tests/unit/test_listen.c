@@ -15,19 +15,14 @@
 #include <unistd.h>
 
 #include "proxy/listen.h"
+#include "tests/unit/helpers.h"
 
 /* A loopback address with a port free right now. */
 static void free_addr(sp_addr_t *a)
 {
 	struct sockaddr_in *in = (struct sockaddr_in *)&a->ss;
-	socklen_t len = sizeof(*in);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	memset(a, 0, sizeof(*a));
-	in->sin_family = AF_INET;
-	in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)in, sizeof(*in)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)in, &len), 0);
-	close(fd);
+	close(th_loopback_bound(SOCK_STREAM, in));
 	a->len = sizeof(*in);
 	snprintf(a->text, sizeof(a->text), "127.0.0.1:%u", ntohs(in->sin_port));
 }

@@ -9,10 +9,10 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "runtime/log.h"
+#include "tests/unit/helpers.h"
 
 static int saved_stderr = -1;
 static int pipefd[2];
@@ -38,13 +38,6 @@ static int restore(void **state)
 	return 0;
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void test_log_full_pipe_drops_lines_instead_of_blocking_then_says_so(void **state)
 {
 	(void)state;
@@ -54,10 +47,10 @@ static void test_log_full_pipe_drops_lines_instead_of_blocking_then_says_so(void
 	/* the pipe descriptor itself stays blocking for whoever shares it */
 	assert_false(fcntl(STDERR_FILENO, F_GETFL) & O_NONBLOCK);
 
-	uint64_t t0 = mono_ms();
+	uint64_t t0 = th_mono_ms();
 	for (int i = 0; i < 200; i++)
 		sp_warn("line %03d %s", i, "padding padding padding padding padding padding");
-	assert_true(mono_ms() - t0 < 1000); /* a blocking write would hang here */
+	assert_true(th_mono_ms() - t0 < 1000); /* a blocking write would hang here */
 	uint64_t dropped = sp_log_dropped();
 	assert_true(dropped > 0 && dropped < 200);
 

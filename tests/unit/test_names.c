@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "conf/conf.h"
 #include "tests/unit/conf_text.h"
@@ -24,6 +23,7 @@
 #include "proxy/health.h"
 #include "proxy/names.h"
 #include "proxy/resolver.h"
+#include "tests/unit/helpers.h"
 
 static sp_conf_t *conf_for(const fake_dns_t *d, const char *upstream_extra)
 {
@@ -37,24 +37,17 @@ static sp_conf_t *conf_for(const fake_dns_t *d, const char *upstream_extra)
 	return conf_text_load_ok("names.json", text);
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* The supervisor's loop in small, until done(arg) or limit_ms. */
 static void run_until(sp_names_t *n, fake_dns_t *d, bool (*done)(void *), void *arg,
 		      unsigned limit_ms)
 {
-	uint64_t deadline = mono_ms() + limit_ms;
+	uint64_t deadline = th_mono_ms() + limit_ms;
 	while (!done(arg)) {
 		struct pollfd pfd[1 + 16];
 		pfd[0] = (struct pollfd){.fd = d->fd, .events = POLLIN};
 		int np = sp_names_pollfds(n, pfd + 1, 16);
 		int t = sp_names_timeout(n);
-		assert_true(mono_ms() < deadline);
+		assert_true(th_mono_ms() < deadline);
 		poll(pfd, (nfds_t)(1 + np), t < 0 || t > 20 ? 20 : t);
 		if (pfd[0].revents & POLLIN)
 			dns_serve(d);

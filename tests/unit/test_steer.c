@@ -20,6 +20,7 @@
 
 #include "bpf/steer.h"
 #include "bpf/steer_pick.h"
+#include "tests/unit/helpers.h"
 
 #define NHASH 10000
 
@@ -78,28 +79,31 @@ static void test_pick_hash_only_returns_live_slots(void **state)
 			assert_true(count[s] > 0);
 }
 
+/* With n live slots and no load, pol gives each slot an even share of
+ * NHASH flows, give or take a tenth. */
+static void assert_spreads_evenly(__u32 pol, unsigned n)
+{
+	struct pick_fixture f;
+	unsigned count[SP_STEER_MAX_SLOTS];
+	bool live[SP_STEER_MAX_SLOTS];
+	for (unsigned s = 0; s < n; s++)
+		live[s] = true;
+	fixture(&f, pol, n, live, NULL);
+	tally(&f, pol, 0, count);
+	for (unsigned s = 0; s < n; s++)
+		assert_in_range(count[s], NHASH / n - NHASH / n / 10, NHASH / n + NHASH / n / 10);
+}
+
 static void test_pick_hash_spreads_evenly_over_two_live_slots(void **state)
 {
 	(void)state;
-	struct pick_fixture f;
-	unsigned count[SP_STEER_MAX_SLOTS];
-	bool live[2] = {true, true};
-	fixture(&f, SP_STEER_POL_HASH, 2, live, NULL);
-	tally(&f, SP_STEER_POL_HASH, 0, count);
-	for (unsigned s = 0; s < 2; s++)
-		assert_in_range(count[s], NHASH / 2 - NHASH / 20, NHASH / 2 + NHASH / 20);
+	assert_spreads_evenly(SP_STEER_POL_HASH, 2);
 }
 
 static void test_pick_hash_spreads_evenly_over_four_live_slots(void **state)
 {
 	(void)state;
-	struct pick_fixture f;
-	unsigned count[SP_STEER_MAX_SLOTS];
-	bool live[4] = {true, true, true, true};
-	fixture(&f, SP_STEER_POL_HASH, 4, live, NULL);
-	tally(&f, SP_STEER_POL_HASH, 0, count);
-	for (unsigned s = 0; s < 4; s++)
-		assert_in_range(count[s], NHASH / 4 - NHASH / 40, NHASH / 4 + NHASH / 40);
+	assert_spreads_evenly(SP_STEER_POL_HASH, 4);
 }
 
 static void test_pick_never_returns_a_dead_slot_under_any_policy(void **state)
@@ -232,13 +236,7 @@ static void test_pick_least_conn_picks_the_less_loaded_candidate(void **state)
 static void test_pick_least_conn_ties_spread_by_hash(void **state)
 {
 	(void)state;
-	struct pick_fixture f;
-	unsigned count[SP_STEER_MAX_SLOTS];
-	bool live[4] = {true, true, true, true};
-	fixture(&f, SP_STEER_POL_LEAST_CONN, 4, live, NULL);
-	tally(&f, SP_STEER_POL_LEAST_CONN, 0, count);
-	for (unsigned s = 0; s < 4; s++)
-		assert_in_range(count[s], NHASH / 4 - NHASH / 40, NHASH / 4 + NHASH / 40);
+	assert_spreads_evenly(SP_STEER_POL_LEAST_CONN, 4);
 }
 
 static void test_pick_least_conn_reads_a_wrapped_counter_as_negative(void **state)
@@ -277,8 +275,7 @@ static sp_steer_t *open_or_skip(int policy)
 	sp_steer_t *st = NULL;
 	int ret = sp_steer_open(&st, policy, 4, why, sizeof(why));
 	if (ret == -EPERM || ret == -EACCES) {
-		print_message("[  SKIP    ] %s\n", why);
-		skip();
+		th_skip("%s", why);
 	}
 	if (ret < 0)
 		fail_msg("sp_steer_open: %s", why);
@@ -410,10 +407,8 @@ static void test_bpf_cpu_lands_on_the_slot_pinned_to_the_client_cpu(void **state
 	(void)state;
 	cpu_set_t saved;
 	assert_int_equal(sched_getaffinity(0, sizeof(saved), &saved), 0);
-	if (!CPU_ISSET(0, &saved) || !CPU_ISSET(1, &saved)) {
-		print_message("[  SKIP    ] needs CPUs 0 and 1\n");
-		skip();
-	}
+	if (!CPU_ISSET(0, &saved) || !CPU_ISSET(1, &saved))
+		th_skip("needs CPUs 0 and 1");
 	sp_steer_t *st = open_or_skip(SP_STEER_POL_CPU);
 	int fds[2];
 	unsigned count[2];
@@ -529,8 +524,7 @@ static void test_bpf_closing_listener_migrates_its_queue(void **state)
 	sp_steer_t *st = open_or_skip(SP_STEER_POL_HASH);
 	if (!sp_steer_migrate_supported(st)) {
 		sp_steer_close(st);
-		print_message("[  SKIP    ] kernel lacks sk_reuseport/migrate\n");
-		skip();
+		th_skip("kernel lacks sk_reuseport/migrate");
 	}
 	int fds[2];
 	unsigned count[2] = {0, 0};
