@@ -11,7 +11,10 @@ Python 3 standard library only. What is here:
     "blackhole" (listen queue full: SYNs are dropped, connect hangs).
   - Clients: echo_transfer (send and receive at once, SHA-256 both ways),
     reset_close, wrk runner and parser.
-  - Config builders that write SPEC §4 JSON.
+  - Admin readers: admin_raw / admin_http / admin_status, stats, metrics
+    (over the TCP port or admin.socket).
+  - Config builders that write SPEC §4 JSON; Ctx.echo_proxy for the common
+    "one echo server behind one proxy".
 
 Used as a program, it also offers helper commands for client processes that
 must run elsewhere (e.g. pinned with taskset):
@@ -484,9 +487,12 @@ def recv_line(sock, limit=256):
     return bytes(buf[:-1])
 
 
-def recv_all(sock):
-    """Read until EOF; returns (bytes, how): how is "eof" or "reset"."""
+def recv_all(sock, timeout_s=None):
+    """Read until EOF; returns (bytes, how): how is "eof" or "reset", or with
+    timeout_s (a bound on each wait) "timeout" when the peer went quiet."""
     buf = bytearray()
+    if timeout_s is not None:
+        sock.settimeout(timeout_s)
     try:
         while True:
             d = sock.recv(262144)
@@ -495,6 +501,10 @@ def recv_all(sock):
             buf += d
     except ConnectionResetError:
         return bytes(buf), "reset"
+    except socket.timeout:
+        if timeout_s is None:
+            raise
+        return bytes(buf), "timeout"
 
 
 def send_all(sock, data, chunk=262144, rate=None):
@@ -617,6 +627,78 @@ def run_threads(fn, args_list, timeout_s):
     return results
 
 
+# ---- the admin endpoint ------------------------------------------------------
+
+
+def admin_raw(where, data, timeout_s=5.0, shut=False):
+    """Send raw bytes to the admin endpoint - where is its TCP port (int) or
+    admin.socket's path (str) - and return the whole answer (bytes); a reset
+    ends the answer."""
+    if isinstance(where, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr = where
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        addr = (LOOPBACK, where)
+    try:
+        s.settimeout(timeout_s)
+        s.connect(addr)
+        s.sendall(data)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        return recv_all(s)[0]
+    finally:
+        s.close()
+
+
+def parse_http(resp):
+    """(status, headers dict with lower-case names, body bytes) of an HTTP/1.x answer."""
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    m = re.match(r"HTTP/1\.[01] (\d{3}) ", lines[0] if lines else "")
+    check(m, "not an HTTP response: %r" % resp[:200])
+    headers = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(m.group(1)), headers, body
+
+
+def admin_http(where, path, method="GET", timeout_s=5.0):
+    """(status, headers, body) of one request to the admin endpoint (where:
+    as for admin_raw)."""
+    req = "%s %s HTTP/1.1\r\nHost: x\r\n" % (method, path)
+    if method != "GET":
+        req += "Content-Length: 0\r\n"
+    return parse_http(admin_raw(where, (req + "\r\n").encode(), timeout_s))
+
+
+def admin_status(where, path, timeout_s=5.0):
+    """(status, answer bytes) of GET path, or (None, why) when the admin
+    turned the connection away, timed out or did not answer in HTTP."""
+    try:
+        resp = admin_raw(where, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode(), timeout_s)
+    except OSError as e:
+        return None, repr(e)
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", resp)
+    return (int(m.group(1)), resp) if m else (None, resp[:100])
+
+
+def stats(where, timeout_s=5.0):
+    """/stats, parsed; fails unless it answers 200."""
+    st, _, body = admin_http(where, "/stats", timeout_s=timeout_s)
+    check(st == 200, "/stats answered %d: %r" % (st, body[:200]))
+    return json.loads(body)
+
+
+def metrics(where, timeout_s=5.0):
+    """/metrics (Prometheus text); fails unless it answers 200 as text/plain."""
+    st, hdr, body = admin_http(where, "/metrics", timeout_s=timeout_s)
+    check(st == 200, "/metrics answered %d: %r" % (st, body[:200]))
+    check(hdr.get("content-type", "").startswith("text/plain"), "/metrics content type %r" % hdr)
+    return body.decode()
+
+
 # ---- wrk ---------------------------------------------------------------------
 
 
@@ -719,6 +801,13 @@ def config(listeners, upstreams, workers=2, relay=None, steering=None, access_lo
 # E2E_IO=epoll (or io_uring) runs the proxies of a whole pass on that event
 # loop: every config written here gets "io" unless the test sets its own.
 IO = os.environ.get("E2E_IO", "")
+
+
+def echo_config(up, port, upstream_kw=None, **kw):
+    """config(): one listener "l" on port relaying to upstream "echo", the
+    server up; upstream_kw go to the upstream, kw to config()."""
+    return config([listener("l", port, "echo")],
+                  [upstream("echo", [up.address], **(upstream_kw or {}))], **kw)
 
 
 def write_config(path, conf):
@@ -1167,6 +1256,14 @@ class Ctx:
 
     def echo(self, **kw):
         return self._own(EchoServer(**kw))
+
+    def echo_proxy(self, ready=True, probe=True, args=(), wrap=None, **conf_kw):
+        """An echo server and a proxy to it: (server, the proxy's port, proxy).
+        conf_kw go to echo_config, the rest to proxy()."""
+        up = self.echo()
+        port = free_port()
+        return up, port, self.proxy(echo_config(up, port, **conf_kw), ready=ready, probe=probe,
+                                    args=args, wrap=wrap)
 
     def server(self, cls, **kw):
         return self._own(cls(**kw))

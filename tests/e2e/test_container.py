@@ -22,10 +22,6 @@ def _profile_run(t):
     return path
 
 
-def _echo_conf(up, port, **kw):
-    return lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])], **kw)
-
-
 def _echo_after_reload(port, data, old, new, what):
     """A connection opened right after a reload may still be taken by the old
     generation (a draining shard serves what was queued on its sockets), so
@@ -52,9 +48,7 @@ def test_shipped_seccomp_profile_lets_proxy_relay_reload_and_drain_on_io_uring(t
     # LeakSanitizer stops the world with ptrace at exit, which the profile
     # (like Docker's) denies: a sanitizer build checks no leaks here.
     os.environ["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(_echo_conf(up, port, relay="auto"), wrap=[_profile_run(t), PROFILE, "--"])
+    up, port, p = t.echo_proxy(wrap=[_profile_run(t), PROFILE, "--"], relay="auto")
     check(not [l for l in p.lines() if "io_uring" in l and ("unavailable" in l or "blocked" in l)],
           "the shipped profile blocks io_uring; log:\n%s" % p.tail())
     with open("/proc/%d/status" % p.pid) as f:
@@ -63,7 +57,7 @@ def test_shipped_seccomp_profile_lets_proxy_relay_reload_and_drain_on_io_uring(t
         lib.check_echo(port, lib.payload(n, seed), up, what="under the profile")
     # A reload forks a new generation under the same filter.
     up2 = t.echo(name="echo2")
-    mark = p.reload(_echo_conf(up2, port, relay="auto"))
+    mark = p.reload(lib.echo_config(up2, port, relay="auto"))
     p.expect_log(r"reload: generation 2 ready", 10, after=mark)
     _echo_after_reload(port, lib.payload(4096, 3), up, up2, "after reload under the profile")
     rc = p.stop(15)
@@ -97,7 +91,7 @@ def test_supervisor_as_pid_1_reloads_on_sighup_from_inside_and_drains_on_sigterm
             raise lib.Skip("%s not installed" % tool)
     up = t.echo()
     port = lib.free_port()
-    p = t.proxy(_echo_conf(up, port, limits={"drain_timeout_ms": 10000}),
+    p = t.proxy(lib.echo_config(up, port, limits={"drain_timeout_ms": 10000}),
                 wrap=["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
     kids = lib.children(p.pid)
     check(len(kids) == 1, "unshare should have one child (the supervisor), has %s" % kids)
@@ -111,7 +105,7 @@ def test_supervisor_as_pid_1_reloads_on_sighup_from_inside_and_drains_on_sigterm
     # Reload from inside the namespace, as `docker exec C kill -HUP 1` does.
     up2 = t.echo(name="echo2")
     mark = p.mark()
-    lib.write_config(p.path, _echo_conf(up2, port, limits={"drain_timeout_ms": 10000}))
+    lib.write_config(p.path, lib.echo_config(up2, port, limits={"drain_timeout_ms": 10000}))
     subprocess.run(["nsenter", "-t", str(sup), "-p", "-m", "kill", "-HUP", "1"], check=True, timeout=10)
     p.expect_log(r"reload: generation 2 ready", 10, after=mark, what="SIGHUP to PID 1 from inside")
     _echo_after_reload(port, lib.payload(65536, 5), up, up2, "after a reload of PID 1")

@@ -15,7 +15,6 @@ import time
 import lib
 from lib import check
 from fakedns import FakeDns
-from test_ops import _stats  # the admin reader, shared
 
 NAME = "svc.e2e.test"
 
@@ -29,7 +28,7 @@ def _upstream(st, name="web"):
 
 def _resolved(aport):
     """The addresses the proxy has for NAME, as /stats lists them."""
-    for s in _upstream(_stats(aport))["servers"]:
+    for s in _upstream(lib.stats(aport))["servers"]:
         if s["address"].startswith(NAME):
             return sorted(r["address"] for r in s.get("resolved", []))
     return []
@@ -94,7 +93,7 @@ def test_changed_answers_reach_new_connections_without_reload_and_open_ones_stay
     held.shutdown(socket.SHUT_WR)
     check(lib.recv_all(held)[1] == "eof", "the open session was cut")
     held.close()
-    st = _stats(aport)
+    st = lib.stats(aport)
     check(st["generation"] == 1 and st["reloads"]["count"] == 0, "a change made a reload: %s"
           % st["reloads"])
     p.expect_log(r"addresses now 127\.0\.0\.3:%d \(were 127\.0\.0\.2:%d\)" % (uport, uport))
@@ -104,8 +103,8 @@ def test_changed_answers_reach_new_connections_without_reload_and_open_ones_stay
 def test_silent_nameserver_keeps_the_last_good_addresses_and_counts_failures(t):
     dns, ups, uport, port, aport, p, _ = _setup(t, ["127.0.0.2"], interval=200)
     dns.silent = True
-    ok = lib.wait_until(lambda: _upstream(_stats(aport))["dns"]["failures"] >= 1, 15, 0.2)
-    d = _upstream(_stats(aport))["dns"]
+    ok = lib.wait_until(lambda: _upstream(lib.stats(aport))["dns"]["failures"] >= 1, 15, 0.2)
+    d = _upstream(lib.stats(aport))["dns"]
     check(ok, "no failed look-up counted: %s" % d)
     check(d["last_error"], "no last_error: %s" % d)
     check(_resolved(aport) == ["127.0.0.2:%d" % uport], "addresses lost: %s" % _resolved(aport))
@@ -181,4 +180,4 @@ def test_sighup_with_a_nameserver_that_never_answers_keeps_healthz_and_restarts_
     check(_spread(port, 4) == {"127.0.0.2": 4}, "not served meanwhile")
     # The look-up fails in the end; the reload fails, generation 1 serves on.
     p.expect_log(r"reload failed: .*cannot resolve", timeout_s=10, after=m)
-    check(_stats(aport)["generation"] == 1, "generation changed")
+    check(lib.stats(aport)["generation"] == 1, "generation changed")

@@ -6,48 +6,11 @@ while it still holds our pid; one client cannot monopolise the admin port."""
 
 import os
 import re
-import signal
 import socket
 import time
 
 import lib
-from test_ops import _stats  # the admin reader, shared
 from lib import check
-
-
-def _admin_get(port, path, timeout_s=5.0):
-    """(status, body) of GET path, or (None, reason) if the connection was
-    turned away or timed out."""
-    try:
-        s = socket.create_connection((lib.LOOPBACK, port), timeout=timeout_s)
-    except OSError as e:
-        return None, repr(e)
-    try:
-        s.settimeout(timeout_s)
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
-        buf = bytearray()
-        while True:
-            try:
-                d = s.recv(65536)
-            except OSError as e:
-                if not buf:
-                    return None, repr(e)
-                break
-            if not d:
-                break
-            buf += d
-    finally:
-        s.close()
-    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", bytes(buf))
-    return (int(m.group(1)), bytes(buf)) if m else (None, bytes(buf[:100]))
-
-
-def _echo_proxy(t, workers=2, **kw):
-    up = t.echo()
-    port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      workers=workers, **kw)
-    return up, port, t.proxy(conf)
 
 
 # ---- admin ------------------------------------------------------------------------
@@ -55,8 +18,8 @@ def _echo_proxy(t, workers=2, **kw):
 
 def test_admin_64_idle_connections_do_not_keep_healthz_from_answering_within_1s(t):
     aport = lib.free_port()
-    _, _, p = _echo_proxy(t, admin={"listen": "127.0.0.1:%d" % aport})
-    st, _ = _admin_get(aport, "/healthz")
+    _, _, p = t.echo_proxy(admin={"listen": "127.0.0.1:%d" % aport})
+    st, _ = lib.admin_status(aport, "/healthz")
     check(st == 200, "/healthz before: %s" % st)
     idle = []
     for _ in range(64):  # connected, never a byte sent
@@ -64,7 +27,7 @@ def test_admin_64_idle_connections_do_not_keep_healthz_from_answering_within_1s(
     t.defer(lambda: [s.close() for s in idle])
     time.sleep(0.2)  # the supervisor has taken them all in
     t0 = time.monotonic()
-    st, body = _admin_get(aport, "/healthz", timeout_s=1.0)
+    st, body = lib.admin_status(aport, "/healthz", timeout_s=1.0)
     dt = time.monotonic() - t0
     check(st == 200 and dt < 1.0,
           "/healthz with 64 idle admin connections open: %s %r after %.2f s, want 200 within 1 s"
@@ -118,7 +81,7 @@ def test_shard_holds_only_its_own_listener_log_and_notify_descriptors(t):
     shards = p.wait_shards(2)
     listen = _listening_inodes()
     # A shard on the epoll backend has one epoll set of its own (its loop).
-    own_epoll = 1 if _stats(aport).get("io", {}).get("backend") == "epoll" else 0
+    own_epoll = 1 if lib.stats(aport).get("io", {}).get("backend") == "epoll" else 0
     problems = []
     for pid in shards:
         links = _fd_links(pid)
@@ -146,43 +109,40 @@ def test_shard_holds_only_its_own_listener_log_and_notify_descriptors(t):
 # ---- files that must not be symbolic links -----------------------------------------
 
 
-def test_symlinked_pidfile_is_refused_with_a_clear_error_and_its_target_untouched(t):
+def _symlink_is_refused(t, name, what, use):
+    """Started with the file `name` a symbolic link, the proxy exits 2 with a
+    clear error naming `what` and the link, and the link's target is
+    untouched. use(link): the (config keywords, arguments) that point the
+    proxy at the link."""
     up = t.echo()
     port = lib.free_port()
     target = t.file("precious", "precious\n")
-    link = os.path.join(t.tmpdir, "shardproxy.pid")
+    link = os.path.join(t.tmpdir, name)
     os.symlink(target, link)
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])])
-    p = t.proxy(conf, ready=False, args=["--pidfile", link])
+    conf_kw, args = use(link)
+    p = t.proxy(lib.echo_config(up, port, **conf_kw), ready=False, args=args)
     rc = p.wait_exit(10)
-    check(rc == 2, "exit status %s with a symlinked pidfile, want 2; log:\n%s" % (rc, p.tail()))
-    check(p.wait_log(r"^shardproxy: --pidfile %s: is a symbolic link; refusing to follow it"
-                     % re.escape(link), timeout_s=1), "no clear error line; log:\n%s" % p.tail())
+    check(rc == 2, "exit status %s with a symlinked %s, want 2; log:\n%s" % (rc, name, p.tail()))
+    check(p.wait_log(r"^shardproxy: %s %s: is a symbolic link; refusing to follow it"
+                     % (re.escape(what), re.escape(link)), timeout_s=1),
+          "no clear error line; log:\n%s" % p.tail())
     with open(target) as f:
         check(f.read() == "precious\n", "the symlink's target was written to")
+
+
+def test_symlinked_pidfile_is_refused_with_a_clear_error_and_its_target_untouched(t):
+    _symlink_is_refused(t, "shardproxy.pid", "--pidfile", lambda link: ({}, ["--pidfile", link]))
 
 
 def test_symlinked_access_log_is_refused_with_a_clear_error_and_its_target_untouched(t):
-    up = t.echo()
-    port = lib.free_port()
-    target = t.file("precious", "precious\n")
-    link = os.path.join(t.tmpdir, "access.log")
-    os.symlink(target, link)
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      log={"level": "info", "access_log": link, "format": "text"})
-    p = t.proxy(conf, ready=False)
-    rc = p.wait_exit(10)
-    check(rc == 2, "exit status %s with a symlinked access log, want 2; log:\n%s" % (rc, p.tail()))
-    check(p.wait_log(r"^shardproxy: log\.access_log %s: is a symbolic link; refusing to follow it"
-                     % re.escape(link), timeout_s=1), "no clear error line; log:\n%s" % p.tail())
-    with open(target) as f:
-        check(f.read() == "precious\n", "the symlink's target was written to")
+    _symlink_is_refused(t, "access.log", "log.access_log", lambda link: (
+        {"log": {"level": "info", "access_log": link, "format": "text"}}, []))
 
 
 def test_pidfile_written_at_start_removed_at_exit_only_while_it_holds_our_pid(t):
     up = t.echo()
     port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])])
+    conf = lib.echo_config(up, port)
     pidf = os.path.join(t.tmpdir, "a.pid")
     p = t.proxy(conf, args=["--pidfile", pidf])
     with open(pidf) as f:

@@ -4,12 +4,12 @@ runtimes' defaults, kernel.io_uring_disabled) "auto" starts on epoll, names
 the cause, and relays with every engine; "io_uring" forced there exits 2
 with the cause. /stats, /metrics and -V show the backend in force."""
 
+import contextlib
 import os
 import stat
 
 import lib
 from lib import MiB, check
-from test_ops import _metrics, _stats  # the admin readers, shared
 
 
 def _no_uring(t, errno="EPERM"):
@@ -37,8 +37,7 @@ def _relay_all_engines(t, extra, admin=False):
         if admin:
             aport = lib.free_port()
             kw["admin"] = {"listen": "127.0.0.1:%d" % aport}
-        p = t.proxy(lib.config([lib.listener("l", port, "echo")],
-                               [lib.upstream("echo", [up.address])], relay=relay, **kw),
+        p = t.proxy(lib.echo_config(up, port, relay=relay, **kw),
                     name="proxy-" + relay)
         for i, n in enumerate((1, 3 * MiB)):
             lib.check_echo(port, lib.payload(n, seed=i), up, what="%s, %d bytes:" % (relay, n))
@@ -47,9 +46,9 @@ def _relay_all_engines(t, extra, admin=False):
 
 
 def _check_reports(aport, backend):
-    st = _stats(aport)
+    st = lib.stats(aport)
     check(st.get("io", {}).get("backend") == backend, "/stats io: %r" % st.get("io"))
-    m = _metrics(aport)
+    m = lib.metrics(aport)
     check('io="%s"' % backend in m, "/metrics shardproxy_info has no io=\"%s\":\n%s"
           % (backend, "\n".join(l for l in m.splitlines() if "shardproxy_info" in l)))
 
@@ -78,10 +77,7 @@ def test_io_auto_under_seccomp_answering_enosys_starts_on_epoll(t):
 
 def test_io_uring_forced_under_seccomp_exits_2_naming_the_cause(t):
     _no_uring(t)
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                           io="io_uring"), ready=False)
+    up, port, p = t.echo_proxy(ready=False, io="io_uring")
     code = p.wait_exit(10)
     check(code == 2, "exit status %r, want 2; stderr:\n%s" % (code, p.tail()))
     check("io: io_uring configured but unavailable: io_uring_setup: Operation not permitted (EPERM): io_uring is blocked "
@@ -102,11 +98,11 @@ def test_version_under_seccomp_says_io_uring_unavailable_and_epoll_in_force(t):
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"
 
 
-@lib.needs("root")
-def test_io_auto_with_sysctl_io_uring_disabled_starts_on_epoll_and_says_why(t):
-    """kernel.io_uring_disabled=2 only for the moment the proxy probes (other
-    tests on this machine may want io_uring): set, start until the backend
-    is chosen, restore - also when anything fails."""
+def _io_uring_sysctl(t):
+    """kernel.io_uring_disabled, or Skip without root or on a kernel that
+    lacks it. Returns a context manager inside which it is 2 (only for that
+    moment: other tests on this machine may want io_uring); on leaving it,
+    and at teardown whatever happens, the value from before is back."""
     if os.geteuid() != 0:
         raise lib.Skip("needs root to set kernel.io_uring_disabled")
     if not os.path.exists(SYSCTL):
@@ -114,21 +110,34 @@ def test_io_auto_with_sysctl_io_uring_disabled_starts_on_epoll_and_says_why(t):
     with open(SYSCTL) as f:
         saved = f.read().strip()
 
-    def restore():
+    def write(value):
         with open(SYSCTL, "w") as f:
-            f.write(saved)
+            f.write(value)
 
-    t.defer(restore)
+    t.defer(lambda: write(saved))
+
+    @contextlib.contextmanager
+    def disabled():
+        write("2")
+        try:
+            yield
+        finally:
+            write(saved)
+
+    return disabled
+
+
+@lib.needs("root")
+def test_io_auto_with_sysctl_io_uring_disabled_starts_on_epoll_and_says_why(t):
+    """kernel.io_uring_disabled=2 only for the moment the proxy probes (other
+    tests on this machine may want io_uring): set, start until the backend
+    is chosen, restore - also when anything fails."""
+    disabled = _io_uring_sysctl(t)
     up = t.echo()
     port = lib.free_port()
-    with open(SYSCTL, "w") as f:
-        f.write("2")
-    try:
-        p = t.proxy(lib.config([lib.listener("l", port, "echo")],
-                               [lib.upstream("echo", [up.address])], io="auto"), ready=False)
+    with disabled():
+        p = t.proxy(lib.echo_config(up, port, io="auto"), ready=False)
         p.expect_log(r"io: ", timeout_s=10)
-    finally:
-        restore()
     p.wait_ready()
     p.expect_log(r"io: epoll \(auto: io_uring unavailable: io_uring_setup: Operation not permitted \(EPERM\): io_uring is "
                  r"disabled by kernel.io_uring_disabled=2")
@@ -142,35 +151,17 @@ def test_io_uring_shard_that_cannot_set_up_its_ring_on_restart_logs_why_and_back
     """A shard restarted while io_uring is unavailable (here the sysctl, set
     for about a second) fails with the cause in the log, the supervisor
     retries with its backoff, and once io_uring is back the shard serves."""
-    if os.geteuid() != 0:
-        raise lib.Skip("needs root to set kernel.io_uring_disabled")
-    if not os.path.exists(SYSCTL):
-        raise lib.Skip("this kernel has no kernel.io_uring_disabled (Linux 6.6+)")
     if lib.IO == "epoll":
         raise lib.Skip("the io_uring backend is what fails here")
-    with open(SYSCTL) as f:
-        saved = f.read().strip()
-
-    def restore():
-        with open(SYSCTL, "w") as f:
-            f.write(saved)
-
-    t.defer(restore)
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                           workers=1, io="io_uring"))
+    disabled = _io_uring_sysctl(t)
+    up, port, p = t.echo_proxy(workers=1, io="io_uring")
     shard = p.wait_shards(1)[0]
     m = p.mark()
-    with open(SYSCTL, "w") as f:
-        f.write("2")
-    try:
+    with disabled():
         os.kill(shard, 9)
         p.expect_log(r"shard 0\]: error: io_uring_setup: Operation not permitted \(EPERM\): io_uring "
                      r"is disabled by kernel.io_uring_disabled=2", timeout_s=10, after=m)
         p.expect_log(r"shard 0 \(pid \d+, generation 1\) .*; restarting in [1-9]\d* ms",
                      timeout_s=10, after=m)
-    finally:
-        restore()
     p.expect_log(r"shard 0 restarted", timeout_s=15, after=m)
     lib.check_echo(port, lib.payload(100000, seed=9), up, what="after the shard came back:")

@@ -11,15 +11,8 @@ import lib
 from lib import MiB, check
 
 
-def _echo_proxy(t, **kw):
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])], **kw))
-    return up, port, p
-
-
 def _sigterm_inflight(t, whole_group):
-    up, port, p = _echo_proxy(t, limits={"drain_timeout_ms": 20000})
+    up, port, p = t.echo_proxy(limits={"drain_timeout_ms": 20000})
     data = lib.payload(16 * MiB, seed=51)
     res = {}
 
@@ -66,7 +59,7 @@ def test_sigterm_to_whole_process_group_still_drains_inflight_transfer(t):
 
 
 def test_sigterm_idle_proxy_exits_0_promptly(t):
-    _, _, p = _echo_proxy(t)
+    _, _, p = t.echo_proxy()
     pgid = p.pid
     t0 = time.monotonic()
     rc = p.stop(timeout_s=10)
@@ -79,7 +72,7 @@ def test_sigterm_idle_proxy_exits_0_promptly(t):
 def test_sigterm_to_whole_process_group_idle_proxy_exits_0_promptly(t):
     """The group's SIGTERM and the supervisor's order to its shards must not
     merge into one pending signal that the shards then ignore."""
-    up, port, p = _echo_proxy(t)
+    up, port, p = t.echo_proxy()
     pgid = p.pid
     p.wait_shards(2)
     socks = [lib.connect(port) for _ in range(50)]
@@ -101,7 +94,7 @@ def test_sigterm_to_whole_process_group_idle_proxy_exits_0_promptly(t):
 
 
 def test_second_sigterm_stops_at_once(t):
-    up, port, p = _echo_proxy(t, limits={"drain_timeout_ms": 30000})
+    up, port, p = t.echo_proxy(limits={"drain_timeout_ms": 30000})
     s = lib.connect(port)
     lib.roundtrip(s)  # an open session would hold a graceful stop for 30 s
     p.signal(signal.SIGTERM)
@@ -114,7 +107,7 @@ def test_second_sigterm_stops_at_once(t):
 
 
 def test_shard_sigkill_is_restarted_and_proxy_keeps_serving(t):
-    up, port, p = _echo_proxy(t, workers=2)
+    up, port, p = t.echo_proxy(workers=2)
     before = p.wait_shards(2)
     victim = before[0]
     m = p.mark()
@@ -158,7 +151,7 @@ PIPE_POOL_CAP = 256  # shard/shard.c: sp_pipepool_init(&sh->pipes, 256, 0)
 
 
 def _fd_leak(t, relay):
-    up, port, p = _echo_proxy(t, workers=2, relay=relay)
+    up, port, p = t.echo_proxy(workers=2, relay=relay)
     shards = p.wait_shards(2)
     pids = shards + [p.pid]
     _churn(port, 200)  # warm up the pools (buffers, pipes) first
@@ -198,10 +191,7 @@ def test_no_fd_leak_after_1000_reset_connections_splice(t):
 
 
 def test_max_connections_extra_client_waits_in_backlog_not_reset(t):
-    up = t.echo()
-    port = lib.free_port()
-    t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                       workers=1, limits={"max_connections": 10}), probe=False)
+    up, port, _ = t.echo_proxy(probe=False, workers=1, limits={"max_connections": 10})
     held = []
     for i in range(10):
         s = lib.connect(port)
@@ -236,8 +226,7 @@ def test_max_connections_beyond_fd_limit_is_reported(t):
     up = t.echo()
     port = lib.free_port()
     # 100000 sessions need about 200000 descriptors; the hard limit here is far lower
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                           limits={"max_connections": 100000}), ready=False)
+    p = t.proxy(lib.echo_config(up, port, limits={"max_connections": 100000}), ready=False)
     ready = p.wait_log(r"ready: generation 1", 10)
     if not ready:
         check(p.wait_exit(1) is not None, "neither ready nor exited after 10 s; log:\n%s" % p.tail())

@@ -57,11 +57,7 @@ def test_at_max_connections_waiters_are_admitted_one_per_close_and_none_is_reset
     """max_connections reached on one shard, 100 more clients waiting (each
     sent a byte): closing one held session admits exactly one waiter;
     closing all admits all; none is reset."""
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")],
-                           [lib.upstream("echo", [up.address])], workers=1,
-                           limits={"max_connections": MAX}))
+    up, port, p = t.echo_proxy(workers=1, limits={"max_connections": MAX})
     held = _held(port, MAX)
     waiting = set()
     for _ in range(WAITERS):

@@ -110,8 +110,7 @@ def test_access_log_lines_from_several_shards_never_interleave_mid_line(t):
     line that arrives is whole (lines may be dropped, never cut)."""
     echo = t.echo()
     port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [echo.address])],
-                      workers=2, steering="hash")
+    conf = lib.echo_config(echo, port, workers=2, steering="hash")
     p, r, head = _spawn_piped(t, conf)
     fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, 4096)
     got = bytearray()

@@ -22,68 +22,6 @@ from lib import check
 # ---- helpers ----------------------------------------------------------------
 
 
-def _admin_raw(port, data, timeout_s=5.0, shut=False):
-    """Send raw bytes to the admin port; returns the whole answer (bytes)."""
-    s = socket.create_connection((lib.LOOPBACK, port), timeout=timeout_s)
-    try:
-        s.sendall(data)
-        if shut:
-            s.shutdown(socket.SHUT_WR)
-        buf = bytearray()
-        while True:
-            try:
-                d = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not d:
-                break
-            buf += d
-        return bytes(buf)
-    finally:
-        s.close()
-
-
-def _admin_get(port, path, timeout_s=5.0):
-    """(status, headers dict, body bytes) of GET path."""
-    resp = _admin_raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode(), timeout_s)
-    return _parse_http(resp)
-
-
-def _parse_http(resp):
-    head, _, body = resp.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.match(r"HTTP/1\.[01] (\d{3}) ", lines[0] if lines else "")
-    check(m, "not an HTTP response: %r" % resp[:200])
-    headers = {}
-    for l in lines[1:]:
-        k, _, v = l.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return int(m.group(1)), headers, body
-
-
-def _status_or_none(port, path):
-    """The status of GET path, or None when the admin turned the connection away."""
-    try:
-        resp = _admin_raw(port, b"GET %s HTTP/1.1\r\n\r\n" % path.encode())
-    except OSError:
-        return None
-    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", resp)
-    return int(m.group(1)) if m else None
-
-
-def _stats(port):
-    st, _, body = _admin_get(port, "/stats")
-    check(st == 200, "/stats answered %d: %r" % (st, body[:200]))
-    return json.loads(body)
-
-
-def _metrics(port):
-    st, hdr, body = _admin_get(port, "/metrics")
-    check(st == 200, "/metrics answered %d: %r" % (st, body[:200]))
-    check(hdr.get("content-type", "").startswith("text/plain"), "/metrics content type %r" % hdr)
-    return body.decode()
-
-
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -133,7 +71,7 @@ def _wait_done(aport, n, timeout_s=5.0):
     last = {}
 
     def done():
-        last["st"] = _stats(aport)
+        last["st"] = lib.stats(aport)
         return last["st"]["totals"]["closed"]["done"] >= n
 
     ok = lib.wait_until(done, timeout_s, 0.05)
@@ -157,7 +95,7 @@ def test_counters_match_traffic_exactly_across_shard_kill_and_reload(t):
     m = p.mark()
     os.kill(victim, signal.SIGKILL)
     p.expect_log(r"shard \d+ restarted", timeout_s=5, after=m, what="after SIGKILL of a shard")
-    after_kill = _stats(aport)["totals"]
+    after_kill = lib.stats(aport)["totals"]
     for k in ("accepted", "bytes_in", "bytes_out"):
         check(after_kill[k] >= before[k], "totals went backwards after a shard SIGKILL: %s %d -> %d"
               % (k, before[k], after_kill[k]))
@@ -169,7 +107,7 @@ def test_counters_match_traffic_exactly_across_shard_kill_and_reload(t):
     sent += _traffic(port, up, 10, seed=3)
     st = _wait_done(aport, 30)
     p.expect_log(r"generation 1 drained", timeout_s=5, after=m)
-    st = _stats(aport)
+    st = lib.stats(aport)
 
     tot = st["totals"]
     want = {"accepted": 30, "active": 0, "refused": 0, "no_route": 0, "connect_failed": 0,
@@ -191,7 +129,7 @@ def test_counters_match_traffic_exactly_across_shard_kill_and_reload(t):
           and srv["bytes_in"] == sent and srv["bytes_out"] == sent and srv["active"] == 0,
           "/stats server: %s" % srv)
 
-    s = _samples(_metrics(aport))
+    s = _samples(lib.metrics(aport))
     got = {
         "accepted": _sum(s, "shardproxy_connections_accepted_total"),
         "bytes_in": _sum(s, "shardproxy_bytes_total", direction="client_to_upstream"),
@@ -235,10 +173,10 @@ def test_counters_count_connect_failures_and_unrouted_connections(t):
         s.close()
 
     def settled():
-        st = _stats(aport)
+        st = lib.stats(aport)
         return st if st["totals"]["accepted"] == 7 and st["totals"]["active"] == 0 else None
 
-    st = lib.wait_until(settled, 5, 0.05) or _stats(aport)
+    st = lib.wait_until(settled, 5, 0.05) or lib.stats(aport)
     tot = st["totals"]
     check(tot["accepted"] == 7 and tot["no_route"] == 3 and tot["closed"]["no_route"] == 3,
           "unrouted: totals %s" % tot)
@@ -266,7 +204,7 @@ def test_metrics_pass_promtool_check_metrics(t):
     _wait_done(aport, 3)
     m = p.reload()
     p.expect_log(r"reload: generation 2 ready", timeout_s=10, after=m)
-    text = _metrics(aport)
+    text = lib.metrics(aport)
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     check(r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(),
           "promtool check metrics: exit %d\n%s%s\n--- metrics:\n%s"
@@ -301,15 +239,15 @@ def test_admin_bad_requests_get_400_and_supervisor_keeps_serving(t):
         b"GET /stats HTTP/1.1\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",  # oversized
     ]
     for req in bad:
-        resp = _admin_raw(aport, req)
+        resp = lib.admin_raw(aport, req)
         check(resp.startswith(b"HTTP/1.1 400 "), "request %r... got %r, want 400" % (req[:40], resp[:80]))
-    st, _, _ = _admin_get(aport, "/no/such/path")
+    st, _, _ = lib.admin_http(aport, "/no/such/path")
     check(st == 404, "unknown path: %d, want 404" % st)
-    resp = _admin_raw(aport, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    resp = lib.admin_raw(aport, b"POST /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
     check(resp.startswith(b"HTTP/1.1 403 "), "POST on the TCP port: %r" % resp[:60])
-    resp = _admin_raw(aport, b"PUT /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    resp = lib.admin_raw(aport, b"PUT /stats HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
     check(resp.startswith(b"HTTP/1.1 405 "), "PUT: %r" % resp[:60])
-    resp = _admin_raw(aport, b"HEAD /healthz HTTP/1.1\r\n\r\n")
+    resp = lib.admin_raw(aport, b"HEAD /healthz HTTP/1.1\r\n\r\n")
     check(resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b"\r\n\r\n"), "HEAD: %r" % resp[:200])
 
     # Slow clients: one that never finishes its request is cut off; meanwhile
@@ -331,7 +269,7 @@ def test_admin_bad_requests_get_400_and_supervisor_keeps_serving(t):
     check(d == b"" and cut < 4.5, "a stalled admin request was not cut off (%r after %.1f s)" % (d, cut))
     for s in slow:
         s.close()
-    st = lib.wait_until(lambda: _status_or_none(aport, "/stats") == 200, 5, 0.1)
+    st = lib.wait_until(lambda: lib.admin_status(aport, "/stats")[0] == 200, 5, 0.1)
     check(st, "/stats not served after the slow clients left")
     check(p.alive(), "supervisor died")
     lib.check_echo(port, b"still relays", up)
@@ -339,14 +277,14 @@ def test_admin_bad_requests_get_400_and_supervisor_keeps_serving(t):
 
 def test_healthz_200_while_serving_503_while_draining(t):
     up, port, aport, p = _ops_proxy(t, limits={"drain_timeout_ms": 20000})
-    st, _, body = _admin_get(aport, "/healthz")
+    st, _, body = lib.admin_http(aport, "/healthz")
     check(st == 200, "/healthz while serving: %d %r" % (st, body))
     s = lib.connect(port)
     lib.roundtrip(s)  # holds the drain open
     p.signal(signal.SIGTERM)
-    got = lib.wait_until(lambda: _status_or_none(aport, "/healthz") == 503, 3, 0.05)
+    got = lib.wait_until(lambda: lib.admin_status(aport, "/healthz")[0] == 503, 3, 0.05)
     check(got, "/healthz did not turn 503 during the drain")
-    check(_stats(aport)["state"] == "draining", "/stats state during drain")
+    check(lib.stats(aport)["state"] == "draining", "/stats state during drain")
     s.close()
     check(p.wait_exit(10) == 0, "exit after drain: %s; log:\n%s" % (p.returncode, p.tail()))
 
@@ -521,7 +459,7 @@ def test_privilege_drop_shards_run_as_nobody_and_reload_still_works(t):
     p.expect_log(r"shard \d+ restarted", timeout_s=5, after=m)
     check_ids("after a shard restart")
     lib.check_echo(port, b"after restart", up)
-    st = _stats(aport)
+    st = lib.stats(aport)
     check(st["user"] == "nobody", "/stats user: %r" % st["user"])
 
 

@@ -16,16 +16,8 @@ from lib import MiB, check
 SIZES = [1, 1000, 65536, MiB + 7, 64 * MiB]
 
 
-def _echo_proxy(t, relay, **kw):
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")],
-                           [lib.upstream("echo", [up.address])], relay=relay, **kw))
-    return up, port, p
-
-
 def _payload_sizes(t, relay):
-    up, port, _ = _echo_proxy(t, relay)
+    up, port, _ = t.echo_proxy(relay=relay)
     for i, n in enumerate(SIZES):
         data = lib.payload(n, seed=1000 + i)
         lib.check_echo(port, data, up, what="%s, %d bytes:" % (relay, n), timeout_s=60)
@@ -49,7 +41,7 @@ def test_relay_auto_random_payloads_sha256_both_ways(t):
 def test_relay_auto_moves_bulk_to_splice_and_keeps_small_on_copy(t):
     """auto: small messages never make a pipe; a bulk transfer does (the
     direction moved to splice), and its bytes still arrive intact."""
-    up, port, p = _echo_proxy(t, "auto", workers=1)
+    up, port, p = t.echo_proxy(relay="auto", workers=1)
     shard = p.wait_shards(1)[0]
     base = lib.fd_count(shard, "pipe")  # the shard's notify pipe to the supervisor
     s = lib.connect(port)
@@ -107,7 +99,7 @@ def _bulk_sizes_send_buffer(t, relay):
     socket's buffer while it is full."""
     if not shutil.which("ss"):
         raise lib.Skip("ss (iproute2) is not installed")
-    up, port, _ = _echo_proxy(t, relay, workers=1)
+    up, port, _ = t.echo_proxy(relay=relay, workers=1)
     with open("/proc/sys/net/core/wmem_max") as f:
         want = 2 * min(256 * 1024, int(f.read()))
     s = lib.connect(port)
@@ -147,7 +139,7 @@ def test_relay_auto_bulk_on_short_path_fixes_send_buffer(t):
 
 
 def _concurrent(t, relay, sessions=200):
-    up, port, _ = _echo_proxy(t, relay)
+    up, port, _ = t.echo_proxy(relay=relay)
     rnd = random.Random(7)
     datas = [lib.payload(rnd.randint(1, 256 * 1024), seed=5000 + i) for i in range(sessions)]
     # connect all first, so the sessions really overlap

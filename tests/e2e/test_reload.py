@@ -61,8 +61,7 @@ def test_reload_storm_20_sighups_under_wrk_new_connection_per_request_zero_socke
 def test_long_lived_session_opened_before_20_reloads_relays_intact_after(t):
     up = t.echo()
     port = lib.free_port()
-    confs = [lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                        limits={"drain_timeout_ms": 60000}),
+    confs = [lib.echo_config(up, port, limits={"drain_timeout_ms": 60000}),
              lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address], retries=3)],
                         limits={"drain_timeout_ms": 60000})]
     p = t.proxy(confs[0])
@@ -182,10 +181,7 @@ def test_reload_valid_file_after_failed_reload_applies(t):
 
 @lib.timeout(60)
 def test_rapid_sighups_keep_at_most_two_generations(t):
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                           workers=2, limits={"drain_timeout_ms": 60000}))
+    up, port, p = t.echo_proxy(workers=2, limits={"drain_timeout_ms": 60000})
     s = lib.connect(port)
     lib.roundtrip(s)  # holds the first generation in its drain
     most = 0

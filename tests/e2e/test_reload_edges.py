@@ -4,7 +4,6 @@ shard accepts on; and the supervisor never blocks while a new generation
 comes up: /healthz answers and a shard that dies is restarted meanwhile."""
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,21 +18,8 @@ from test_stop import listening
 def _healthz(aport, timeout_s):
     """(status, seconds) of GET /healthz; status None if no answer in time."""
     t0 = time.monotonic()
-    try:
-        s = socket.create_connection((lib.LOOPBACK, aport), timeout=timeout_s)
-        s.settimeout(max(0.05, timeout_s - (time.monotonic() - t0)))
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        buf = b""
-        while True:
-            d = s.recv(4096)
-            if not d:
-                break
-            buf += d
-        s.close()
-    except OSError:
-        return None, time.monotonic() - t0
-    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", buf)
-    return (int(m.group(1)) if m else None), time.monotonic() - t0
+    st, _ = lib.admin_status(aport, "/healthz", timeout_s)
+    return st, time.monotonic() - t0
 
 
 @lib.timeout(90)
@@ -112,8 +98,7 @@ def test_reload_with_slow_new_generation_healthz_answers_and_killed_shard_restar
     t.binary = _slow_start_wrapper(t, delay)
     up = t.echo()
     port, aport = lib.free_port(), lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      workers=2, admin={"listen": "127.0.0.1:%d" % aport})
+    conf = lib.echo_config(up, port, workers=2, admin={"listen": "127.0.0.1:%d" % aport})
     p = t.proxy(conf, probe=False)
     p.wait_ready(timeout_s=30)
     old = p.wait_shards(2)
@@ -141,8 +126,7 @@ def test_first_connections_after_each_of_15_reloads_are_served_at_once(t):
     next one to come (the new generation's shard was not woken for it)."""
     up = t.echo()
     port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      workers=2)
+    conf = lib.echo_config(up, port, workers=2)
     p = t.proxy(conf)
     for gen in range(2, 17):
         for i in range(3):

@@ -4,11 +4,9 @@ on, for every relay engine; a session that failed before routing logs no
 route, upstream or server."""
 
 import fcntl
-import hashlib
 import socket
 import struct
 import termios
-import threading
 import time
 
 import lib
@@ -43,22 +41,6 @@ def _send_then_reset(sock, data, settle_s=0.5):
     return acked
 
 
-def _read_all(sock):
-    """(bytes, how it ended: "eof" or "reset")."""
-    buf = bytearray()
-    sock.settimeout(20)
-    try:
-        while True:
-            d = sock.recv(262144)
-            if not d:
-                return bytes(buf), "eof"
-            buf += d
-    except ConnectionResetError:
-        return bytes(buf), "reset"
-    except socket.timeout:
-        return bytes(buf), "timeout"
-
-
 class LateReader(lib.TcpServer):
     """Starts reading READ_AFTER_S after accepting, through a small receive
     buffer, so the proxy is holding the client's bytes when the client resets."""
@@ -70,7 +52,7 @@ class LateReader(lib.TcpServer):
 
     def handle(self, conn):
         time.sleep(READ_AFTER_S)
-        self.got.append(_read_all(conn))
+        self.got.append(lib.recv_all(conn, timeout_s=20))
 
 
 class SendThenReset(lib.TcpServer):
@@ -85,55 +67,52 @@ class SendThenReset(lib.TcpServer):
         self.acked.append(_send_then_reset(conn, self.data))
 
 
+def _reset_proxy(t, up, relay):
+    port = lib.free_port()
+    p = t.proxy(lib.config([lib.listener("l", port, "r")], [lib.upstream("r", [up.address])],
+                           workers=1, relay=relay), probe=False)
+    return port, p
+
+
+def _check_acked_then_reset(p, relay, data, acked, got, end, who, to, want_end):
+    """who reset after the proxy acknowledged `acked` of its bytes; `to`, the
+    other side, got `got` and then saw `end`: at least the acknowledged
+    bytes, intact, then the reset, and the access log says want_end."""
+    lib.log("%s: %s sent, proxy acknowledged %d bytes; %s got %d, then %s"
+            % (relay, who, acked, to, len(got), end))
+    check(acked > 0, "%s: the proxy acknowledged nothing" % relay)
+    check(len(got) >= acked and got == data[:len(got)],
+          "%s: the proxy acknowledged %d bytes of the %s's, then the %s reset: the %s got %d (%s)"
+          % (relay, acked, who, who, to, len(got), "intact" if got == data[:len(got)] else "CORRUPT"))
+    check(end == "reset", "%s: the %s's reset was not passed on (%s saw %s)" % (relay, who, to, end))
+    lib.wait_until(lambda: want_end in [d.get("end") for d in p.access()], 5.0)
+    ends = [d.get("end") for d in p.access()]
+    check(want_end in ends, "%s: access log ends %s, want %s" % (relay, ends, want_end))
+
+
 def _client_reset_delivers_acked_bytes(t, relay):
     up = t.server(LateReader)
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "late")],
-                           [lib.upstream("late", [up.address])], workers=1, relay=relay), probe=False)
+    port, p = _reset_proxy(t, up, relay)
     data = lib.payload(SIZE, seed=11)
     c = lib.connect(port)
     acked = _send_then_reset(c, data)
     check(lib.wait_until(lambda: up.got, 20), "%s: the upstream never finished reading" % relay)
     got, end = up.got[0]
-    lib.log("%s: client sent, proxy acknowledged %d bytes; upstream got %d, then %s"
-            % (relay, acked, len(got), end))
-    check(acked > 0, "%s: the proxy acknowledged nothing" % relay)
-    check(len(got) >= acked and got == data[:len(got)],
-          "%s: the proxy acknowledged %d bytes of the client's, then the client reset: the "
-          "upstream got %d (%s)" % (relay, acked, len(got),
-                                    "intact" if got == data[:len(got)] else "CORRUPT"))
-    check(end == "reset", "%s: the client's reset was not passed on (upstream saw %s)"
-          % (relay, end))
-    lib.wait_until(lambda: "client_reset" in [d.get("end") for d in p.access()], 5.0)
-    ends = [d.get("end") for d in p.access()]
-    check("client_reset" in ends, "%s: access log ends %s, want client_reset" % (relay, ends))
+    _check_acked_then_reset(p, relay, data, acked, got, end, "client", "upstream", "client_reset")
 
 
 def _upstream_reset_delivers_acked_bytes(t, relay):
     data = lib.payload(SIZE, seed=12)
     up = t.server(SendThenReset, data=data)
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "r")],
-                           [lib.upstream("r", [up.address])], workers=1, relay=relay), probe=False)
+    port, p = _reset_proxy(t, up, relay)
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUF)
     c.connect((lib.LOOPBACK, port))
     check(lib.wait_until(lambda: up.acked, 10), "%s: the upstream never sent" % relay)
     time.sleep(READ_AFTER_S)
-    got, end = _read_all(c)
-    acked = up.acked[0]
-    lib.log("%s: upstream sent, proxy acknowledged %d bytes; client got %d, then %s"
-            % (relay, acked, len(got), end))
-    check(acked > 0, "%s: the proxy acknowledged nothing" % relay)
-    check(len(got) >= acked and got == data[:len(got)],
-          "%s: the proxy acknowledged %d bytes of the upstream's, then the upstream reset: the "
-          "client got %d (%s)" % (relay, acked, len(got),
-                                  "intact" if got == data[:len(got)] else "CORRUPT"))
-    check(end == "reset", "%s: the upstream's reset was not passed on (client saw %s)"
-          % (relay, end))
-    lib.wait_until(lambda: "upstream_reset" in [d.get("end") for d in p.access()], 5.0)
-    ends = [d.get("end") for d in p.access()]
-    check("upstream_reset" in ends, "%s: access log ends %s, want upstream_reset" % (relay, ends))
+    got, end = lib.recv_all(c, timeout_s=20)
+    _check_acked_then_reset(p, relay, data, up.acked[0], got, end, "upstream", "client",
+                            "upstream_reset")
 
 
 @lib.timeout(60)

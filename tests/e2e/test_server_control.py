@@ -4,57 +4,20 @@ through shared memory, shown in /stats and /metrics, kept across a shard
 restart, cleared by a reload; writes only on the Unix socket (403 on the TCP
 port), malformed ones refused with a reason and no change."""
 
-import json
 import os
-import re
 import signal
 import socket
 import stat
-import threading
 import time
 
 import lib
 from lib import check
 
 
-def _http(where, method, url, timeout_s=5.0):
-    """(status, body bytes) of one request to the admin endpoint: where is the
-    Unix socket's path (str) or the TCP admin port (int)."""
-    if isinstance(where, str):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout_s)
-        addr = where
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout_s)
-        addr = (lib.LOOPBACK, where)
-    try:
-        s.connect(addr)
-        s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (method, url)).encode())
-        buf = bytearray()
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            buf += d
-    finally:
-        s.close()
-    head, _, body = bytes(buf).partition(b"\r\n\r\n")
-    m = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
-    check(m, "not an HTTP answer on %s: %r" % (where, bytes(buf)[:200]))
-    return int(m.group(1)), body
-
-
 def _post(sock, url, want=200):
-    st, body = _http(sock, "POST", url)
+    st, _, body = lib.admin_http(sock, url, "POST")
     check(st == want, "POST %s: %d %r, want %d" % (url, st, body, want))
     return body
-
-
-def _stats(sock):
-    st, body = _http(sock, "GET", "/stats")
-    check(st == 200, "/stats on the socket: %d" % st)
-    return json.loads(body)
 
 
 def _server(stats, upstream, address):
@@ -104,9 +67,9 @@ def test_admin_socket_is_mode_0600_serves_the_gets_and_is_removed_on_exit(t):
     check(stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600,
           "admin.socket mode %o, want a socket of mode 600" % stat.S_IMODE(mode))
     for path in ("/stats", "/metrics", "/healthz"):
-        st, _ = _http(sock, "GET", path)
+        st, _, _ = lib.admin_http(sock, path)
         check(st == 200, "GET %s on admin.socket: %d" % (path, st))
-    check(_stats(sock)["generation"] == 1, "/stats on the socket")
+    check(lib.stats(sock)["generation"] == 1, "/stats on the socket")
     p.stop()
     check(not os.path.exists(sock), "admin.socket left behind after exit")
 
@@ -126,9 +89,9 @@ def test_drain_takes_a_server_out_for_new_sessions_while_its_open_one_finishes(t
     held.shutdown(socket.SHUT_WR)
     check(lib.recv_all(held)[1] == "eof", "held session did not end with the server's FIN")
     held.close()
-    s = _server(_stats(sock), "web", addr)
+    s = _server(lib.stats(sock), "web", addr)
     check(s["admin"] == "draining", "/stats admin state %r" % s["admin"])
-    st, text = _http(aport, "GET", "/metrics")
+    st, _, text = lib.admin_http(aport, "/metrics")
     line = 'shardproxy_server_admin_state{upstream="web",server="%s",state="draining"} 1' % addr
     check(line in text.decode(), "/metrics lacks %s" % line)
 
@@ -138,7 +101,7 @@ def test_disable_then_enable_by_index(t):
     _post(sock, "/servers/web/0/disable")
     got = _spread(port, 20)
     check(got == {b"a": 0, b"b": 20}, "server 0 disabled: %s" % got)
-    check(_server(_stats(sock), "web", a.address)["admin"] == "disabled", "/stats after disable")
+    check(_server(lib.stats(sock), "web", a.address)["admin"] == "disabled", "/stats after disable")
     _post(sock, "/servers/web/0/enable")
     got = _spread(port, 20)
     check(got[b"a"] >= 8 and got[b"b"] >= 8, "enabled again: %s" % got)
@@ -150,22 +113,22 @@ def test_weight_set_over_the_socket_shifts_the_share_in_every_shard(t):
     check(b'"weight":9' in body, "weight answer %r" % body)
     got = _spread(port, 100)
     check(got[b"a"] >= 80, "weights 9:1 gave %s" % got)
-    s = _server(_stats(sock), "web", a.address)
+    s = _server(lib.stats(sock), "web", a.address)
     check(s["weight"] == 9 and s["configured_weight"] == 1, "/stats weights %s" % s)
 
 
 def test_writes_on_the_tcp_admin_port_get_403_and_change_nothing(t):
     a, b, port, aport, sock, p = _two_servers(t)
-    st, body = _http(aport, "POST", "/servers/web/0/drain")
+    st, _, body = lib.admin_http(aport, "/servers/web/0/drain", "POST")
     check(st == 403 and b"admin.socket" in body, "POST on TCP: %d %r" % (st, body))
-    check(_server(_stats(sock), "web", a.address)["admin"] == "enabled", "a write on TCP changed state")
+    check(_server(lib.stats(sock), "web", a.address)["admin"] == "enabled", "a write on TCP changed state")
     got = _spread(port, 20)
     check(got[b"a"] >= 8, "server 0 lost traffic: %s" % got)
 
 
 def test_malformed_writes_get_4xx_with_a_reason_and_change_nothing(t):
     a, b, port, aport, sock, p = _two_servers(t)
-    before = _stats(sock)["upstreams"]
+    before = lib.stats(sock)["upstreams"]
     for url, want, reason in [
             ("/servers/web/0/pause", 400, b"unknown action"),
             ("/servers/web/0/weight/0", 400, b"invalid weight"),
@@ -175,11 +138,11 @@ def test_malformed_writes_get_4xx_with_a_reason_and_change_nothing(t):
             ("/servers/web/7/drain", 404, b"no such server"),
             ("/servers/web/%s/drain/x" % a.address, 400, b"unexpected"),
             ("/stats", 404, b"not found")]:
-        st, body = _http(sock, "POST", url)
+        st, _, body = lib.admin_http(sock, url, "POST")
         check(st == want and reason in body, "POST %s: %d %r, want %d with %r" % (url, st, body, want, reason))
-    st, body = _http(sock, "GET", "/servers/web/0/drain")
+    st, _, body = lib.admin_http(sock, "/servers/web/0/drain")
     check(st == 405, "GET of a write: %d %r" % (st, body))
-    after = _stats(sock)["upstreams"]
+    after = lib.stats(sock)["upstreams"]
     for u0, u1 in zip(before, after):
         for s0, s1 in zip(u0["servers"], u1["servers"]):
             check((s0["admin"], s0["weight"]) == (s1["admin"], s1["weight"]),
@@ -196,11 +159,11 @@ def test_server_control_kept_across_a_sigkilled_shard_and_cleared_by_sighup(t):
     p.expect_log(r"shard \d+ restarted", timeout_s=5, after=m)
     got = _spread(port, 30)
     check(got[b"a"] == 0, "drain lost across a shard restart: %s" % got)
-    s = _server(_stats(sock), "web", b.address)
+    s = _server(lib.stats(sock), "web", b.address)
     check(s["weight"] == 5, "weight lost across a shard restart: %s" % s)
     m = p.reload()
     p.expect_log(r"reload: generation 2 ready", timeout_s=10, after=m)
-    st = _stats(sock)
+    st = lib.stats(sock)
     for addr in (a.address, b.address):
         s = _server(st, "web", addr)
         check(s["admin"] == "enabled" and s["weight"] == 1, "not cleared by the reload: %s" % s)
@@ -224,18 +187,18 @@ def test_drain_under_wrk_load_no_errors_and_no_new_session_reaches_the_drained_s
     time.sleep(1.5)
     _post(sock, "/servers/web/%s/drain" % ha.address)
     time.sleep(0.2)  # in force at once; a margin for connects already picked
-    s0 = _server(_stats(sock), "web", ha.address)
+    s0 = _server(lib.stats(sock), "web", ha.address)
     check(s0["active"] > 0, "no keep-alive session open on the drained server: %s" % s0)
     time.sleep(2)
-    s1 = _server(_stats(sock), "web", ha.address)
+    s1 = _server(lib.stats(sock), "web", ha.address)
     rk, rc = lib.wrk_finish(keep), lib.wrk_finish(close)
     rk.check_clean("keep-alive wrk")
     rc.check_clean("connection-per-request wrk")
     check(s1["connected"] == s0["connected"],
           "new sessions reached the drained server: %d -> %d" % (s0["connected"], s1["connected"]))
-    sb = _server(_stats(sock), "web", hb.address)
+    sb = _server(lib.stats(sock), "web", hb.address)
     check(sb["connected"] > s1["connected"], "the other server took no load: %s" % sb)
-    ok = lib.wait_until(lambda: _server(_stats(sock), "web", ha.address)["active"] == 0, 5, 0.1)
+    ok = lib.wait_until(lambda: _server(lib.stats(sock), "web", ha.address)["active"] == 0, 5, 0.1)
     check(ok, "the drained server's sessions did not finish")
 
 
@@ -255,11 +218,11 @@ def test_admin_socket_replaces_a_stale_file_and_a_new_process_keeps_it_when_the_
         return lib.Proxy(t, conf, name=name).wait_ready()
 
     a = start("a")
-    check(_stats(sock)["pid"] == a.pid, "the stale socket file was not replaced")
+    check(lib.stats(sock)["pid"] == a.pid, "the stale socket file was not replaced")
     b = start("b")
-    check(_stats(sock)["pid"] == b.pid, "the new supervisor did not take admin.socket over")
+    check(lib.stats(sock)["pid"] == b.pid, "the new supervisor did not take admin.socket over")
     check(a.stop() == 0, "old supervisor exit")
-    check(os.path.exists(sock) and _stats(sock)["pid"] == b.pid,
+    check(os.path.exists(sock) and lib.stats(sock)["pid"] == b.pid,
           "the old supervisor's exit removed the new one's socket")
     check(b.stop() == 0, "new supervisor exit")
     check(not os.path.exists(sock), "admin.socket left behind")

@@ -18,8 +18,7 @@ def _steered(t, steering, admin_port=None):
     up = t.echo()
     port = lib.free_port()
     extra = {"admin": {"listen": "127.0.0.1:%d" % admin_port}} if admin_port else {}
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                           workers=2, steering=steering, **extra))
+    p = t.proxy(lib.echo_config(up, port, workers=2, steering=steering, **extra))
     lib.require_bpf_steering(t, p)
     p.wait_shards(2)
     return up, port, p
@@ -153,8 +152,7 @@ def test_without_bpf_privilege_one_warning_and_plain_reuseport_serves(t):
         raise lib.Skip("needs root to drop to an unprivileged user")
     up = t.echo()
     port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      workers=2, steering="hash")
+    conf = lib.echo_config(up, port, workers=2, steering="hash")
     p = lib.Proxy(t, conf, user=65534)
     p.wait_ready()
     warn = [l for l in p.lines() if "BPF steering unavailable" in l]

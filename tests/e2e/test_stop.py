@@ -40,11 +40,7 @@ def listening(port):
 
 
 def _proxy(t, workers=2, drain_ms=20000):
-    up = t.echo()
-    port = lib.free_port()
-    conf = lib.config([lib.listener("l", port, "echo")], [lib.upstream("echo", [up.address])],
-                      workers=workers, limits={"drain_timeout_ms": drain_ms})
-    return up, port, t.proxy(conf)
+    return t.echo_proxy(workers=workers, limits={"drain_timeout_ms": drain_ms})
 
 
 def _check_released_within_1s(p, port, what):

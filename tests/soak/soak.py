@@ -53,7 +53,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -731,11 +730,6 @@ class Monitor:
             self.stop.wait(1.0)
 
 
-def stats(aport, timeout_s=3):
-    with urllib.request.urlopen("http://%s:%d/stats" % (LO, aport), timeout=timeout_s) as r:
-        return json.load(r)
-
-
 # ---- faults -------------------------------------------------------------------------
 
 
@@ -844,8 +838,8 @@ class Chaos:
             if self.in_window(margin=3.0) is not None:
                 continue
             try:
-                st = stats(s.aport)
-            except OSError as e:
+                st = lib.stats(s.aport, timeout_s=3)
+            except (OSError, lib.TestFailure) as e:
                 self.kills.append((now_wall(), None, None, "/stats failed: %r" % e, None))
                 continue
             cands = [x for x in st["shards"] if x["generation"] == st["generation"] and x["state"] == "ready"
@@ -929,7 +923,7 @@ class Soak:
         self.base_sup_sockets = describe_sockets(p.pid)
         self.base_shards = sorted((fd_kinds(x, ctx.tmpdir) for x in p.shards()), key=lambda c: sorted(c.items()))
         self.base_nshards = len(p.shards())
-        gen0 = stats(self.aport)["generation"]
+        gen0 = lib.stats(self.aport, timeout_s=3)["generation"]
 
         stop = threading.Event()
         res = self.results = Results()
@@ -1000,8 +994,8 @@ class Soak:
             shards = sorted((fd_kinds(x, ctx.tmpdir) or collections.Counter() for x in kids),
                             key=lambda c: sorted(c.items()))
             try:
-                st = stats(self.aport)
-            except OSError:
+                st = lib.stats(self.aport, timeout_s=3)
+            except (OSError, lib.TestFailure):
                 st = None
             one_gen = st is not None and all(x["generation"] == st["generation"] and x["state"] == "ready"
                                              for x in st["shards"]) and len(st["shards"]) == self.base_nshards
