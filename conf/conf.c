@@ -1065,7 +1065,7 @@ static const conf_field_t upstream_fields[] = {
     {ARRAY("servers", sp_upstream_t, servers, server_schema, 1, 256), .required = true},
     {INT("connect_timeout_ms", sp_upstream_t, connect_timeout_ms, 2000, 1, 600000)},
     {INT("idle_timeout_ms", sp_upstream_t, idle_timeout_ms, 300000, 1, 86400000)},
-    {INT("retries", sp_upstream_t, retries, 2, 0, 16)},
+    {INT("retries", sp_upstream_t, retries, 2, 0, SP_CONF_MAX_RETRIES)},
     {INT("resolve_interval_ms", sp_upstream_t, resolve_interval_ms, 0, 100, 86400000)},
     {ENUM("send_proxy_protocol", sp_upstream_t, send_proxy_protocol, SP_PROXY_PROTO_NONE,
 	  proxy_proto_names),
@@ -1093,7 +1093,7 @@ static const conf_field_t listener_fields[] = {
     {ADDR("listen", sp_listener_t, listen), .required = true, .passive = true},
     {BOOL("accept_proxy_protocol", sp_listener_t, accept_proxy_protocol, false)},
     {INT("peek_timeout_ms", sp_listener_t, peek_timeout_ms, 5000, 1, 600000)},
-    {ARRAY("routes", sp_listener_t, routes, route_schema, 1, 65536), .required = true},
+    {ARRAY("routes", sp_listener_t, routes, route_schema, 1, SP_CONF_MAX_ROUTES), .required = true},
 };
 static const conf_schema_t listener_schema = {SCHEMA(sp_listener_t, listener_fields),
 					      .check_all = check_listeners};
@@ -1134,8 +1134,8 @@ static const conf_field_t root_fields[] = {
     {CUSTOM("user", sp_conf_t, user, set_user)},
     {CUSTOM("group", sp_conf_t, group, set_group)},
     {LISTN("resolvers", sp_conf_t, resolvers, resolver_elem, sp_addr_t, SP_CONF_MAX_RESOLVERS)},
-    {ARRAY("upstreams", sp_conf_t, upstreams, upstream_schema, 1, 65536), .required = true},
-    {ARRAY("listeners", sp_conf_t, listeners, listener_schema, 1, 65536), .required = true},
+    {ARRAY("upstreams", sp_conf_t, upstreams, upstream_schema, 1, SP_CONF_MAX_UPSTREAMS), .required = true},
+    {ARRAY("listeners", sp_conf_t, listeners, listener_schema, 1, SP_CONF_MAX_LISTENERS), .required = true},
 };
 static const conf_schema_t root_schema = {SCHEMA(sp_conf_t, root_fields)};
 
@@ -1180,6 +1180,7 @@ static void number_servers(sp_conf_t *conf)
 		conf->upstreams[u].first_server = idx;
 		idx += (uint32_t)conf->upstreams[u].nservers;
 	}
+	conf->nservers = idx;
 }
 
 sp_conf_t *sp_conf_load_buffer(const char *name, const char *text, size_t len,

@@ -28,6 +28,12 @@
  * are fixed for a generation while the addresses behind them change. */
 #define SP_CONF_DNS_SLOTS 8
 #define SP_CONF_MAX_RESOLVERS 8
+/* Connect attempts after the first, per session (upstreams[].retries). */
+#define SP_CONF_MAX_RETRIES 16
+/* Entries of the top-level arrays and of a listener's routes. */
+#define SP_CONF_MAX_LISTENERS 65536
+#define SP_CONF_MAX_UPSTREAMS 65536
+#define SP_CONF_MAX_ROUTES 65536
 
 typedef enum { SP_STEER_HASH, SP_STEER_CPU, SP_STEER_LEAST_CONN, SP_STEER_NONE } sp_steering_t;
 typedef enum { SP_RELAY_AUTO, SP_RELAY_COPY, SP_RELAY_SPLICE } sp_relay_t;
@@ -156,6 +162,8 @@ typedef struct sp_conf {
 	size_t nlisteners; /* >= 1 */
 	sp_upstream_t *upstreams;
 	size_t nupstreams; /* >= 1 */
+	/* Servers across all upstreams: first_server's numbering runs to here. */
+	uint32_t nservers;
 } sp_conf_t;
 
 /* Error sink: every error of a file is collected, each already formatted as

@@ -104,7 +104,8 @@ int sp_loop_bufs_init(sp_loop_t *l, uint32_t nbufs, uint32_t bufsz)
 {
 	if (l->buf_base)
 		return -EALREADY;
-	if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > 32768 || bufsz == 0 || bufsz > 65535)
+	if (nbufs == 0 || (nbufs & (nbufs - 1)) || nbufs > SP_LOOP_MAX_BUFS || bufsz == 0 ||
+	    bufsz > SP_LOOP_MAX_BUF_SIZE)
 		return -EINVAL;
 	/* Buffers are touched only when data lands in them, so a large pool
 	 * costs address space, not resident memory, until it is used. */

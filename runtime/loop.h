@@ -75,9 +75,12 @@ static inline uint64_t sp_loop_tag(unsigned op, uint32_t slot, uint32_t gen)
 }
 
 /* The buffer pool multishot recv lands data in: nbufs (a power of two, at
- * most 32768) buffers of bufsz bytes (< 64 KiB). io_uring lends it to the
- * kernel as a provided-buffer ring; epoll hands buffers out itself. A recv
- * that finds it empty ends with -ENOBUFS. */
+ * most SP_LOOP_MAX_BUFS) buffers of bufsz bytes (at most
+ * SP_LOOP_MAX_BUF_SIZE). io_uring lends it to the kernel as a
+ * provided-buffer ring; epoll hands buffers out itself. A recv that finds it
+ * empty ends with -ENOBUFS. */
+#define SP_LOOP_MAX_BUFS 32768     /* a power of two io_uring's buffer ring takes; ids fit 16 bits */
+#define SP_LOOP_MAX_BUF_SIZE 65535 /* a buffer's length fits 16 bits */
 int sp_loop_bufs_init(sp_loop_t *l, uint32_t nbufs, uint32_t bufsz);
 uint8_t *sp_loop_buf(const sp_loop_t *l, uint16_t bid);
 /* Give a buffer a completion carried back to the pool. */

@@ -110,7 +110,7 @@ void sp_accesslog_session(sp_shard_t *sh, const sp_session_t *s)
 		sp_accesslog_flush(log);
 	format_addr(&s->client, client, sizeof(client));
 	format_time(when, sizeof(when));
-	bool routed = s->route != UINT16_MAX;
+	bool routed = s->route != SP_SESSION_NO_ROUTE;
 	const char *up = routed ? c->upstreams[s->upstream].name : "-";
 	const char *srv = routed && s->server >= 0
 				  ? c->upstreams[s->upstream].servers[s->server].addr.text

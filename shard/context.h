@@ -61,9 +61,9 @@ typedef struct sp_shard {
 	sp_pipepool_t pipes;
 	const sp_relay_engine_t *engine;
 	sp_balancer_t *balancers; /* one per upstream */
-	uint32_t *health_base;    /* per upstream: index of its first server in the health arrays */
-	/* Per server (numbered as health_base does): the address a connect in
-	 * this loop turn reads, copied from args->server_ctl at the pick. */
+	/* Per server (numbered across upstreams by conf's first_server): the
+	 * address a connect in this loop turn reads, copied from
+	 * args->server_ctl at the pick. */
 	struct sockaddr_storage *srv_addr;
 
 	sp_session_t *sessions;

@@ -34,9 +34,14 @@ extern const sp_relay_op_t sp_relay_ops[SP_OP_MAX];
 unsigned sp_relay_op(sp_relay_kind_t kind, int d);
 
 #define SP_COPY_BUF_SIZE (16 * 1024)
-_Static_assert(SP_COPY_BUF_SIZE < 65536, "copy lengths are kept in 16 bits (bufq_len)");
 #define SP_COPY_NBUFS_MIN 256
 #define SP_COPY_NBUFS_MAX 1024
+/* The pool is the loop's (sp_loop_bufs_init), and the copy engine keeps
+ * buffer ids and lengths in 16 bits (bufq_next, bufq_len, sp_dir_t). */
+_Static_assert(SP_COPY_BUF_SIZE <= SP_LOOP_MAX_BUF_SIZE && SP_COPY_BUF_SIZE <= UINT16_MAX,
+	       "a copy buffer's length must fit the loop's pool and 16 bits");
+_Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <= UINT16_MAX,
+	       "copy buffer ids must fit the loop's pool and 16 bits");
 /* Buffers a copy direction holds at most, queued or being received: the
  * per-session memory bound is exactly 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE
  * (256 KiB). It holds because each recv is one-shot and takes one buffer:

@@ -84,6 +84,15 @@ const char *sp_shard_end_name(unsigned end)
 	return end < SP_END_COUNT ? end_names[end] : NULL;
 }
 
+/* The number of the session's upstream's server k across upstreams
+ * (conf's first_server): its row in the shared health, control and counter
+ * arrays, and its slot in sh->srv_addr. conf caps the numbering at
+ * SP_CONF_MAX_SERVERS, the size of the shared arrays. */
+static uint32_t server_number(const sp_shard_t *sh, const sp_session_t *s, unsigned k)
+{
+	return sh->conf->upstreams[s->upstream].first_server + k;
+}
+
 /* Per-listener and per-server detail, in the same slot (shard.h). */
 static sp_listener_stats_t *listener_stats(sp_shard_t *sh, const sp_session_t *s)
 {
@@ -92,8 +101,10 @@ static sp_listener_stats_t *listener_stats(sp_shard_t *sh, const sp_session_t *s
 
 static sp_server_stats_t *server_stats(sp_shard_t *sh, const sp_session_t *s)
 {
-	uint32_t i = sh->health_base[s->upstream] + (uint32_t)s->server;
-	return s->server >= 0 && i < SP_STATS_MAX_SERVERS ? &sh->args->stats->servers[i] : NULL;
+	if (s->server < 0)
+		return NULL;
+	uint32_t i = server_number(sh, s, (unsigned)s->server);
+	return i < SP_STATS_MAX_SERVERS ? &sh->args->stats->servers[i] : NULL;
 }
 
 static void count_connect_result(sp_shard_t *sh, const sp_session_t *s, int res)
@@ -301,12 +312,9 @@ void sp_dir_eof_flushed(sp_shard_t *sh, sp_session_t *s, int dir)
 /* The server's health slot, when its upstream is health-checked. */
 static uint32_t *server_fails(sp_shard_t *sh, const sp_session_t *s, unsigned server)
 {
-	uint32_t i = sh->health_base[s->upstream] + server;
-	/* The shared arrays hold SP_CONF_MAX_SERVERS, which the config checks. */
-	if (!sh->conf->upstreams[s->upstream].health_check.enabled || !sh->args->server_fails ||
-	    i >= SP_CONF_MAX_SERVERS)
+	if (!sh->conf->upstreams[s->upstream].health_check.enabled || !sh->args->server_fails)
 		return NULL;
-	return &sh->args->server_fails[i];
+	return &sh->args->server_fails[server_number(sh, s, server)];
 }
 
 /* Servers marked down by health checks are skipped while any other is left;
@@ -317,9 +325,8 @@ static int pick_server(sp_shard_t *sh, sp_session_t *s)
 	sp_balancer_t *b = &sh->balancers[s->upstream];
 	uint64_t h = sp_hash_addr((struct sockaddr *)&s->client);
 
-	if (up->health_check.enabled && sh->args->server_down &&
-	    sh->health_base[s->upstream] + up->nservers <= SP_CONF_MAX_SERVERS) {
-		const uint8_t *down = sh->args->server_down + sh->health_base[s->upstream];
+	if (up->health_check.enabled && sh->args->server_down) {
+		const uint8_t *down = sh->args->server_down + up->first_server;
 		sp_server_set_t ex = s->tried;
 		for (unsigned k = 0; k < up->nservers; k++)
 			if (__atomic_load_n(&down[k], __ATOMIC_RELAXED))
@@ -346,7 +353,7 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	 * shared memory to this shard's own slot for the server: the kernel
 	 * reads it when the ring submits the connect, later in this loop turn,
 	 * and only this thread writes the slot. */
-	uint32_t gi = sh->health_base[s->upstream] + (uint32_t)i;
+	uint32_t gi = server_number(sh, s, (unsigned)i);
 	struct sockaddr_storage *dst = &sh->srv_addr[gi];
 	socklen_t dlen = srv->addr.len;
 	if (sh->args->server_ctl) {
@@ -478,13 +485,13 @@ void sp_session_route(sp_shard_t *sh, sp_session_t *s, const char *sni)
 	const sp_listener_t *l = &sh->conf->listeners[s->listener];
 	int r = sp_route_pick(l, (struct sockaddr *)&s->client, sni);
 	if (r < 0) {
-		s->route = UINT16_MAX;
+		s->route = SP_SESSION_NO_ROUTE;
 		stat_add(&sh->args->stats->no_route, 1);
 		stat_add(&listener_stats(sh, s)->no_route, 1);
 		sp_session_fail(sh, s, SP_END_NO_ROUTE);
 		return;
 	}
-	s->route = (uint16_t)r;
+	s->route = (uint32_t)r;
 	s->upstream = (uint16_t)l->routes[r].upstream;
 	connect_next(sh, s);
 }
@@ -500,8 +507,9 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	socklen_t alen = sizeof(s->client);
 
 	if (!s) {
-		/* Only reachable in the moment between hitting the limit and the
-		 * accept cancel landing; the pool has slack for that. */
+		/* Only reachable past the pool's SP_SESSION_SLACK: the pool has
+		 * that much room for the moment between hitting the limit and
+		 * the accept cancel landing. */
 		stat_add(&sh->args->stats->refused, 1);
 		stat_add(&sh->args->stats->listeners[sh->accepts[accept_idx].listener].refused, 1);
 		close(fd);
@@ -515,7 +523,7 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	s->cfd = fd;
 	s->ufd = -1;
 	s->server = -1;
-	s->route = UINT16_MAX; /* not routed yet: the access log says "-" */
+	s->route = SP_SESSION_NO_ROUTE;
 	for (int d = 0; d < 2; d++)
 		s->dir[d].pipe[0] = s->dir[d].pipe[1] = -1;
 	s->listener = sh->accepts[accept_idx].listener;

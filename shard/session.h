@@ -42,13 +42,28 @@ typedef enum {
 } sp_end_t;
 _Static_assert(SP_END_COUNT <= SP_STATS_NEND, "sp_shard_stats_t.closed too small");
 
+/* Not routed (yet): the access log says "-". */
+#define SP_SESSION_NO_ROUTE UINT32_MAX
+/* Session slots beyond the shard's max_sessions: room for what arrives
+ * between reaching the limit and the accept cancel landing, and for a
+ * draining shard's last look at its listening sockets. */
+#define SP_SESSION_SLACK 64
+
+/* The session's narrow fields hold every index conf allows. */
+_Static_assert(SP_CONF_MAX_ROUTES < SP_SESSION_NO_ROUTE, "sp_session_t.route");
+_Static_assert(SP_CONF_MAX_UPSTREAMS - 1 <= UINT16_MAX, "sp_session_t.upstream");
+_Static_assert(SP_SHARD_MAX_LISTENERS - 1 <= UINT16_MAX, "sp_session_t.listener");
+_Static_assert(SP_CONF_MAX_UPSTREAM_SERVERS - 1 <= INT16_MAX, "sp_session_t.server");
+_Static_assert(SP_CONF_MAX_RETRIES + 1 <= UINT8_MAX, "sp_session_t.attempts");
+
 struct sp_session {
 	uint32_t idx;
 	sp_session_state_t state;
 	sp_end_t end;
 	int cfd, ufd;
 	uint32_t inflight; /* ops whose final completion has not arrived */
-	uint16_t listener, route, upstream;
+	uint32_t route;    /* index into the listener's routes; SP_SESSION_NO_ROUTE */
+	uint16_t listener, upstream;
 	int16_t server;    /* -1 until chosen */
 	uint8_t attempts;
 	bool counted;      /* holds an active count in stats / balancer */

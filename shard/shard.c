@@ -189,7 +189,7 @@ static void last_accepts(sp_shard_t *sh, unsigned i)
 	int lfd = sh->accepts[i].fd;
 	if (lfd < 0)
 		return;
-	for (unsigned n = 0; n < 64; n++) { /* the session pool's slack */
+	for (unsigned n = 0; n < SP_SESSION_SLACK; n++) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			break;
@@ -245,14 +245,16 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, const sp_completion
 
 /* ---- descriptor budget ------------------------------------------------------ */
 
+/* From what the engine declares it needs, not from its name: a pipe is two
+ * descriptors, and an engine with pipes may hold one per direction. */
 unsigned sp_shard_fds_per_session(const sp_conf_t *conf)
 {
-	return conf->relay == SP_RELAY_COPY ? 2 : 6;
+	return 2 + (sp_relay_engine_for(conf->relay)->needs_pipes ? 2 * 2 : 0);
 }
 
 unsigned sp_shard_fds_reserve(const sp_conf_t *conf)
 {
-	unsigned pool = conf->relay == SP_RELAY_COPY ? 0 : 2 * SP_SHARD_IDLE_PIPES;
+	unsigned pool = sp_relay_engine_for(conf->relay)->needs_pipes ? 2 * SP_SHARD_IDLE_PIPES : 0;
 	return 64 + pool + (unsigned)conf->nlisteners * SP_SHARD_MAX_FDS_PER_LISTENER;
 }
 
@@ -313,7 +315,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	}
 
 	sh->engine = sp_relay_engine_for(a->conf->relay);
-	uint32_t nsess = a->max_sessions + 64; /* slack: see sp_session_accepted */
+	uint32_t nsess = a->max_sessions + SP_SESSION_SLACK;
 	/* Ops in flight: at most four per session (a reader and a writer on
 	 * each socket), plus accepts and the signalfd. */
 	sp_loop_config_t lc = {
@@ -359,15 +361,8 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		return ret;
 	}
 	sh->balancers = calloc(a->conf->nupstreams, sizeof(*sh->balancers));
-	sh->health_base = calloc(a->conf->nupstreams, sizeof(*sh->health_base));
-	if (!sh->balancers || !sh->health_base)
-		return -ENOMEM;
-	for (size_t u = 1; u < a->conf->nupstreams; u++)
-		sh->health_base[u] = sh->health_base[u - 1] + (uint32_t)a->conf->upstreams[u - 1].nservers;
-	size_t nsrv = a->conf->nupstreams ? sh->health_base[a->conf->nupstreams - 1] +
-						    a->conf->upstreams[a->conf->nupstreams - 1].nservers
-					  : 0;
-	if (!(sh->srv_addr = calloc(nsrv ? nsrv : 1, sizeof(*sh->srv_addr))))
+	sh->srv_addr = calloc(a->conf->nservers ? a->conf->nservers : 1, sizeof(*sh->srv_addr));
+	if (!sh->balancers || !sh->srv_addr)
 		return -ENOMEM;
 	for (size_t u = 0; u < a->conf->nupstreams; u++) {
 		ret = sp_balancer_init(&sh->balancers[u], &a->conf->upstreams[u],
@@ -375,7 +370,7 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		if (ret < 0)
 			return ret;
 		if (a->server_ctl)
-			sh->balancers[u].ctl = a->server_ctl + sh->health_base[u];
+			sh->balancers[u].ctl = a->server_ctl + a->conf->upstreams[u].first_server;
 	}
 
 	sp_loop_on(sh->loop, SP_OP_ACCEPT, on_accept, false);
@@ -405,7 +400,6 @@ static void shard_exit(sp_shard_t *sh)
 		for (size_t u = 0; u < sh->conf->nupstreams; u++)
 			sp_balancer_free(&sh->balancers[u]);
 	free(sh->balancers);
-	free(sh->health_base);
 	free(sh->srv_addr);
 	sp_sessions_free(sh);
 	free(sh->bufq_next);

@@ -84,6 +84,7 @@ static void test_health_index_numbers_servers_across_upstreams_in_order(void **s
 	assert_int_equal(c->upstreams[0].first_server, 0);
 	assert_int_equal(c->upstreams[1].first_server, 2);
 	assert_int_equal(c->upstreams[2].first_server, 5);
+	assert_int_equal(c->nservers, 6); /* where the numbering ends: the shards' srv_addr */
 	assert_int_equal(idx(c, "b", 2), 4);
 	sp_conf_free(c);
 }
