@@ -250,7 +250,9 @@ static int pick_class(sp_balancer_t *b, uint64_t client_hash, const sp_server_se
 int sp_balancer_pick(sp_balancer_t *b, uint64_t client_hash, const sp_server_set_t *exclude)
 {
 	int i = pick_class(b, client_hash, exclude, false);
-	return i >= 0 ? i : pick_class(b, client_hash, exclude, true);
+	if (i < 0)
+		i = pick_class(b, client_hash, exclude, true);
+	return i >= 0 ? i : -ENOENT;
 }
 
 void sp_balancer_connected(sp_balancer_t *b, unsigned server)

@@ -100,7 +100,7 @@ void sp_balancer_free(sp_balancer_t *b);
  * enabled; draining and disabled servers never get a new session), by the
  * weights in force; non-backup servers first, backups only when
  * no non-backup server is eligible. client_hash feeds source_hash. Returns
- * the server index or -1 when every server is excluded. */
+ * the server index, or -ENOENT when every server is excluded. */
 int sp_balancer_pick(sp_balancer_t *b, uint64_t client_hash, const sp_server_set_t *exclude);
 void sp_balancer_connected(sp_balancer_t *b, unsigned server);
 void sp_balancer_released(sp_balancer_t *b, unsigned server);

@@ -2,6 +2,7 @@
  * calls any prefix of a valid header INCOMPLETE and anything else INVALID as
  * early as the bytes allow, and the matching encoder. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,7 +75,7 @@ static bool v1_addr_char(int family, char ch)
 }
 
 /* Shortest suffix that makes the partial address text valid for inet_pton,
- * or -1 if none can. These suffixes are enough: a valid prefix ends inside a
+ * or -EINVAL if none can. These suffixes are enough: a valid prefix ends inside a
  * group (close it, add one, or compress), after ':' (add a group or make it
  * "::"), or inside a dotted quad (finish the quad); they go shortest first. */
 static int v1_addr_completion(int family, const char *text, size_t len)
@@ -92,7 +93,7 @@ static int v1_addr_completion(int family, const char *text, size_t len)
 		if (inet_pton(family, tmp, bin) == 1)
 			return (int)tl;
 	}
-	return -1;
+	return -EINVAL;
 }
 
 /* An address, up to (not including) the next space. */

@@ -1,5 +1,6 @@
 /* route: first-match routing over source CIDRs and TLS server names. The
  * matchers live here, not in conf/: routing is their only user. */
+#include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <strings.h>
@@ -71,7 +72,7 @@ int sp_route_pick(const sp_listener_t *l, const struct sockaddr *client, const c
 	for (size_t i = 0; i < l->nroutes; i++)
 		if (match_source(&l->routes[i], client) && match_sni(&l->routes[i], sni))
 			return (int)i;
-	return -1;
+	return -ENOENT;
 }
 
 bool sp_route_needs_sni(const sp_listener_t *l)

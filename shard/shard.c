@@ -143,9 +143,12 @@ static void on_accept(void *ctx, unsigned op, uint32_t i, const sp_completion_t 
 	} else if (sp_fd_shortage(-res)) {
 		pause_accepts(sh, "accept", -res);
 	} else if (res != -ECANCELED) {
-		sp_warn("listener %s: accept: %s",
-			sh->conf->listeners[sh->accepts[i].listener].name, strerror(-res));
-		pause_accepts(sh, "accept", -res);
+		/* An error accept(2) may return again at once: wait a moment
+		 * too, and say so in one line. */
+		char what[SP_CONF_NAME_MAX + 32];
+		snprintf(what, sizeof(what), "listener %s: accept",
+			 sh->conf->listeners[sh->accepts[i].listener].name);
+		pause_accepts(sh, what, -res);
 	}
 	if (!sh->accepts[i].armed && sh->draining)
 		last_accepts(sh, i);
@@ -292,9 +295,11 @@ static bool needs_peer_address(const sp_conf_t *c)
 	return false;
 }
 
-static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
+/* Everything the loop needs, before any op is submitted. Returns 0, or
+ * -errno with what failed in err (the caller logs it, once). */
+static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a, char *err, size_t errlen)
 {
-	char err[256];
+	char desc[256];
 	sigset_t set;
 	int ret;
 
@@ -310,8 +315,9 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sh->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sh->sigfd < 0) {
-		sp_error("signalfd: %s", strerror(errno));
-		return -errno;
+		ret = -errno;
+		snprintf(err, errlen, "signalfd: %s", strerror(-ret));
+		return ret;
 	}
 
 	sh->engine = sp_relay_engine_for(a->conf->relay);
@@ -325,13 +331,11 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		.timers = nsess + 8,
 		.ctx = sh,
 	};
-	ret = sp_loop_new(&sh->loop, &lc, err, sizeof(err));
-	if (ret < 0) {
-		sp_error("%s", err);
+	ret = sp_loop_new(&sh->loop, &lc, err, errlen);
+	if (ret < 0)
 		return ret;
-	}
-	sp_loop_describe(sh->loop, err, sizeof(err));
-	sp_debug("event loop: %s", err);
+	sp_loop_describe(sh->loop, desc, sizeof(desc));
+	sp_debug("event loop: %s", desc);
 	if (sh->engine->needs_bufs) {
 		/* The pool is the shard's whole copy memory: it bounds what
 		 * all sessions together hold in flight (starved sessions wait
@@ -341,34 +345,42 @@ static int shard_init(sp_shard_t *sh, const sp_shard_args_t *a)
 		uint32_t nbufs = pow2_clamp(a->max_sessions, SP_COPY_NBUFS_MIN, SP_COPY_NBUFS_MAX);
 		sh->bufq_next = calloc(nbufs, sizeof(*sh->bufq_next));
 		sh->bufq_len = calloc(nbufs, sizeof(*sh->bufq_len));
-		if (!sh->bufq_next || !sh->bufq_len)
-			return -ENOMEM;
-		ret = sp_loop_bufs_init(sh->loop, nbufs, SP_COPY_BUF_SIZE);
+		ret = sh->bufq_next && sh->bufq_len ? sp_loop_bufs_init(sh->loop, nbufs, SP_COPY_BUF_SIZE)
+						    : -ENOMEM;
 		if (ret < 0) {
-			sp_error("%s buffer pool (%u x %u bytes): %s", sp_loop_backend_name(a->io),
-				 nbufs, SP_COPY_BUF_SIZE, strerror(-ret));
+			snprintf(err, errlen, "%s buffer pool (%u x %u bytes): %s",
+				 sp_loop_backend_name(a->io), nbufs, SP_COPY_BUF_SIZE, strerror(-ret));
 			return ret;
 		}
 	}
 	if (sh->engine->needs_pipes) {
 		ret = sp_pipepool_init(&sh->pipes, SP_SHARD_IDLE_PIPES, SP_PIPE_SIZE);
-		if (ret < 0)
+		if (ret < 0) {
+			snprintf(err, errlen, "pipe pool (%u pipes): %s", SP_SHARD_IDLE_PIPES,
+				 strerror(-ret));
 			return ret;
+		}
 	}
 
 	if ((ret = sp_sessions_init(sh, nsess)) < 0) {
-		sp_error("session pool of %u: %s", nsess, strerror(-ret));
+		snprintf(err, errlen, "session pool of %u: %s", nsess, strerror(-ret));
 		return ret;
 	}
 	sh->balancers = calloc(a->conf->nupstreams, sizeof(*sh->balancers));
 	sh->srv_addr = calloc(a->conf->nservers ? a->conf->nservers : 1, sizeof(*sh->srv_addr));
-	if (!sh->balancers || !sh->srv_addr)
+	if (!sh->balancers || !sh->srv_addr) {
+		snprintf(err, errlen, "balancers for %zu upstreams: %s", a->conf->nupstreams,
+			 strerror(ENOMEM));
 		return -ENOMEM;
+	}
 	for (size_t u = 0; u < a->conf->nupstreams; u++) {
 		ret = sp_balancer_init(&sh->balancers[u], &a->conf->upstreams[u],
 				       ((uint64_t)getpid() << 20) ^ sp_shard_now(sh) ^ u);
-		if (ret < 0)
+		if (ret < 0) {
+			snprintf(err, errlen, "upstream %s: balancer: %s", a->conf->upstreams[u].name,
+				 strerror(-ret));
 			return ret;
+		}
 		if (a->server_ctl)
 			sh->balancers[u].ctl = a->server_ctl + a->conf->upstreams[u].first_server;
 	}
@@ -415,31 +427,36 @@ static void shard_exit(sp_shard_t *sh)
  * exist (as root they are not charged to RLIMIT_MEMLOCK) and before the
  * first submission (so no io-wq worker is ever created with root's
  * credentials). No supplementary group, no way back. */
-static int drop_privileges(const sp_shard_args_t *a)
+static int drop_privileges(const sp_shard_args_t *a, char *err, size_t errlen)
 {
 	const sp_conf_t *c = a->conf;
 	gid_t gid = a->gid; /* "group", else the user's primary group */
+	int ret;
 
 	if (!a->drop_user && !a->drop_group)
 		return 0;
 	if (setgroups(0, NULL) < 0) {
-		sp_error("%s %s: setgroups: %s", a->drop_user ? "user" : "group",
-			 a->drop_user ? c->user.name : c->group.name, strerror(errno));
-		return -errno;
+		ret = -errno;
+		snprintf(err, errlen, "%s %s: setgroups: %s", a->drop_user ? "user" : "group",
+			 a->drop_user ? c->user.name : c->group.name, strerror(-ret));
+		return ret;
 	}
 	if (setresgid(gid, gid, gid) < 0) {
-		sp_error("group %s (gid %u): setgid: %s", a->drop_group ? c->group.name : c->user.name,
-			 (unsigned)gid, strerror(errno));
-		return -errno;
+		ret = -errno;
+		snprintf(err, errlen, "group %s (gid %u): setgid: %s",
+			 a->drop_group ? c->group.name : c->user.name, (unsigned)gid, strerror(-ret));
+		return ret;
 	}
 	if (a->drop_user) {
 		if (setresuid(a->uid, a->uid, a->uid) < 0) {
-			sp_error("user %s (uid %u): setuid: %s", c->user.name, (unsigned)a->uid,
-				 strerror(errno));
-			return -errno;
+			ret = -errno;
+			snprintf(err, errlen, "user %s (uid %u): setuid: %s", c->user.name,
+				 (unsigned)a->uid, strerror(-ret));
+			return ret;
 		}
 		if (a->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
-			sp_error("user %s: could regain root after dropping it", c->user.name);
+			snprintf(err, errlen, "user %s: could regain root after dropping it",
+				 c->user.name);
 			return -EPERM;
 		}
 	}
@@ -489,7 +506,7 @@ static void pin_cpu(int cpu)
 int sp_shard_main(const sp_shard_args_t *a)
 {
 	sp_shard_t *sh = calloc(1, sizeof(*sh));
-	char who[64];
+	char who[64], err[256];
 	int ret;
 
 	if (!sh)
@@ -497,7 +514,7 @@ int sp_shard_main(const sp_shard_args_t *a)
 	sh->sigfd = -1;
 	sh->sup_pid = a->sup_pid ? a->sup_pid : getppid();
 	snprintf(who, sizeof(who), "shardproxy[shard %u]", a->slot);
-	sp_log_setup(who, (int)a->conf->log.level);
+	sp_log_setup(who, a->conf->log.level);
 	/* A stalled stderr reader costs log lines (counted), never the relay. */
 	int lret = sp_log_nonblocking();
 	if (lret < 0)
@@ -511,10 +528,11 @@ int sp_shard_main(const sp_shard_args_t *a)
 	if (a->conf->cpu_affinity == SP_AFFINITY_PIN)
 		pin_cpu(a->cpu);
 
-	ret = shard_init(sh, a);
+	ret = shard_init(sh, a, err, sizeof(err));
 	if (ret == 0)
-		ret = drop_privileges(a);
+		ret = drop_privileges(a, err, sizeof(err));
 	if (ret < 0) {
+		sp_error("%s", err); /* the supervisor sees only ret: the why is told here */
 		notify(a, SP_SHARD_EV_FAILED, ret);
 		shard_exit(sh);
 		free(sh);

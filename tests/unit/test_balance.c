@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,7 +148,7 @@ static void test_pick_skips_tried_servers_and_fails_when_all_tried(void **state)
 		assert_false(sp_server_set_has(&tried, (unsigned)s));
 		sp_server_set_add(&tried, (unsigned)s);
 	}
-	assert_int_equal(sp_balancer_pick(&b, 0, &tried), -1);
+	assert_int_equal(sp_balancer_pick(&b, 0, &tried), -ENOENT);
 	sp_balancer_free(&b);
 }
 
@@ -408,7 +409,7 @@ static void test_every_server_drained_means_no_pick_not_a_drained_one(void **sta
 		ctl[0].admin = SP_SRV_DRAINING;
 		assert_int_equal(sp_balancer_pick(&b, client(1), &none), 1); /* the backup */
 		ctl[1].admin = SP_SRV_DISABLED;
-		assert_int_equal(sp_balancer_pick(&b, client(1), &none), -1);
+		assert_int_equal(sp_balancer_pick(&b, client(1), &none), -ENOENT);
 		sp_balancer_free(&b);
 	}
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,14 +83,15 @@ static void test_route_first_match_wins_over_a_narrower_later_one(void **state)
 	sp_conf_free(c);
 }
 
-static void test_route_none_matching_returns_minus_one(void **state)
+static void test_route_none_matching_returns_enoent(void **state)
 {
 	(void)state;
 	sp_conf_t *c =
 	    load(CONF_WITH_ROUTES("{'match': {'source': ['10.0.0.0/8']}, 'upstream': 'a'},"
 				  "{'match': {'sni': ['api.example.com']}, 'upstream': 'b'}"));
-	assert_int_equal(sp_route_pick(&c->listeners[0], addr("192.0.2.1"), NULL), -1);
-	assert_int_equal(sp_route_pick(&c->listeners[0], addr("192.0.2.1"), "www.example.com"), -1);
+	assert_int_equal(sp_route_pick(&c->listeners[0], addr("192.0.2.1"), NULL), -ENOENT);
+	assert_int_equal(sp_route_pick(&c->listeners[0], addr("192.0.2.1"), "www.example.com"),
+			 -ENOENT);
 	assert_int_equal(sp_route_pick(&c->listeners[0], addr("192.0.2.1"), "api.example.com"), 1);
 	sp_conf_free(c);
 }
@@ -346,7 +348,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_route_without_match_takes_every_client),
 	    cmocka_unit_test(test_route_first_match_wins_over_a_narrower_later_one),
-	    cmocka_unit_test(test_route_none_matching_returns_minus_one),
+	    cmocka_unit_test(test_route_none_matching_returns_enoent),
 	    cmocka_unit_test(test_route_source_prefix_boundaries),
 	    cmocka_unit_test(test_route_any_of_several_sources_matches),
 	    cmocka_unit_test(test_route_v4_mapped_client_matches_v4_cidr_not_v6),
