@@ -990,10 +990,13 @@ def run_variant(ctx, name, rep):
     elif name == "nginx":
         server = start_nginx_stream(a.workers, backend.port, extra)
     else:
-        relay, steering, *more = SHARDPROXY_VARIANTS[name]
-        server = start_shardproxy(ctx.shardproxy, a.workers, relay, steering, backend.port,
+        # "NAME@base": the same variant on the --base binary (A/B of two builds)
+        vname, _, which = name.partition("@")
+        relay, steering, *more = SHARDPROXY_VARIANTS[vname]
+        binpath = a.base if which == "base" else ctx.shardproxy
+        server = start_shardproxy(binpath, a.workers, relay, steering, backend.port,
                                   max(10000, a.idle + 2000), extra=extra,
-                                  affinity=more[0] if more else None, io=SHARDPROXY_IO.get(name))
+                                  affinity=more[0] if more else None, io=SHARDPROXY_IO.get(vname))
     if name != "direct":
         if server is None:
             res["notes"].append("did not start")
@@ -1969,6 +1972,10 @@ def parse_args(argv):
                          "from the last rate to last about this long)")
     ap.add_argument("--workloads", default=None,
                     help="comma-separated workloads, from: " + ", ".join(ALL_WORKLOADS))
+    ap.add_argument("--base", default=None, metavar="BINARY",
+                    help="another shardproxy binary: a variant NAME@base runs NAME on it, for "
+                         "an interleaved A/B of two builds (--only shardproxy-epoll,"
+                         "shardproxy-epoll@base)")
     ap.add_argument("--hog", type=int, default=None, metavar="CPU",
                     help="run a busy loop pinned to CPU for the whole run (a box shared with a "
                          "busy process)")
@@ -2066,7 +2073,9 @@ def main(argv):
     signal.signal(signal.SIGHUP, _on_signal)
 
     variants = DEFAULT_VARIANTS if not a.only else [v.strip() for v in a.only.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    unknown = [v for v in variants
+               if v not in ALL_VARIANTS and not (a.base and v.endswith("@base") and
+                                                 v[:-5] in SHARDPROXY_VARIANTS)]
     if unknown:
         say("unknown variant(s) %s; known: %s" % (", ".join(unknown), ", ".join(ALL_VARIANTS)))
         return 2

@@ -41,6 +41,8 @@ def main(argv):
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--out", default="/tmp/prof")
     ap.add_argument("--no-record", action="store_true", help="perf stat only")
+    ap.add_argument("--base", default=None, metavar="BINARY",
+                    help="another shardproxy binary: a proxy NAME@base runs NAME on it")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     ctx = bench.Ctx()
@@ -64,10 +66,12 @@ def main(argv):
         if name == "haproxy":
             p = bench.start_haproxy(2, backend.port, extra)
         else:
-            relay, steering, *more = bench.SHARDPROXY_VARIANTS[name]
-            p = bench.start_shardproxy(os.path.join(build, "shardproxy"), 2, relay, steering,
-                                       backend.port, 10000, extra=extra,
-                                       affinity=more[0] if more else None)
+            vname, _, which = name.partition("@")
+            relay, steering, *more = bench.SHARDPROXY_VARIANTS[vname]
+            binpath = a.base if which == "base" else os.path.join(build, "shardproxy")
+            p = bench.start_shardproxy(binpath, 2, relay, steering, backend.port, 10000,
+                                       extra=extra, affinity=more[0] if more else None,
+                                       io=bench.SHARDPROXY_IO.get(vname))
         port = p.ports[extra[0][0]] if extra else p.port
         pids = [x for x in p.pids() if x != p.pid or name == "haproxy"]
         time.sleep(0.5)
