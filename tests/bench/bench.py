@@ -1543,7 +1543,9 @@ def write_report(ctx, path, info, rows, shard_info, mem_rows, notes, elapsed, au
               "2 minutes), `python3 tests/bench/bench.py --build build --only "
               "shardproxy-copy,haproxy --repeats 5 --duration 10 --workloads redis_p16,pg`, "
               "`... --only shardproxy-auto-pin,shardproxy-auto-none --hog 0` (CPU placement on "
-              "a box with a busy CPU), or `python3 "
+              "a box with a busy CPU), `... --base OLD/shardproxy --only "
+              "shardproxy-epoll,shardproxy-epoll@base` (an interleaved A/B of this build "
+              "against another binary), or `python3 "
               "tests/bench/bench.py --scaling` (only the scaling section, about 1.5 minutes).\n")
     md.append("## What the numbers mean\n")
     md.append(MEANING)
