@@ -27,10 +27,13 @@ typedef struct {
 #define DIR_IN "direction=\"client_to_upstream\""
 #define DIR_OUT "direction=\"upstream_to_client\""
 
-#define SLOT(j, p, t, h, l, f)                                                                     \
+/* An entry for the uint64_t field f of a row of type row_t. */
+#define METRIC(row_t, j, p, t, h, l, f)                                                            \
 	{                                                                                          \
-		j, p, t, h, l, offsetof(sp_slot_totals_t, f), false                                \
+		j, p, t, h, l, offsetof(row_t, f), false                                           \
 	}
+
+#define SLOT(...) METRIC(sp_slot_totals_t, __VA_ARGS__)
 static const metric_t slot_metrics[] = {
     SLOT("accepted", "connections_accepted_total", "counter", "Client connections accepted.", NULL,
 	 accepted),
@@ -52,10 +55,7 @@ static const metric_t slot_metrics[] = {
      offsetof(sp_slot_totals_t, closed), true},
 };
 
-#define LST(j, p, t, h, l, f)                                                                      \
-	{                                                                                          \
-		j, p, t, h, l, offsetof(sp_listener_stats_t, f), false                             \
-	}
+#define LST(...) METRIC(sp_listener_stats_t, __VA_ARGS__)
 static const metric_t listener_metrics[] = {
     LST("accepted", "listener_connections_accepted_total", "counter",
 	"Client connections accepted, by listener.", NULL, accepted),
@@ -70,10 +70,7 @@ static const metric_t listener_metrics[] = {
     LST("bytes_out", "listener_bytes_total", "counter", NULL, DIR_OUT, bytes_out),
 };
 
-#define SRV(j, p, t, h, l, f)                                                                      \
-	{                                                                                          \
-		j, p, t, h, l, offsetof(sp_server_stats_t, f), false                               \
-	}
+#define SRV(...) METRIC(sp_server_stats_t, __VA_ARGS__)
 static const metric_t server_metrics[] = {
     SRV("connect_attempts", "server_connect_attempts_total", "counter",
 	"Connects started to an upstream server.", NULL, attempts),
@@ -89,6 +86,17 @@ static const metric_t server_metrics[] = {
     SRV("bytes_in", "server_bytes_total", "counter",
 	"Bytes relayed by finished sessions, by upstream server and direction.", DIR_IN, bytes_in),
     SRV("bytes_out", "server_bytes_total", "counter", NULL, DIR_OUT, bytes_out),
+};
+
+/* An upstream's host-name look-ups (upstreams with names only). */
+#define DNS(...) METRIC(sp_names_stats_t, __VA_ARGS__)
+static const metric_t dns_metrics[] = {
+    DNS("lookups", "dns_lookups_total", "counter",
+	"Look-ups of an upstream's server host names, failed ones included.", NULL, lookups),
+    DNS("failures", "dns_failures_total", "counter",
+	"Failed look-ups of an upstream's server host names (the last good addresses stayed in "
+	"force).",
+	NULL, failures),
 };
 
 #define NMETRICS(t) (sizeof(t) / sizeof((t)[0]))
@@ -219,10 +227,9 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 		fprintf(f, ",\"balance\":\"%s\",", sp_conf_balance_name(up->balance));
 		sp_names_stats_t ns;
 		if (sp_names_stats(sup->cur->names, u, &ns)) {
-			fprintf(f, "\"dns\":{\"resolve_interval_ms\":%u,\"lookups\":%llu,"
-				   "\"failures\":%llu,\"last_error\":",
-				up->resolve_interval_ms, (unsigned long long)ns.lookups,
-				(unsigned long long)ns.failures);
+			fprintf(f, "\"dns\":{\"resolve_interval_ms\":%u", up->resolve_interval_ms);
+			json_metrics(f, dns_metrics, NMETRICS(dns_metrics), &ns, false);
+			fputs(",\"last_error\":", f);
 			if (ns.last_error)
 				sp_json_string(f, ns.last_error);
 			else
@@ -304,66 +311,88 @@ static void prom_label(FILE *f, const char *k, const char *v, bool more)
 	fprintf(f, "\"%s", more ? "," : "");
 }
 
-/* The labels naming row i of a table (without braces). */
-typedef void (*row_labels_fn)(FILE *f, const sp_stats_view_t *v, size_t i);
-typedef const void *(*row_fn)(const sp_stats_view_t *v, size_t i);
+/* Where a row computed while rendering is kept (no allocation). */
+typedef union {
+	sp_names_stats_t names;
+} row_scratch_t;
 
-static void slot_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+/* The labels naming row i of a table (without braces), and the row itself:
+ * NULL for a row with nothing to show. ctx is what the table is read from
+ * (the view, or the supervisor). */
+typedef void (*row_labels_fn)(FILE *f, const void *ctx, size_t i);
+typedef const void *(*row_fn)(const void *ctx, size_t i, row_scratch_t *scratch);
+
+static void slot_labels(FILE *f, const void *ctx, size_t i)
 {
-	(void)v;
+	(void)ctx;
 	fprintf(f, "shard=\"%zu\"", i);
 }
-static const void *slot_row(const sp_stats_view_t *v, size_t i)
+static const void *slot_row(const void *ctx, size_t i, row_scratch_t *scratch)
 {
-	return &v->per_slot[i];
+	(void)scratch;
+	return &((const sp_stats_view_t *)ctx)->per_slot[i];
 }
-static void listener_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+static void listener_labels(FILE *f, const void *ctx, size_t i)
 {
-	prom_label(f, "listener", v->t.l[i].name, false);
+	prom_label(f, "listener", ((const sp_stats_view_t *)ctx)->t.l[i].name, false);
 }
-static const void *listener_row(const sp_stats_view_t *v, size_t i)
+static const void *listener_row(const void *ctx, size_t i, row_scratch_t *scratch)
 {
-	return &v->t.l[i].st;
+	(void)scratch;
+	return &((const sp_stats_view_t *)ctx)->t.l[i].st;
 }
-static void server_labels(FILE *f, const sp_stats_view_t *v, size_t i)
+static void server_labels(FILE *f, const void *ctx, size_t i)
 {
+	const sp_stats_view_t *v = ctx;
 	prom_label(f, "upstream", v->t.s[i].upstream, true);
 	prom_label(f, "server", v->t.s[i].server, false);
 }
-static const void *server_row(const sp_stats_view_t *v, size_t i)
+static const void *server_row(const void *ctx, size_t i, row_scratch_t *scratch)
 {
-	return &v->t.s[i].st;
+	(void)scratch;
+	return &((const sp_stats_view_t *)ctx)->t.s[i].st;
+}
+static void dns_labels(FILE *f, const void *ctx, size_t u)
+{
+	prom_label(f, "upstream", ((const sp_sup_t *)ctx)->cur->conf->upstreams[u].name, false);
+}
+static const void *dns_row(const void *ctx, size_t u, row_scratch_t *scratch)
+{
+	const sp_sup_t *sup = ctx;
+	return sp_names_stats(sup->cur->names, u, &scratch->names) ? &scratch->names : NULL;
 }
 
 /* Every family of a table: its HELP and TYPE once, then for each row the
  * samples of the family's entries (a family spans an entry and the ones
  * after it without help, e.g. both directions of bytes). */
-static void prom_table(FILE *f, const metric_t *ms, size_t n, const sp_stats_view_t *v,
-		       size_t nrows, row_labels_fn labels, row_fn row)
+static void prom_table(FILE *f, const metric_t *ms, size_t n, const void *ctx, size_t nrows,
+		       row_labels_fn labels, row_fn row)
 {
+	row_scratch_t scratch;
 	for (size_t m = 0; m < n;) {
 		size_t end = m + 1;
 		while (end < n && !ms[end].help)
 			end++;
 		prom_family(f, ms[m].prom, ms[m].type, ms[m].help);
-		for (size_t i = 0; i < nrows; i++)
-			for (size_t e = m; e < end; e++) {
+		for (size_t i = 0; i < nrows; i++) {
+			const void *r = row(ctx, i, &scratch);
+			for (size_t e = m; r && e < end; e++) {
 				unsigned nval = 1;
 				if (ms[e].by_end)
 					while (sp_shard_end_name(nval))
 						nval++;
-				for (unsigned r = 0; r < nval; r++) {
+				for (unsigned k = 0; k < nval; k++) {
 					fprintf(f, "shardproxy_%s{", ms[e].prom);
-					labels(f, v, i);
+					labels(f, ctx, i);
 					if (ms[e].label)
 						fprintf(f, ",%s", ms[e].label);
 					if (ms[e].by_end)
-						fprintf(f, ",reason=\"%s\"", sp_shard_end_name(r));
-					fprintf(
-					    f, "} %llu\n",
-					    (unsigned long long)metric_value(row(v, i), &ms[e], r));
+						fprintf(f, ",reason=\"%s\"", sp_shard_end_name(k));
+					fprintf(f, "} %llu\n",
+						(unsigned long long)metric_value(r, &ms[e], k));
 				}
 			}
+		}
 		m = end;
 	}
 }
@@ -461,27 +490,8 @@ static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *
 				fprintf(f, ",state=\"%s\"} %d\n", sp_control_admin_name(a),
 					ctl_of(sup, u, k)->admin == a);
 			}
-	prom_family(f, "dns_lookups_total", "counter",
-		    "Look-ups of an upstream's server host names, failed ones included.");
-	for (size_t u = 0; u < conf->nupstreams; u++) {
-		sp_names_stats_t ns;
-		if (!sp_names_stats(sup->cur->names, u, &ns))
-			continue;
-		fprintf(f, "shardproxy_dns_lookups_total{");
-		prom_label(f, "upstream", conf->upstreams[u].name, false);
-		fprintf(f, "} %llu\n", (unsigned long long)ns.lookups);
-	}
-	prom_family(f, "dns_failures_total", "counter",
-		    "Failed look-ups of an upstream's server host names (the last good addresses "
-		    "stayed in force).");
-	for (size_t u = 0; u < conf->nupstreams; u++) {
-		sp_names_stats_t ns;
-		if (!sp_names_stats(sup->cur->names, u, &ns))
-			continue;
-		fprintf(f, "shardproxy_dns_failures_total{");
-		prom_label(f, "upstream", conf->upstreams[u].name, false);
-		fprintf(f, "} %llu\n", (unsigned long long)ns.failures);
-	}
+	prom_table(f, dns_metrics, NMETRICS(dns_metrics), sup, conf->nupstreams, dns_labels,
+		   dns_row);
 }
 
 /* ---- the admin callback ---------------------------------------------------------- */
