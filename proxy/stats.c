@@ -63,20 +63,29 @@ const sp_srow_t *sp_stats_find_server(const sp_stat_table_t *t, const char *upst
 	return NULL;
 }
 
+/* arr (n used of *cap elements of `size`) with room for one more: doubled
+ * when full, from 16. NULL when out of memory (arr and *cap unchanged). */
+static void *grow(void *arr, size_t n, size_t *cap, size_t size)
+{
+	if (n < *cap)
+		return arr;
+	size_t ncap = *cap ? *cap * 2 : 16;
+	void *p = realloc(arr, ncap * size);
+	if (p)
+		*cap = ncap;
+	return p;
+}
+
 /* The row for name, added (zeroed) if absent; NULL when out of memory. */
 static sp_lrow_t *lrow(sp_stat_table_t *t, const char *name)
 {
 	sp_lrow_t *r = (sp_lrow_t *)sp_stats_find_listener(t, name);
 	if (r)
 		return r;
-	if (t->nl == t->capl) {
-		size_t cap = t->capl ? t->capl * 2 : 16;
-		sp_lrow_t *l = realloc(t->l, cap * sizeof(*l));
-		if (!l)
-			return NULL;
-		t->l = l;
-		t->capl = cap;
-	}
+	sp_lrow_t *l = grow(t->l, t->nl, &t->capl, sizeof(*l));
+	if (!l)
+		return NULL;
+	t->l = l;
 	r = &t->l[t->nl++];
 	memset(r, 0, sizeof(*r));
 	snprintf(r->name, sizeof(r->name), "%s", name);
@@ -88,14 +97,10 @@ static sp_srow_t *srow(sp_stat_table_t *t, const char *upstream, const char *ser
 	sp_srow_t *r = (sp_srow_t *)sp_stats_find_server(t, upstream, server);
 	if (r)
 		return r;
-	if (t->ns == t->caps) {
-		size_t cap = t->caps ? t->caps * 2 : 16;
-		sp_srow_t *sv = realloc(t->s, cap * sizeof(*sv));
-		if (!sv)
-			return NULL;
-		t->s = sv;
-		t->caps = cap;
-	}
+	sp_srow_t *sv = grow(t->s, t->ns, &t->caps, sizeof(*sv));
+	if (!sv)
+		return NULL;
+	t->s = sv;
 	r = &t->s[t->ns++];
 	memset(r, 0, sizeof(*r));
 	snprintf(r->upstream, sizeof(r->upstream), "%s", upstream);

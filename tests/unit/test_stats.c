@@ -210,6 +210,56 @@ static void test_view_keeps_slots_a_shrinking_reload_left(void **state)
 	sp_conf_free(a);
 }
 
+/* More rows than the tables start with (16): each keeps its own counts as
+ * the tables grow. */
+static void test_view_keeps_every_row_past_the_first_table_size(void **state)
+{
+	(void)state;
+	enum { N = 40 };
+	static char text[16384];
+	size_t len = 0;
+	len += (size_t)snprintf(text + len, sizeof(text) - len, "{'listeners': [");
+	for (int i = 0; i < N; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len,
+					"%s{'name': 'l%d', 'listen': '127.0.0.1:%d', 'routes': "
+					"[{'upstream': 'u'}]}",
+					i ? "," : "", i, 18000 + i);
+	len += (size_t)snprintf(text + len, sizeof(text) - len,
+				"], 'upstreams': [{'name': 'u', 'servers': [");
+	for (int i = 0; i < N; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len, "%s{'address': '127.0.0.1:%d'}",
+					i ? "," : "", 19000 + i);
+	snprintf(text + len, sizeof(text) - len, "]}]}");
+	sp_conf_t *c = conf_text_load_ok("many.json", text);
+	sp_shard_stats_t *s = slots_new(1);
+	sp_stats_gen_t g = {.conf = c, .slots = s, .nslots = 1};
+	sp_stats_history_t h;
+	sp_stats_view_t v;
+	memset(&h, 0, sizeof(h));
+	for (int i = 0; i < N; i++) {
+		s[0].listeners[i].accepted = 100 + (uint64_t)i;
+		s[0].servers[i].attempts = 200 + (uint64_t)i;
+	}
+	view(&v, &h, &g, 1);
+	assert_int_equal(v.t.nl, N);
+	assert_int_equal(v.t.ns, N);
+	for (int i = 0; i < N; i++) {
+		char name[16], addr[32];
+		snprintf(name, sizeof(name), "l%d", i);
+		snprintf(addr, sizeof(addr), "127.0.0.1:%d", 19000 + i);
+		const sp_lrow_t *l = sp_stats_find_listener(&v.t, name);
+		const sp_srow_t *r = sp_stats_find_server(&v.t, "u", addr);
+		assert_non_null(l);
+		assert_non_null(r);
+		assert_int_equal(l->st.accepted, 100 + i);
+		assert_int_equal(r->st.attempts, 200 + i);
+	}
+	sp_stats_view_free(&v);
+	sp_stats_history_free(&h);
+	free(s);
+	sp_conf_free(c);
+}
+
 /* Servers are numbered across upstreams once, by the loader. */
 static void test_conf_numbers_servers_across_upstreams(void **state)
 {
@@ -225,6 +275,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_totals_never_go_backwards_across_retire_and_reload),
 	    cmocka_unit_test(test_view_keeps_slots_a_shrinking_reload_left),
+	    cmocka_unit_test(test_view_keeps_every_row_past_the_first_table_size),
 	    cmocka_unit_test(test_conf_numbers_servers_across_upstreams),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
