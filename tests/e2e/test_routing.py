@@ -527,6 +527,17 @@ def who_done(port, **kw):
     return reply[:-1].decode()
 
 
+def _each_reaches(port, n, name, when, failed_means=None):
+    """n connections in a row, each served by the server called name."""
+    for i in range(n):
+        try:
+            got = who(port)
+        except (OSError, lib.TestFailure) as e:
+            lib.fail("connection %d %s failed%s: %r"
+                     % (i, when, " (%s)" % failed_means if failed_means else "", e))
+        check(got == name, "connection %d %s reached %s" % (i, when, got))
+
+
 def _counts(port, n, **kw):
     c = {}
     for _ in range(n):
@@ -631,12 +642,7 @@ def test_routing_stopped_server_marked_down_by_health_checks_then_no_client_fail
     took = time.monotonic() - t0
     check(took >= 0.15, "marked down %.2f s after the stop, before fall=3 checks could fail: %s" % (took, line))
     # no traffic met the stopped server: every client now gets a
-    for i in range(40):
-        try:
-            got = who(port)
-        except (OSError, lib.TestFailure) as e:
-            lib.fail("connection %d after the down mark failed: %r" % (i, e))
-        check(got == "a", "connection %d reached %s" % (i, got))
+    _each_reaches(port, 40, "a", "after the down mark")
     # back on the same port: up after rise checks, and used again
     m = p.mark()
     b2 = named(t, "b", port=b.port)
@@ -680,12 +686,7 @@ def test_routing_reload_keeps_a_down_server_down(t):
     m = p.reload(lib.config([lib.listener("l", port, "u")],
                             [lib.upstream("u", [a.address, b.address], retries=0, health_check=SLOW_CHECKS)]))
     p.expect_log(r"reload: generation 2 ready", after=m)
-    for i in range(20):
-        try:
-            got = who(port)
-        except (OSError, lib.TestFailure) as e:
-            lib.fail("connection %d after the reload failed (the down server was tried again): %r" % (i, e))
-        check(got == "a", "connection %d after the reload reached %s" % (i, got))
+    _each_reaches(port, 20, "a", "after the reload", "the down server was tried again")
 
 
 @lib.timeout(30)

@@ -65,6 +65,44 @@ static uint32_t idx(const sp_conf_t *c, const char *name, size_t k)
 	return c->upstreams[u].first_server + (uint32_t)k;
 }
 
+/* A reload from old to neu: each generation's configuration, shared memory
+ * and health checker. */
+typedef struct {
+	sp_conf_t *old, *neu;
+	shm_t s1, s2;
+	sp_health_t *prev, *h;
+} reload_t;
+
+/* The old generation, running: the test sets its verdicts in r->s1. */
+static void reload_begin(reload_t *r, const char *old_text, const char *new_text)
+{
+	r->old = load(old_text);
+	r->neu = load(new_text);
+	r->s1 = shm_new();
+	r->s2 = shm_new();
+	r->prev = sp_health_new(r->old, r->s1.down, r->s1.fails);
+	assert_non_null(r->prev);
+	r->h = NULL;
+}
+
+/* The new generation's checker, taking over the old one's verdicts. */
+static void reload_inherit(reload_t *r)
+{
+	r->h = sp_health_new(r->neu, r->s2.down, r->s2.fails);
+	assert_non_null(r->h);
+	sp_health_inherit(r->h, r->prev);
+}
+
+static void reload_end(reload_t *r)
+{
+	sp_health_free(r->h);
+	sp_health_free(r->prev);
+	shm_free(&r->s1);
+	shm_free(&r->s2);
+	sp_conf_free(r->old);
+	sp_conf_free(r->neu);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -118,111 +156,82 @@ static void test_health_new_generation_starts_with_every_server_up(void **state)
 static void test_health_inherit_keeps_down_of_the_same_server_at_its_new_index(void **state)
 {
 	(void)state;
-	sp_conf_t *old =
-	    load("{" LISTENER ", 'upstreams': ["
-		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'},"
-		 " {'address': '127.0.0.1:9002'}]},"
-		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9003'}]}]}");
+	reload_t r;
 	/* the reload adds a server in front of each list and an upstream in
 	 * front of b: every old server moves */
-	sp_conf_t *neu = load("{" LISTENER ", 'upstreams': ["
-			      "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9000'},"
-			      " {'address': '127.0.0.1:9001'}, {'address': '127.0.0.1:9002'}]},"
-			      "{'name': 'z', " HC ", 'servers': [{'address': '127.0.0.1:9100'}]},"
-			      "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9099'},"
-			      " {'address': '127.0.0.1:9003'}]}]}");
-	shm_t s1 = shm_new(), s2 = shm_new();
-	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
-	assert_non_null(prev);
-	s1.down[idx(old, "a", 1)] = 1; /* 127.0.0.1:9002 */
-	s1.down[idx(old, "b", 0)] = 1; /* 127.0.0.1:9003 */
+	reload_begin(&r,
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'},"
+		     " {'address': '127.0.0.1:9002'}]},"
+		     "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9003'}]}]}",
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9000'},"
+		     " {'address': '127.0.0.1:9001'}, {'address': '127.0.0.1:9002'}]},"
+		     "{'name': 'z', " HC ", 'servers': [{'address': '127.0.0.1:9100'}]},"
+		     "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.1:9099'},"
+		     " {'address': '127.0.0.1:9003'}]}]}");
+	r.s1.down[idx(r.old, "a", 1)] = 1; /* 127.0.0.1:9002 */
+	r.s1.down[idx(r.old, "b", 0)] = 1; /* 127.0.0.1:9003 */
 
-	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
-	assert_non_null(h);
-	sp_health_inherit(h, prev);
-	assert_int_equal(s2.down[idx(neu, "a", 0)], 0); /* new server */
-	assert_int_equal(s2.down[idx(neu, "a", 1)], 0); /* 9001: was up */
-	assert_int_equal(s2.down[idx(neu, "a", 2)], 1); /* 9002 */
-	assert_int_equal(s2.down[idx(neu, "z", 0)], 0);
-	assert_int_equal(s2.down[idx(neu, "b", 0)], 0);
-	assert_int_equal(s2.down[idx(neu, "b", 1)], 1); /* 9003 */
+	reload_inherit(&r);
+	assert_int_equal(r.s2.down[idx(r.neu, "a", 0)], 0); /* new server */
+	assert_int_equal(r.s2.down[idx(r.neu, "a", 1)], 0); /* 9001: was up */
+	assert_int_equal(r.s2.down[idx(r.neu, "a", 2)], 1); /* 9002 */
+	assert_int_equal(r.s2.down[idx(r.neu, "z", 0)], 0);
+	assert_int_equal(r.s2.down[idx(r.neu, "b", 0)], 0);
+	assert_int_equal(r.s2.down[idx(r.neu, "b", 1)], 1); /* 9003 */
 	/* nothing else of the new half was touched */
 	for (uint32_t i = 0; i < 7; i++)
-		if (i != idx(neu, "a", 2) && i != idx(neu, "b", 1))
-			assert_int_equal(s2.down[i], 0);
+		if (i != idx(r.neu, "a", 2) && i != idx(r.neu, "b", 1))
+			assert_int_equal(r.s2.down[i], 0);
 	/* the previous generation's verdicts are read, not changed */
-	assert_int_equal(s1.down[idx(old, "a", 1)], 1);
-	assert_int_equal(s1.down[idx(old, "b", 0)], 1);
-
-	sp_health_free(h);
-	sp_health_free(prev);
-	shm_free(&s1);
-	shm_free(&s2);
-	sp_conf_free(old);
-	sp_conf_free(neu);
+	assert_int_equal(r.s1.down[idx(r.old, "a", 1)], 1);
+	assert_int_equal(r.s1.down[idx(r.old, "b", 0)], 1);
+	reload_end(&r);
 }
 
 static void test_health_inherit_keeps_nothing_of_other_servers(void **state)
 {
 	(void)state;
-	sp_conf_t *old =
-	    load("{" LISTENER ", 'upstreams': ["
-		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]},"
-		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.2:9002'}]}]}");
+	reload_t r;
 	/* same index, other addresses; and the old addresses under other
 	 * upstream names */
-	sp_conf_t *neu =
-	    load("{" LISTENER ", 'upstreams': ["
-		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9011'},"
-		 " {'address': '127.0.0.2:9002'}]},"
-		 "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.3:9002'},"
-		 " {'address': '127.0.0.1:9001'}]},"
-		 "{'name': 'c', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
-	shm_t s1 = shm_new(), s2 = shm_new();
-	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
-	assert_non_null(prev);
-	s1.down[idx(old, "a", 0)] = 1;
-	s1.down[idx(old, "b", 0)] = 1;
-	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
-	assert_non_null(h);
-	sp_health_inherit(h, prev);
+	reload_begin(&r,
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]},"
+		     "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.2:9002'}]}]}",
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9011'},"
+		     " {'address': '127.0.0.2:9002'}]},"
+		     "{'name': 'b', " HC ", 'servers': [{'address': '127.0.0.3:9002'},"
+		     " {'address': '127.0.0.1:9001'}]},"
+		     "{'name': 'c', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	r.s1.down[idx(r.old, "a", 0)] = 1;
+	r.s1.down[idx(r.old, "b", 0)] = 1;
+	reload_inherit(&r);
 	for (uint32_t i = 0; i < 5; i++)
-		if (s2.down[i])
+		if (r.s2.down[i])
 			fail_msg(
 			    "server %u of the new generation inherited 'down' from another server",
 			    i);
-	sp_health_free(h);
-	sp_health_free(prev);
-	shm_free(&s1);
-	shm_free(&s2);
-	sp_conf_free(old);
-	sp_conf_free(neu);
+	reload_end(&r);
 }
 
 static void test_health_server_no_longer_checked_starts_up(void **state)
 {
 	(void)state;
-	sp_conf_t *old =
-	    load("{" LISTENER ", 'upstreams': ["
-		 "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
-	sp_conf_t *neu = load("{" LISTENER ", 'upstreams': ["
-			      "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'}]}]}");
-	shm_t s1 = shm_new(), s2 = shm_new();
-	sp_health_t *prev = sp_health_new(old, s1.down, s1.fails);
-	assert_non_null(prev);
-	s1.down[0] = 1;
-	sp_health_t *h = sp_health_new(neu, s2.down, s2.fails);
-	assert_non_null(h);
-	sp_health_inherit(h, prev);
+	reload_t r;
+	reload_begin(&r,
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}",
+		     "{" LISTENER ", 'upstreams': ["
+		     "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	r.s1.down[0] = 1;
+	reload_inherit(&r);
 	/* nobody checks it any more, so nothing would ever bring it back up */
-	assert_int_equal(s2.down[0], 0);
-	assert_int_equal(sp_health_timeout(h), -1);
-	sp_health_free(h);
-	sp_health_free(prev);
-	shm_free(&s1);
-	shm_free(&s2);
-	sp_conf_free(old);
-	sp_conf_free(neu);
+	assert_int_equal(r.s2.down[0], 0);
+	assert_int_equal(sp_health_timeout(r.h), -1);
+	reload_end(&r);
 }
 
 /* Run the checks that are due now to their end (at most 1 s). */

@@ -302,6 +302,19 @@ static in_port_t listen_group(int *fds, unsigned n, in_port_t port)
 	return a.sin_port;
 }
 
+/* Two SO_REUSEPORT listeners on one port (fds), steered by st as slots 0
+ * and 1 of group 0 (cpu_of_slot for the cpu policy, or NULL), the first
+ * nlive slots live. Returns the port. */
+static in_port_t steered_pair(sp_steer_t *st, int fds[2], const int *cpu_of_slot, unsigned nlive)
+{
+	in_port_t port = listen_group(fds, 2, 0);
+	assert_int_equal(sp_steer_set_slots(st, 2, cpu_of_slot), 0);
+	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
+	for (unsigned s = 0; s < nlive; s++)
+		assert_int_equal(sp_steer_set_live(st, s, true), 0);
+	return port;
+}
+
 static void close_all(int *fds, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
@@ -357,11 +370,7 @@ static void test_bpf_hash_spreads_over_two_listeners(void **state)
 	sp_steer_t *st = open_or_skip(SP_STEER_POL_HASH);
 	int fds[2];
 	unsigned count[2];
-	in_port_t port = listen_group(fds, 2, 0);
-	assert_int_equal(sp_steer_set_slots(st, 2, NULL), 0);
-	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
-	assert_int_equal(sp_steer_set_live(st, 0, true), 0);
-	assert_int_equal(sp_steer_set_live(st, 1, true), 0);
+	in_port_t port = steered_pair(st, fds, NULL, 2);
 	connect_and_count(port, NCONN, fds, 2, count);
 	print_message("  hash: %u / %u (migrate %s)\n", count[0], count[1],
 		      sp_steer_migrate_supported(st) ? "yes" : "no");
@@ -377,10 +386,7 @@ static void test_bpf_only_the_live_slot_gets_connections(void **state)
 	sp_steer_t *st = open_or_skip(SP_STEER_POL_HASH);
 	int fds[2];
 	unsigned count[2];
-	in_port_t port = listen_group(fds, 2, 0);
-	assert_int_equal(sp_steer_set_slots(st, 2, NULL), 0);
-	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
-	assert_int_equal(sp_steer_set_live(st, 0, true), 0);
+	in_port_t port = steered_pair(st, fds, NULL, 1);
 	connect_and_count(port, NCONN, fds, 2, count);
 	assert_int_equal(count[0], NCONN);
 	/* And the other way round, without touching the program. */
@@ -413,11 +419,7 @@ static void test_bpf_cpu_lands_on_the_slot_pinned_to_the_client_cpu(void **state
 	int fds[2];
 	unsigned count[2];
 	int cpu_of_slot[2] = {0, 1};
-	in_port_t port = listen_group(fds, 2, 0);
-	assert_int_equal(sp_steer_set_slots(st, 2, cpu_of_slot), 0);
-	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
-	assert_int_equal(sp_steer_set_live(st, 0, true), 0);
-	assert_int_equal(sp_steer_set_live(st, 1, true), 0);
+	in_port_t port = steered_pair(st, fds, cpu_of_slot, 2);
 
 	assert_true(pin_to(1));
 	connect_and_count(port, NCONN / 4, fds, 2, count);
@@ -445,11 +447,7 @@ static void test_bpf_least_conn_sends_new_connections_to_the_idle_slot(void **st
 	sp_steer_t *st = open_or_skip(SP_STEER_POL_LEAST_CONN);
 	int fds[2];
 	unsigned count[2];
-	in_port_t port = listen_group(fds, 2, 0);
-	assert_int_equal(sp_steer_set_slots(st, 2, NULL), 0);
-	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
-	assert_int_equal(sp_steer_set_live(st, 0, true), 0);
-	assert_int_equal(sp_steer_set_live(st, 1, true), 0);
+	in_port_t port = steered_pair(st, fds, NULL, 2);
 	uint32_t *c = sp_steer_counters(st);
 	assert_non_null(c);
 	__atomic_store_n(&c[0], 100, __ATOMIC_RELAXED);
@@ -529,10 +527,7 @@ static void test_bpf_closing_listener_migrates_its_queue(void **state)
 	int fds[2];
 	unsigned count[2] = {0, 0};
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	in_port_t port = listen_group(fds, 2, 0);
-	assert_int_equal(sp_steer_set_slots(st, 2, NULL), 0);
-	assert_int_equal(sp_steer_attach_group(st, 0, fds, 2), 0);
-	assert_int_equal(sp_steer_set_live(st, 0, true), 0);
+	in_port_t port = steered_pair(st, fds, NULL, 1);
 	a.sin_port = port;
 	for (unsigned k = 0; k < NCONN / 4; k++) {
 		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
