@@ -383,28 +383,35 @@ def _failed(why):
             "socket_errors": {}, "non2xx": 0, "raw": why}
 
 
+def run_client(argv, timeout_s, env=None):
+    """Run a benchmark client to its end: (exit status, output text), or
+    (None, why) when it outran timeout_s and was killed."""
+    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        out, _ = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        return None, "%s timed out after %.0f s" % (argv[0], timeout_s)
+    kill_group(p, grace=0.1)
+    return p.returncode, out.decode(errors="replace")
+
+
 def run_redis_benchmark(port, n, pipeline, timeout_s):
     """redis-benchmark -t set,get -c 50 -d 64 [-P pipeline] -n n: req/s over both
     tests (total requests / total time), p50 latency of the two (µs, mean of the
     two tests' p50)."""
     argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-t", "set,get", "-c", "50", "-d",
             "64", "-n", str(n), "--csv"] + (["-P", str(pipeline)] if pipeline > 1 else [])
-    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = p.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_group(p)
-        return _failed("redis-benchmark timed out after %.0f s" % timeout_s)
-    kill_group(p, grace=0.1)
-    text = out.decode(errors="replace")
+    rc, text = run_client(argv, timeout_s)
+    if rc is None:
+        return _failed(text)
     rates, p50 = {}, []
     for m in re.finditer(r'^"(SET|GET)","([\d.]+)","[\d.]+","[\d.]+","([\d.]+)"', text, re.M):
         rates[m.group(1)] = float(m.group(2))
         p50.append(float(m.group(3)) * 1000)
-    if p.returncode != 0 or len(rates) != 2 or min(rates.values()) <= 0:
-        say("redis-benchmark on port %d failed (rc %s):\n%s" % (port, p.returncode, text[-500:]))
-        r = _failed(text[-300:])
-        return r
+    if rc != 0 or len(rates) != 2 or min(rates.values()) <= 0:
+        say("redis-benchmark on port %d failed (rc %s):\n%s" % (port, rc, text[-500:]))
+        return _failed(text[-300:])
     secs = sum(n / x for x in rates.values())
     return {"rps": 2 * n / secs, "bps": None, "requests": 2 * n, "lat": {50: sum(p50) / 2},
             "errors": 0, "socket_errors": {}, "non2xx": 0, "raw": text, "secs": secs}
@@ -414,21 +421,15 @@ def run_pgbench(port, duration, timeout_s):
     """pgbench -S -c 16 -j 2 -T duration: tps (without the initial connection time)."""
     argv = ["pgbench", "-h", HOST, "-p", str(port), "-U", "postgres", "-n", "-S",
             "-c", str(PG_CLIENTS), "-j", str(PG_THREADS), "-T", str(duration), "postgres"]
-    p = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-              env=dict(os.environ, PGCONNECT_TIMEOUT="10"))
-    try:
-        out, _ = p.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_group(p)
-        return _failed("pgbench timed out after %.0f s" % timeout_s)
-    kill_group(p, grace=0.1)
-    text = out.decode(errors="replace")
+    rc, text = run_client(argv, timeout_s, env=dict(os.environ, PGCONNECT_TIMEOUT="10"))
+    if rc is None:
+        return _failed(text)
     tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", text, re.M)
     n = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
     bad = re.search(r"^number of failed transactions: (\d+)", text, re.M)
     lat = re.search(r"^latency average = ([\d.]+) ms", text, re.M)
-    if p.returncode != 0 or not tps or not n:
-        say("pgbench on port %d failed (rc %s):\n%s" % (port, p.returncode, text[-500:]))
+    if rc != 0 or not tps or not n:
+        say("pgbench on port %d failed (rc %s):\n%s" % (port, rc, text[-500:]))
         return _failed(text[-300:])
     errs = int(bad.group(1)) if bad else 0
     return {"rps": float(tps.group(1)), "bps": None, "requests": int(n.group(1)),
