@@ -84,6 +84,7 @@ typedef struct sp_shard {
 	sp_accept_t accepts[SP_SHARD_MAX_LISTENERS * SP_SHARD_MAX_FDS_PER_LISTENER];
 	unsigned naccepts;
 	bool accept_paused;    /* fd/memory exhaustion: resume on accept_timer */
+	char paused_by[SP_CONF_NAME_MAX + 32]; /* the last call said to be short (pause_accepts) */
 	uint32_t accept_pending; /* one-shot accepts armed: each may bring a session */
 	/* Room (free session slots) above which a multishot accept is safe:
 	 * one multishot round takes a whole backlog, so below this the shard

@@ -111,13 +111,20 @@ static void on_accept_timer(sp_timer_t *t, void *arg)
 /* Out of descriptors or memory (what: the call that failed): stop taking
  * connections for a moment rather than spin on an accept that fails at
  * once, or take sessions that cannot get their upstream socket or pipe.
- * Connections wait in the listen backlog meanwhile; none is refused. */
+ * Connections wait in the listen backlog meanwhile; none is refused.
+ * While paused, a shortage met by another call is still said, once: the
+ * accept is often short first (a multishot accept fails with EMFILE right
+ * after delivering the connection whose session is then short too), and
+ * would otherwise hide that session's socket(2) or pipe2(2) behind it. */
 static void pause_accepts(sp_shard_t *sh, const char *what, int err)
 {
-	if (sh->accept_paused)
+	if (sh->accept_paused && strcmp(what, sh->paused_by) == 0)
 		return;
 	sp_warn("%s: %s: pausing accepts for %d ms (%u sessions open)", what, strerror(err),
 		SP_SHORTAGE_RETRY_MS, sh->active);
+	snprintf(sh->paused_by, sizeof(sh->paused_by), "%s", what);
+	if (sh->accept_paused)
+		return; /* the pause under way goes on: accept_timer ends it */
 	sh->accept_paused = true;
 	stop_accepts(sh);
 	sp_loop_timer_arm(sh->loop, &sh->accept_timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);

@@ -136,7 +136,9 @@ def _out_of_fds_session_waits(t, relay, spare, what):
         time.sleep(0.5)
         c.settimeout(0.01)
         try:
-            d = c.recv(1)
+            # A peek: bytes relayed already (no shortage this time) stay
+            # for recv_exact below.
+            d = c.recv(1, socket.MSG_PEEK)
             fail = "closed" if d == b"" else None
         except socket.timeout:
             fail = None
