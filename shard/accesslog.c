@@ -19,7 +19,7 @@
 
 static void count_dropped(const sp_accesslog_t *log, uint64_t n)
 {
-	__atomic_store_n(log->dropped, *log->dropped + n, __ATOMIC_RELAXED);
+	sp_stat_add(log->dropped, (int64_t)n);
 }
 
 void sp_accesslog_init(sp_accesslog_t *log, int fd, bool sock, uint64_t *dropped)

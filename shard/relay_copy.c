@@ -230,7 +230,7 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	}
 	dir->bytes += (uint64_t)res;
 	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
-	__atomic_store_n(ctr, *ctr + (uint64_t)res, __ATOMIC_RELAXED);
+	sp_stat_add(ctr, res);
 	sp_session_touch(sh, s);
 	dir->qoff += (uint32_t)res;
 	if (dir->qoff == sh->bufq_len[dir->qhead]) {

@@ -78,7 +78,7 @@ static void pump(sp_shard_t *sh, sp_session_t *s, int d)
 			if (n > 0) {
 				dir->in_pipe -= (uint32_t)n;
 				dir->bytes += (uint64_t)n;
-				__atomic_store_n(ctr, *ctr + (uint64_t)n, __ATOMIC_RELAXED);
+				sp_stat_add(ctr, n);
 				sp_session_touch(sh, s);
 				continue;
 			}

@@ -61,11 +61,6 @@ static void set_abortive(int fd)
 	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
-static void stat_add(uint64_t *c, int64_t d)
-{
-	__atomic_store_n(c, *c + (uint64_t)d, __ATOMIC_RELAXED);
-}
-
 static const char *const end_names[SP_END_COUNT] = {
 	[SP_END_DONE] = "done",
 	[SP_END_CLIENT_RESET] = "client_reset",
@@ -113,12 +108,12 @@ static void count_connect_result(sp_shard_t *sh, const sp_session_t *s, int res)
 	if (!ss)
 		return;
 	if (res == 0) {
-		stat_add(&ss->connected, 1);
-		stat_add(&ss->active, 1);
+		sp_stat_add(&ss->connected, 1);
+		sp_stat_add(&ss->active, 1);
 		return;
 	}
 	int err = -res;
-	stat_add(err == ETIMEDOUT ? &ss->timeouts : &ss->failures, 1);
+	sp_stat_add(err == ETIMEDOUT ? &ss->timeouts : &ss->failures, 1);
 	__atomic_store_n(&ss->last_fail, (uint64_t)time(NULL) << 16 | (uint64_t)(err & 0xffff),
 			 __ATOMIC_RELAXED);
 }
@@ -129,15 +124,15 @@ static void count_finished(sp_shard_t *sh, const sp_session_t *s)
 	sp_server_stats_t *ss = s->counted ? server_stats(sh, s) : NULL;
 	uint64_t in = s->dir[SP_UP].bytes, out = s->dir[SP_DOWN].bytes;
 
-	stat_add(&sh->args->stats->active, -1);
-	stat_add(&sh->args->stats->closed[s->end], 1);
-	stat_add(&ls->active, -1);
-	stat_add(&ls->bytes_in, (int64_t)in);
-	stat_add(&ls->bytes_out, (int64_t)out);
+	sp_stat_add(&sh->args->stats->active, -1);
+	sp_stat_add(&sh->args->stats->closed[s->end], 1);
+	sp_stat_add(&ls->active, -1);
+	sp_stat_add(&ls->bytes_in, (int64_t)in);
+	sp_stat_add(&ls->bytes_out, (int64_t)out);
 	if (ss) {
-		stat_add(&ss->active, -1);
-		stat_add(&ss->bytes_in, (int64_t)in);
-		stat_add(&ss->bytes_out, (int64_t)out);
+		sp_stat_add(&ss->active, -1);
+		sp_stat_add(&ss->bytes_in, (int64_t)in);
+		sp_stat_add(&ss->bytes_out, (int64_t)out);
 	}
 }
 
@@ -344,7 +339,7 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	int i;
 
 	if (s->attempts > up->retries || (i = pick_server(sh, s)) < 0) {
-		stat_add(&sh->args->stats->connect_failed, 1);
+		sp_stat_add(&sh->args->stats->connect_failed, 1);
 		sp_session_fail(sh, s, SP_END_CONNECT_FAILED);
 		return;
 	}
@@ -391,7 +386,7 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 	s->server = (int16_t)i;
 	s->attempts++;
 	if (server_stats(sh, s))
-		stat_add(&server_stats(sh, s)->attempts, 1);
+		sp_stat_add(&server_stats(sh, s)->attempts, 1);
 
 	/* The address is this shard's own slot for the server, which only this
 	 * thread writes and which outlives the loop turn (loop.h). */
@@ -486,8 +481,8 @@ void sp_session_route(sp_shard_t *sh, sp_session_t *s, const char *sni)
 	int r = sp_route_pick(l, (struct sockaddr *)&s->client, sni);
 	if (r < 0) {
 		s->route = SP_SESSION_NO_ROUTE;
-		stat_add(&sh->args->stats->no_route, 1);
-		stat_add(&listener_stats(sh, s)->no_route, 1);
+		sp_stat_add(&sh->args->stats->no_route, 1);
+		sp_stat_add(&listener_stats(sh, s)->no_route, 1);
 		sp_session_fail(sh, s, SP_END_NO_ROUTE);
 		return;
 	}
@@ -510,8 +505,8 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 		/* Only reachable past the pool's SP_SESSION_SLACK: the pool has
 		 * that much room for the moment between hitting the limit and
 		 * the accept cancel landing. */
-		stat_add(&sh->args->stats->refused, 1);
-		stat_add(&sh->args->stats->listeners[sh->accepts[accept_idx].listener].refused, 1);
+		sp_stat_add(&sh->args->stats->refused, 1);
+		sp_stat_add(&sh->args->stats->listeners[sh->accepts[accept_idx].listener].refused, 1);
 		close(fd);
 		return;
 	}
@@ -534,10 +529,10 @@ void sp_session_accepted(sp_shard_t *sh, unsigned accept_idx, int fd)
 	/* TCP_NODELAY comes from the listening socket (proxy/listen.c). */
 
 	sh->active++;
-	stat_add(&sh->args->stats->accepted, 1);
-	stat_add(&sh->args->stats->active, 1);
-	stat_add(&listener_stats(sh, s)->accepted, 1);
-	stat_add(&listener_stats(sh, s)->active, 1);
+	sp_stat_add(&sh->args->stats->accepted, 1);
+	sp_stat_add(&sh->args->stats->active, 1);
+	sp_stat_add(&listener_stats(sh, s)->accepted, 1);
+	sp_stat_add(&listener_stats(sh, s)->active, 1);
 	if (sh->args->steer_load)
 		__atomic_fetch_add(&sh->args->steer_load[sh->args->slot], 1, __ATOMIC_RELAXED);
 

@@ -45,6 +45,13 @@
 #define SP_STATS_MAX_SERVERS 1024
 #define SP_STATS_NEND 16 /* session end reasons, see sp_shard_end_name() */
 
+/* The one way a shard updates a counter of its slot: a relaxed load and a
+ * plain store, as the writer is alone (see above). */
+static inline void sp_stat_add(uint64_t *c, int64_t d)
+{
+	__atomic_store_n(c, *c + (uint64_t)d, __ATOMIC_RELAXED);
+}
+
 typedef struct {
 	uint64_t accepted;
 	uint64_t active; /* gauge */
