@@ -14,7 +14,10 @@
  *   armed and end with exactly one completion with more=false;
  * - per descriptor, at most one reading op (accept, recv, poll in) and one
  *   writing op (send, connect, poll out) are in flight (epoll keeps one
- *   waiter per direction; a second gets -EBUSY). */
+ *   waiter per direction; a second gets -EBUSY);
+ * - an accept waits for readiness, never as the socket's exclusive waiter:
+ *   no other waiter on a shared listening socket (another process's, a dead
+ *   one's) can take the wake-up for a connection and leave it unaccepted. */
 #ifndef SP_LOOP_H
 #define SP_LOOP_H
 
@@ -141,7 +144,7 @@ typedef struct {
 void sp_loop_stats(const sp_loop_t *l, sp_loop_stats_t *st);
 
 /* Can io_uring run this proxy here? Sets up a ring and checks every opcode
- * and feature the loop uses (multishot accept and recv, provided-buffer
+ * and feature the loop uses (multishot recv, provided-buffer
  * rings, cancel by fd, linked timeouts). 0 when it can; else -errno and a
  * specific reason in why (seccomp, kernel.io_uring_disabled, memlock, a
  * missing opcode). On success, what the kernel offers goes into why. */

@@ -2,7 +2,8 @@
  * file in the tree that includes liburing. Every op is one SQE whose
  * user_data is the caller's tag; submission is batched, one
  * io_uring_submit_and_wait per loop turn; recv selects buffers from a
- * provided-buffer ring laid over the loop's pool. */
+ * provided-buffer ring laid over the loop's pool. Accepts are the exception:
+ * a poll, then accept4(2) (see "accepting"). */
 #include "runtime/loop_impl.h"
 
 #include <errno.h>
@@ -29,6 +30,11 @@ typedef struct {
 	/* Which op codes are connects: their -ECANCELED means the linked
 	 * timeout fired, reported as -ETIMEDOUT. */
 	bool is_connect[SP_UDATA_MAX_OPS];
+	/* Accepts (see "accepting" below): which op codes, and one record per
+	 * accept in flight. Few (one per listening socket), so a search. */
+	bool is_accept[SP_UDATA_MAX_OPS];
+	struct uacc *acc;
+	unsigned nacc;
 } uring_t;
 
 /* Ring flags, best first. Each attempt drops the newest flag the kernel may
@@ -41,8 +47,8 @@ typedef struct {
  * - COOP_TASKRUN (fallback): no IPI to force task work; we enter the kernel
  *   every loop turn anyway, so nothing is delayed.
  * - SUBMIT_ALL: one bad SQE does not stop the rest of a batch.
- * - CQSIZE: the CQ is four times the SQ, since multishot accept and recv post
- *   many completions per submission; overflow would stall the loop. */
+ * - CQSIZE: the CQ is four times the SQ, since multishot recv posts many
+ *   completions per submission; overflow would stall the loop. */
 static const unsigned setup_attempts[] = {
 	IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
 	IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
@@ -149,22 +155,20 @@ static int setup(struct io_uring *u, unsigned entries, unsigned *flags_out)
 	return ret;
 }
 
-/* Every opcode the loop issues, and the features it relies on. Multishot
- * accept, buffer rings and cancel by fd arrived together in 5.19, multishot
- * recv in 6.0; the SOCKET op (5.19) and SEND_ZC (6.0) are the opcode markers
+/* Every opcode the loop issues, and the features it relies on. Buffer
+ * rings and cancel by fd arrived together in 5.19, multishot recv in 6.0; the SOCKET op (5.19) and SEND_ZC (6.0) are the opcode markers
  * for those releases, as the kernel offers no direct probe for them. */
 static const struct {
 	int op;
 	const char *name;
 } needed_ops[] = {
-	{IORING_OP_ACCEPT, "IORING_OP_ACCEPT"},
 	{IORING_OP_RECV, "IORING_OP_RECV"},
 	{IORING_OP_SEND, "IORING_OP_SEND"},
 	{IORING_OP_CONNECT, "IORING_OP_CONNECT"},
 	{IORING_OP_LINK_TIMEOUT, "IORING_OP_LINK_TIMEOUT"},
 	{IORING_OP_POLL_ADD, "IORING_OP_POLL_ADD"},
 	{IORING_OP_ASYNC_CANCEL, "IORING_OP_ASYNC_CANCEL"},
-	{IORING_OP_SOCKET, "multishot accept, buffer rings and cancel by fd (IORING_OP_SOCKET, 5.19)"},
+	{IORING_OP_SOCKET, "buffer rings and cancel by fd (IORING_OP_SOCKET, 5.19)"},
 	{IORING_OP_SEND_ZC, "multishot recv (IORING_OP_SEND_ZC, 6.0)"},
 };
 
@@ -254,8 +258,8 @@ int sp_loop_probe_uring(char *why, size_t len)
 	br_free(&u, br, 8);
 	flags_text(flags, fl, sizeof(fl));
 	snprintf(why, len,
-		 "io_uring: setup%s; multishot accept and recv, buffer rings, cancel by fd, "
-		 "linked timeouts",
+		 "io_uring: setup%s; multishot recv, buffer rings, cancel by fd, "
+		 "linked timeouts; accept by readiness",
 		 fl);
 	ret = 0;
 out:
@@ -304,6 +308,7 @@ static void uring_fini(sp_loop_t *l)
 		br_free(&u->ring, u->br, l->nbufs);
 	io_uring_queue_exit(&u->ring);
 	free(u->ts);
+	free(u->acc);
 	free(u);
 	l->be_state = NULL;
 }
@@ -343,13 +348,117 @@ static struct io_uring_sqe *sqe_for(uring_t *u, uint64_t tag, unsigned need)
 	return sqe;
 }
 
+/* ---- accepting ----------------------------------------------------------
+ *
+ * An accept is a POLL_ADD on the listening socket, then accept4(2) until
+ * EAGAIN, not IORING_OP_ACCEPT. The kernel's accept waits on the socket as an
+ * exclusive waiter, and a new connection wakes one exclusive waiter only. Our
+ * listening sockets are shared: by the two generations' shards of a slot
+ * during a reload, and by a shard that died and its replacement. A dead
+ * shard's armed accept stays queued on the socket until the kernel tears its
+ * ring down, asynchronously (io_ring_exit_work) and after the supervisor has
+ * reaped it and started the replacement; a wake-up it takes in that time
+ * goes nowhere. The connection then waits in the backlog until the next one
+ * arrives: for ever, if none does. A poll without EPOLLEXCLUSIVE is woken on
+ * every connection whatever else waits on the socket, as epoll is (the epoll
+ * backend accepts the same way). The price: an accept4 per connection plus
+ * one that says EAGAIN and a poll SQE per wake-up, where the kernel's
+ * multishot accept needed no system call of its own. */
+
+#define ACCEPT_BUDGET 64 /* connections taken per wake-up; the rest next turn */
+
+struct uacc {
+	uint64_t tag;
+	int fd;
+	bool live;	/* an accept op (until its last completion) */
+	bool once;	/* one connection, then done */
+	bool polling;	/* its POLL_ADD is in the kernel */
+	bool cancelled; /* sp_loop_cancel asked: its last completion is -ECANCELED */
+};
+
+static void acc_poll(uring_t *u, unsigned i)
+{
+	struct io_uring_sqe *sqe = sqe_for(u, u->acc[i].tag, 1);
+	io_uring_prep_poll_add(sqe, u->acc[i].fd, POLLIN);
+	u->acc[i].polling = true;
+}
+
+static int acc_find(const uring_t *u, uint64_t tag)
+{
+	for (unsigned i = 0; i < u->nacc; i++)
+		if (u->acc[i].live && u->acc[i].tag == tag)
+			return (int)i;
+	return -1;
+}
+
+static void acc_deliver(sp_loop_t *l, uint64_t tag, int res, bool more)
+{
+	sp_completion_t c = {.res = res, .more = more};
+	sp_loop__dispatch(l, tag, &c);
+}
+
+/* The record is free before the handler runs: it may arm the same tag again. */
+static void acc_end(sp_loop_t *l, unsigned i, int res)
+{
+	uring_t *u = l->be_state;
+	uint64_t tag = u->acc[i].tag;
+	u->acc[i].live = false;
+	acc_deliver(l, tag, res, false);
+}
+
+/* Its poll completed (res: the mask, or -errno). Handlers may arm accepts,
+ * which can move u->acc: only the index is kept across a delivery. */
+static void acc_ready(sp_loop_t *l, unsigned i, int res)
+{
+	uring_t *u = l->be_state;
+	uint64_t tag = u->acc[i].tag;
+
+	u->acc[i].polling = false;
+	if (res < 0 || u->acc[i].cancelled) {
+		acc_end(l, i, res < 0 ? res : -ECANCELED);
+		return;
+	}
+	for (int n = 0; n < ACCEPT_BUDGET; n++) {
+		int fd = accept4(u->acc[i].fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break; /* another waiter took it, or all taken */
+			acc_end(l, i, -errno); /* as the kernel's: an error ends it */
+			return;
+		}
+		if (u->acc[i].once) {
+			acc_end(l, i, fd);
+			return;
+		}
+		acc_deliver(l, tag, fd, true);
+		if (u->acc[i].cancelled) { /* by the handler, just now */
+			acc_end(l, i, -ECANCELED);
+			return;
+		}
+	}
+	acc_poll(u, i); /* completes at once next turn if the budget ran out */
+}
+
 static int uring_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 {
-	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
-	if (multishot)
-		io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-	else
-		io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	uring_t *u = l->be_state;
+	unsigned i;
+
+	for (i = 0; i < u->nacc && u->acc[i].live; i++)
+		;
+	if (i == u->nacc) {
+		struct uacc *a = realloc(u->acc, (u->nacc + 8) * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		memset(a + u->nacc, 0, 8 * sizeof(*a));
+		u->acc = a;
+		u->nacc += 8;
+	}
+	u->acc[i] = (struct uacc){.tag = tag, .fd = fd, .live = true, .once = !multishot};
+	u->is_accept[sp_udata_op(tag)] = true;
+	acc_poll(u, i);
 	return 0;
 }
 
@@ -401,15 +510,28 @@ static int uring_poll(sp_loop_t *l, uint64_t tag, int fd, bool out)
 
 static int uring_cancel(sp_loop_t *l, int fd, uint64_t tag)
 {
+	uring_t *u = l->be_state;
 	(void)fd;
-	struct io_uring_sqe *sqe = sqe_for(l->be_state, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
+	if (u->is_accept[sp_udata_op(tag)]) {
+		int i = acc_find(u, tag);
+		if (i < 0 || u->acc[i].cancelled)
+			return 0;
+		u->acc[i].cancelled = true;
+		if (!u->acc[i].polling)
+			return 0; /* inside its delivery: acc_ready ends it */
+	}
+	struct io_uring_sqe *sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
 	io_uring_prep_cancel64(sqe, tag, 0);
 	return 0;
 }
 
 static int uring_cancel_fd(sp_loop_t *l, int fd)
 {
-	struct io_uring_sqe *sqe = sqe_for(l->be_state, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
+	uring_t *u = l->be_state;
+	for (unsigned i = 0; i < u->nacc; i++)
+		if (u->acc[i].live && u->acc[i].fd == fd)
+			u->acc[i].cancelled = true;
+	struct io_uring_sqe *sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, 0, 0), 1);
 	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
 	return 0;
 }
@@ -461,6 +583,11 @@ static int uring_wait(sp_loop_t *l, int timeout_ms)
 			l->bufs_out++; /* the kernel took it from the ring */
 		if (c.res == -ECANCELED && u->is_connect[op])
 			c.res = -ETIMEDOUT;
+		int ai;
+		if (u->is_accept[op] && (ai = acc_find(u, tag)) >= 0 && u->acc[ai].polling) {
+			acc_ready(l, (unsigned)ai, c.res);
+			continue;
+		}
 		sp_loop__dispatch(l, tag, &c);
 	}
 	io_uring_cq_advance(&u->ring, n);

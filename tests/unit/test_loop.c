@@ -2,8 +2,9 @@
  * Every test runs twice, on io_uring (SKIPPED where it is blocked or too
  * old) and on epoll: multishot accept and recv, send, connect (refused and
  * timed out), one-shot poll, cancel by op and by fd, timers, the generation
- * check, an empty buffer pool, and no completion delivered from inside the
- * call that started its op. */
+ * check, an empty buffer pool, no completion delivered from inside the
+ * call that started its op, and an accept that another waiter on its socket
+ * cannot starve. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -194,6 +198,73 @@ static void test_loop_accept_is_multishot_and_gives_nonblocking_fds(void **state
 	run_until(l, 4, 2000);
 	assert_int_equal(calls[3].c.res, -ECANCELED);
 	assert_false(calls[3].c.more);
+}
+
+/* Sits in epoll_wait on a set that holds a listening socket with
+ * EPOLLEXCLUSIVE: a waiter that takes a connection's wake-up and never
+ * accepts it, as a dead shard's accept does until the kernel has torn its
+ * ring down. */
+typedef struct {
+	int ep;
+	volatile pid_t tid;
+} swallower_t;
+
+static void *swallow(void *arg)
+{
+	swallower_t *sw = arg;
+	struct epoll_event ev;
+	sw->tid = (pid_t)syscall(SYS_gettid);
+	(void)epoll_wait(sw->ep, &ev, 1, 5000);
+	return NULL;
+}
+
+/* Is thread tid asleep (in the only place it sleeps)? */
+static bool thread_sleeping(pid_t tid)
+{
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int)tid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return false;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')');
+	return p && p[1] == ' ' && p[2] == 'S';
+}
+
+static void test_loop_accept_is_woken_past_an_exclusive_waiter_that_never_accepts(void **state)
+{
+	sp_loop_t *l = open_loop(state, NULL);
+	struct sockaddr_in a;
+	int lfd = own(th_tcp_listener(&a, 16));
+	swallower_t sw = {.ep = own(epoll_create1(EPOLL_CLOEXEC))};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE};
+	pthread_t th;
+
+	assert_int_equal(epoll_ctl(sw.ep, EPOLL_CTL_ADD, lfd, &ev), 0);
+	assert_int_equal(pthread_create(&th, NULL, swallow, &sw), 0);
+	uint64_t deadline = th_mono_ms() + 2000;
+	while (!(sw.tid && thread_sleeping(sw.tid)) && th_mono_ms() < deadline)
+		usleep(1000);
+	assert_true(sw.tid && thread_sleeping(sw.tid));
+
+	/* Queued on the socket after the swallower, as a restarted shard's
+	 * accept is after its dead predecessor's. */
+	assert_int_equal(sp_loop_accept(l, sp_loop_tag(OP_A, 1, 0), lfd, true), 0);
+	run_for(l, 50);
+	assert_int_equal(ncalls, 0);
+	own(th_tcp_client(&a));
+	run_until(l, 1, 2000);
+	pthread_join(th, NULL);
+	assert_int_equal(ncalls, 1);
+	assert_true(calls[0].c.res >= 0);
+	assert_true(calls[0].c.more);
+	sp_loop_close(l, calls[0].c.res);
+	sp_loop_cancel_fd(l, lfd);
+	run_until(l, 2, 2000);
+	assert_int_equal(calls[1].c.res, -ECANCELED);
+	assert_false(calls[1].c.more);
 }
 
 static void test_loop_recv_lands_data_in_pool_buffers_until_eof(void **state)
@@ -653,6 +724,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    BOTH(test_loop_accept_is_multishot_and_gives_nonblocking_fds),
+	    BOTH(test_loop_accept_is_woken_past_an_exclusive_waiter_that_never_accepts),
 	    BOTH(test_loop_recv_lands_data_in_pool_buffers_until_eof),
 	    BOTH(test_loop_recv_ends_with_enobufs_when_the_pool_is_empty),
 	    BOTH(test_loop_one_shot_recv_takes_one_buffer_and_ends),
