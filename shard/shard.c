@@ -239,7 +239,7 @@ static void on_signal(void *ctx, unsigned op, uint32_t slot, const sp_completion
 		 * group (Ctrl-C in a terminal, kill -- -PGID, systemd's
 		 * control-group kill) reaches the supervisor too, and it orders
 		 * every shard to drain in turn. */
-		bool order = sh->siginfo.ssi_signo == SP_SIG_DRAIN || getppid() != sh->sup_pid;
+		bool order = (int)sh->siginfo.ssi_signo == SP_SIG_DRAIN || getppid() != sh->sup_pid;
 		if (!order) {
 			sp_debug("%s from pid %u ignored: the supervisor decides",
 				 strsignal((int)sh->siginfo.ssi_signo), (unsigned)sh->siginfo.ssi_pid);

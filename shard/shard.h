@@ -16,8 +16,11 @@
 /* The supervisor's order to a shard: drain (stop accepting, finish the open
  * sessions), or, a second time, stop at once. A signal of its own, not
  * SIGTERM: a SIGTERM sent to the whole process group and the supervisor's
- * order would merge into one pending SIGTERM, and the order be lost. */
-#define SP_SIG_DRAIN SIGUSR2
+ * order would merge into one pending SIGTERM, and the order be lost. Nor
+ * SIGUSR2, the operator's binary upgrade, which `systemctl kill -s USR2`
+ * sends to every process of the service: a real-time signal nobody sends
+ * by hand (and each one sent is delivered, none merged). */
+#define SP_SIG_DRAIN (SIGRTMIN + 1)
 
 #define SP_SHARD_MAX_FDS_PER_LISTENER 8
 #define SP_SHARD_MAX_LISTENERS 64
