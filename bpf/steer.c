@@ -33,6 +33,10 @@ struct sp_steer {
 	bool migrate;
 	unsigned max_slots;
 
+	bool shared; /* loaded on another supervisor's maps (maps below) */
+	sp_steer_maps_t maps;
+	int base_group; /* shared: the group whose array the base is loaded on; -1: none */
+
 	struct sp_steer_cfg_map *cfg; /* mmap of sp_cfg's only entry */
 	size_t cfg_len;
 	struct sp_steer_load *load; /* mmap of sp_load's only entry */
@@ -98,7 +102,7 @@ static void *sp_steer_mmap(struct bpf_map *map, size_t size, size_t *len)
 }
 
 /* Open and load one instance; with a base, reuse its shared maps. */
-static int sp_steer_load_one(sp_steer_t *st, struct steer_bpf **out)
+static int sp_steer_load_one(sp_steer_t *st, struct steer_bpf **out, int socks_fd)
 {
 	struct steer_bpf *s = steer_bpf__open();
 	int ret;
@@ -115,7 +119,13 @@ static int sp_steer_load_one(sp_steer_t *st, struct steer_bpf **out)
 		if (!ret)
 			ret =
 			    bpf_map__reuse_fd(s->maps.sp_load, bpf_map__fd(st->base->maps.sp_load));
+	} else if (!ret && st->shared) {
+		ret = bpf_map__reuse_fd(s->maps.sp_cfg, st->maps.cfg_fd);
+		if (!ret)
+			ret = bpf_map__reuse_fd(s->maps.sp_load, st->maps.load_fd);
 	}
+	if (!ret && socks_fd >= 0)
+		ret = bpf_map__reuse_fd(s->maps.sp_socks, socks_fd);
 	if (!ret)
 		ret = steer_bpf__load(s);
 	if (ret) {
@@ -151,7 +161,21 @@ static void sp_steer_why_load(char *why, size_t whylen, int err)
 	}
 }
 
+void sp_steer_maps(const sp_steer_t *st, sp_steer_maps_t *out)
+{
+	out->cfg_fd = bpf_map__fd(st->base->maps.sp_cfg);
+	out->load_fd = bpf_map__fd(st->base->maps.sp_load);
+	for (unsigned g = 0; g < SP_STEER_MAX_GROUPS; g++)
+		out->socks_fd[g] = st->group[g] ? bpf_map__fd(st->group[g]->maps.sp_socks) : -1;
+}
+
 int sp_steer_open(sp_steer_t **out, int policy, unsigned max_slots, char *why, size_t whylen)
+{
+	return sp_steer_open_on(out, policy, max_slots, NULL, why, whylen);
+}
+
+int sp_steer_open_on(sp_steer_t **out, int policy, unsigned max_slots, const sp_steer_maps_t *maps,
+		     char *why, size_t whylen)
 {
 	char dummy[1];
 	sp_steer_t *st = NULL;
@@ -180,16 +204,30 @@ int sp_steer_open(sp_steer_t **out, int policy, unsigned max_slots, char *why, s
 	}
 	st->max_slots = max_slots;
 	st->policy = (__u32)policy;
+	st->base_group = -1;
+	if (maps) {
+		/* Each group's instance is loaded on that group's array. The
+		 * base, on the shared cfg and load, takes the first handed-over
+		 * group's array and serves that group, as a fresh start's base
+		 * serves its first group: one instance (and its descriptors) per
+		 * group either way. */
+		st->shared = true;
+		st->maps = *maps;
+		for (unsigned g = 0; g < SP_STEER_MAX_GROUPS && st->base_group < 0; g++)
+			if (maps->socks_fd[g] >= 0)
+				st->base_group = (int)g;
+	}
+	int base_socks = st->base_group >= 0 ? st->maps.socks_fd[st->base_group] : -1;
 	for (unsigned i = 0; i < SP_STEER_MAX_SLOTS; i++)
 		st->cpu_of_slot[i] = -1;
 
 	/* Try select_or_migrate first; anything but a privilege error means
 	 * this kernel may just lack it (< 5.14): retry with plain select. */
 	st->migrate = true;
-	ret = sp_steer_load_one(st, &st->base);
+	ret = sp_steer_load_one(st, &st->base, base_socks);
 	if (ret < 0 && ret != -EPERM) {
 		st->migrate = false;
-		ret = sp_steer_load_one(st, &st->base);
+		ret = sp_steer_load_one(st, &st->base, base_socks);
 	}
 	if (ret < 0) {
 		sp_steer_why_load(why, whylen, ret);
@@ -250,11 +288,12 @@ int sp_steer_set_live(sp_steer_t *st, unsigned slot, bool live)
 static int sp_steer_group_instance(sp_steer_t *st, unsigned g, struct steer_bpf **out)
 {
 	if (!st->group[g]) {
-		if (!st->base_used) {
+		if (!st->base_used && (st->base_group < 0 || (int)g == st->base_group)) {
 			st->base_used = true;
 			st->group[g] = st->base;
 		} else {
-			int ret = sp_steer_load_one(st, &st->group[g]);
+			int ret = sp_steer_load_one(
+			    st, &st->group[g], st->shared ? st->maps.socks_fd[g] : -1);
 			if (ret < 0)
 				return ret;
 		}

@@ -57,6 +57,21 @@ typedef struct sp_steer sp_steer_t;
  * logs it once and falls back to plain SO_REUSEPORT. libbpf's own printing
  * is silenced unless SP_STEER_DEBUG is set in the environment. */
 int sp_steer_open(sp_steer_t **out, int policy, unsigned max_slots, char *why, size_t whylen);
+
+/* The maps two supervisors share across a binary upgrade (proxy/upgrade.h):
+ * the configuration, the load counters and each group's socket array. A
+ * socket sits in one REUSEPORT_SOCKARRAY only, so the new supervisor loads
+ * its programs on the old one's maps and attaches them (replacing the old
+ * one's program in each reuseport group); if it fails, the old one attaches
+ * its own again. The descriptors stay their owner's. */
+typedef struct {
+	int cfg_fd, load_fd;
+	int socks_fd[SP_STEER_MAX_GROUPS]; /* -1: no array for that group */
+} sp_steer_maps_t;
+void sp_steer_maps(const sp_steer_t *st, sp_steer_maps_t *out);
+/* sp_steer_open on those maps (NULL: new ones). */
+int sp_steer_open_on(sp_steer_t **out, int policy, unsigned max_slots, const sp_steer_maps_t *maps,
+		     char *why, size_t whylen);
 /* Change the policy in force (a reload may change "steering"); no reload of
  * the program. */
 int sp_steer_set_policy(sp_steer_t *st, int policy);

@@ -149,6 +149,37 @@ err:;
 	return -e;
 }
 
+int sp_admin_adopt(sp_admin_t **out, int fd, const char *path, unsigned long ino)
+{
+	sp_admin_t *a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	for (int i = 0; i < SP_ADMIN_MAX_CLIENTS; i++)
+		a->clients[i].fd = -1;
+	a->lfd = fd;
+	if (path) {
+		snprintf(a->path, sizeof(a->path), "%s", path);
+		a->writable = true;
+		a->owner = getpid();
+		a->ino = (ino_t)ino;
+	}
+	*out = a;
+	return 0;
+}
+
+void sp_admin_handover(const sp_admin_t *a, int *fd, const char **path, unsigned long *ino)
+{
+	*fd = a ? a->lfd : -1;
+	*path = a && a->path[0] ? a->path : NULL;
+	*ino = a ? (unsigned long)a->ino : 0;
+}
+
+void sp_admin_disown(sp_admin_t *a)
+{
+	if (a)
+		a->owner = 0;
+}
+
 void sp_admin_close(sp_admin_t *a)
 {
 	if (!a)

@@ -26,6 +26,18 @@ int sp_admin_open(sp_admin_t **out, const sp_addr_t *addr, char *err, size_t err
  * socket file already at path is replaced atomically (stale, or an old
  * supervisor's during a binary upgrade); any other file is an error. */
 int sp_admin_open_unix(sp_admin_t **out, const char *path, char *err, size_t errlen);
+/* Serve on a listening socket a binary upgrade handed over; takes fd.
+ * path NULL: the admin.listen socket; else admin.socket's socket, bound to
+ * the file path with inode ino: it takes writes, and this process now owns
+ * the file (removes it when it closes, as if it had made it). 0 or
+ * -ENOMEM. */
+int sp_admin_adopt(sp_admin_t **out, int fd, const char *path, unsigned long ino);
+/* What a binary upgrade hands over: the listening socket, and for
+ * admin.socket the file it serves at and that file's inode (*path NULL for
+ * admin.listen). a NULL: *fd = -1. */
+void sp_admin_handover(const sp_admin_t *a, int *fd, const char **path, unsigned long *ino);
+/* A new binary took the socket over: closing no longer removes the file. */
+void sp_admin_disown(sp_admin_t *a);
 /* Closes; the Unix socket's file is removed by the process that made it,
  * if it is still the one it made (a forked shard closing its copy, or an
  * old supervisor replaced by a new one, leaves it). */

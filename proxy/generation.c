@@ -251,10 +251,7 @@ void sp_gen_abandon(sp_sup_t *sup, sp_gen_t *g)
 		sup->groups[sup->cur->group_of[l]].in_use = true;
 	sp_steering_configure(sup, sup->cur->conf, g->conf);
 	sp_gen_free(g);
-	sp_steering_apply(sup, sup->cur);
-	for (unsigned i = 0; i < sup->cur->nslots; i++)
-		if (sup->cur->procs[i].state == PROC_READY)
-			sp_steering_live(sup, i, true);
+	sp_steering_reclaim(sup);
 }
 
 /* ---- shards ------------------------------------------------------------------- */
@@ -344,6 +341,7 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	 * to the whole process group is the supervisor's to handle, once. */
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
+	signal(SIGUSR2, SIG_IGN); /* a binary upgrade is the supervisor's */
 	signal(SIGPIPE, SIG_IGN);
 	close(sup->sigfd);
 	close(sup->notify_r);
@@ -609,7 +607,7 @@ static void forget_sessions(sp_sup_t *sup, const sp_gen_t *g, unsigned slot)
 					    __ATOMIC_RELAXED));
 }
 
-static void describe_status(int status, char *buf, size_t len)
+void sp_gen_describe_status(int status, char *buf, size_t len)
 {
 	if (WIFSIGNALED(status))
 		snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(status),
@@ -618,7 +616,7 @@ static void describe_status(int status, char *buf, size_t len)
 		snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
 }
 
-static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
+bool sp_gen_child_exited(sp_sup_t *sup, pid_t pid, int status)
 {
 	for (int k = 0; k < 3; k++) {
 		sp_gen_t *g = k == 0 ? sup->cur : k == 1 ? sup->old : sup->starting;
@@ -635,17 +633,17 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 				retire_slot(sup, g, i);
 				sp_error("shard %u (generation %u) exited during start-up", i, g->id);
 				g->start_failed = true;
-				return;
+				return true;
 			}
 			bool expected = p->state == PROC_DRAINING || sup->stopping;
 			p->state = PROC_NONE;
 			forget_sessions(sup, g, i);
 			retire_slot(sup, g, i);
 			if (expected)
-				return;
+				return true;
 			sup->restarts++;
 			char how[96];
-			describe_status(status, how, sizeof(how));
+			sp_gen_describe_status(status, how, sizeof(how));
 			sp_steering_live(sup, i, false);
 			uint64_t t = sp_clock_ms();
 			if (t - p->started_ms > STABLE_AFTER_MS)
@@ -656,17 +654,10 @@ static void on_child_exit(sp_sup_t *sup, pid_t pid, int status)
 			sp_warn("shard %u (pid %d, generation %u) %s; restarting in %llu ms", i,
 				(int)pid, g->id, how, (unsigned long long)delay);
 			p->restart_at = t + delay;
-			return;
+			return true;
 		}
 	}
-}
-
-void sp_gen_reap(sp_sup_t *sup)
-{
-	int status;
-	pid_t pid;
-	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-		on_child_exit(sup, pid, status);
+	return false;
 }
 
 void sp_gen_restart_due(sp_sup_t *sup, uint64_t t)

@@ -21,8 +21,9 @@
 #include "proxy/steering.h"
 #include "proxy/supervisor.h"
 #include "proxy/io.h"
+#include "proxy/upgrade.h"
+#include "proxy/version.h"
 
-#define SP_VERSION "0.1.0"
 #define DEFAULT_CONF "conf/shardproxy.json"
 
 static void usage(FILE *out)
@@ -44,7 +45,7 @@ static int version(const char *conf_path)
 	struct utsname u;
 	char buf[768];
 
-	printf("shardproxy %s\n", SP_VERSION);
+	printf("shardproxy %s\n", sp_version);
 	if (uname(&u) == 0)
 		printf("kernel: %s %s %s\n", u.sysname, u.release, u.machine);
 	if (sp_loop_probe_uring(buf, sizeof(buf)) == 0)
@@ -112,7 +113,7 @@ int main(int argc, char **argv)
 		{"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	sp_supervisor_opts_t so = {.conf_path = DEFAULT_CONF};
+	static sp_supervisor_opts_t so = {.conf_path = DEFAULT_CONF};
 	bool check = false, show_version = false;
 	int c;
 
@@ -176,5 +177,10 @@ int main(int argc, char **argv)
 		sp_conf_free(conf);
 		return rc;
 	}
+	/* Where SIGUSR2 finds the new binary: resolved now, against the
+	 * working directory and PATH this process was started with. */
+	so.argv = argv;
+	if (sp_upgrade_exe_path(argv[0], so.exe, sizeof(so.exe), so.exe_err, sizeof(so.exe_err)) < 0)
+		so.exe[0] = '\0';
 	return sp_supervisor_run(&so, conf);
 }

@@ -12,6 +12,7 @@
 #include "proxy/json_out.h"
 #include "proxy/control.h"
 #include "proxy/sup_internal.h"
+#include "proxy/version.h"
 
 /* One counter or gauge of a row (a slot, a listener, a server). */
 typedef struct {
@@ -153,8 +154,8 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 	bool first = true;
 
 	fprintf(
-	    f, "{\"pid\":%d,\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
-	    (int)getpid(), sup->cur->id, sup->stopping ? "draining" : "serving",
+	    f, "{\"pid\":%d,\"version\":\"%s\",\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
+	    (int)getpid(), sp_version, sup->cur->id, sup->stopping ? "draining" : "serving",
 	    (long long)sup->started, (long long)(time(NULL) - sup->started));
 	fprintf(f, "\"io\":{\"configured\":\"%s\",\"backend\":\"%s\"},",
 		sp_conf_io_name(conf->io), sp_loop_backend_name(sup->cur->io));

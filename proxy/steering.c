@@ -31,8 +31,10 @@ static void steer_setup(sp_sup_t *sup, const sp_conf_t *conf)
 		sp_info("steering: none (kernel SO_REUSEPORT hash, as configured)");
 		return;
 	}
-	int ret = sp_steer_open(&sup->steer, sp_steering_policy(conf->steering), SP_MAX_SLOTS, why,
-				sizeof(why));
+	/* After a binary upgrade: on the maps the previous binary's sockets
+	 * are in (a socket sits in one socket array only). */
+	int ret = sp_steer_open_on(&sup->steer, sp_steering_policy(conf->steering), SP_MAX_SLOTS,
+				   sup->steer_maps, why, sizeof(why));
 	if (ret < 0) {
 		sup->steer = NULL;
 		sp_warn("BPF steering unavailable (%s): falling back to plain SO_REUSEPORT", why);
@@ -96,6 +98,14 @@ void sp_steering_live(sp_sup_t *sup, unsigned slot, bool live)
 {
 	if (sup->steer)
 		sp_steer_set_live(sup->steer, slot, live);
+}
+
+void sp_steering_reclaim(sp_sup_t *sup)
+{
+	sp_steering_apply(sup, sup->cur);
+	for (unsigned i = 0; i < sup->cur->nslots; i++)
+		if (sup->cur->procs[i].state == PROC_READY)
+			sp_steering_live(sup, i, true);
 }
 
 const char *sp_steering_in_force(const sp_sup_t *sup)

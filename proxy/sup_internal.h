@@ -25,6 +25,7 @@
 #include "proxy/names.h"
 #include "proxy/stats.h"
 #include "proxy/supervisor.h"
+#include "proxy/upgrade.h"
 #include "runtime/clock.h"
 #include "shard/shard.h"
 
@@ -100,6 +101,9 @@ typedef struct {
 	char last_reload_error[512];
 	sp_admin_t *admin;
 	sp_admin_t *admin_unix; /* admin.socket: the same GETs, plus writes */
+	sp_upgrade_t upgrade;   /* a new binary starting (SIGUSR2) */
+	pid_t upgraded_to;      /* it serves: this supervisor drains and exits */
+	const sp_steer_maps_t *steer_maps; /* start-up after an upgrade: load on these */
 } sp_sup_t;
 
 /* Shared arrays come in two halves, one per entry of sup->gens (not per
@@ -156,8 +160,11 @@ unsigned sp_gen_count(const sp_gen_t *g, sp_proc_state_t st);
 unsigned sp_gen_alive(const sp_gen_t *g);
 /* Start shards whose restart is due. */
 void sp_gen_restart_due(sp_sup_t *sup, uint64_t now);
-/* Reap exited shards (restart with backoff the ones that crashed). */
-void sp_gen_reap(sp_sup_t *sup);
+/* A child exited: if it was a shard, fold its counters and restart it with
+ * backoff if it crashed. false: not a shard of ours. */
+bool sp_gen_child_exited(sp_sup_t *sup, pid_t pid, int status);
+/* "exited with status 1", "killed by signal 9 (Killed)". */
+void sp_gen_describe_status(int status, char *buf, size_t len);
 /* Read the shards' reports on the notify pipe. */
 void sp_gen_read_notify(sp_sup_t *sup);
 /* Close listener groups the drained generation was the last to use. */
@@ -173,6 +180,9 @@ void sp_steering_configure(sp_sup_t *sup, const sp_conf_t *conf, const sp_conf_t
 /* Point the program at g's sockets and slot -> CPU map. */
 void sp_steering_apply(sp_sup_t *sup, sp_gen_t *g);
 void sp_steering_live(sp_sup_t *sup, unsigned slot, bool live);
+/* Attach our program to the sockets again and publish our slots (after a
+ * new binary that attached its own failed). */
+void sp_steering_reclaim(sp_sup_t *sup);
 /* The steering in force: conf's when a program is loaded, else "none". */
 const char *sp_steering_in_force(const sp_sup_t *sup);
 

@@ -19,11 +19,13 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "proxy/pidfile.h"
 #include "proxy/sup_internal.h"
+#include "proxy/version.h"
 #include "runtime/log.h"
 #include "runtime/sdnotify.h"
 
@@ -119,9 +121,9 @@ static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
 	sup->last_reload_error[0] = '\0';
 	if (sup->admin && memcmp(&g->conf->admin.listen.ss, &sup->old->conf->admin.listen.ss,
 				 sizeof(g->conf->admin.listen.ss)) != 0)
-		sp_warn("admin.listen changed: the admin endpoint moves only on a restart");
+		sp_warn("admin.listen changed: the admin endpoint moves only on a restart or a binary upgrade");
 	if (strcmp(g->conf->admin.socket, sup->old->conf->admin.socket) != 0)
-		sp_warn("admin.socket changed: the socket moves only on a restart");
+		sp_warn("admin.socket changed: the socket moves only on a restart or a binary upgrade");
 	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
 		sup->old->id);
 	notify_ready(sup);
@@ -252,11 +254,161 @@ static void reload(sp_sup_t *sup)
 		reload_finish(sup);
 }
 
+/* ---- binary upgrade (SIGUSR2) ---------------------------------------------------- */
+
+static void upgrade_begin(sp_sup_t *sup)
+{
+	char err[512];
+	sp_steer_maps_t maps;
+
+	if (sup->stopping) {
+		sp_info("SIGUSR2 while stopping: no upgrade");
+		return;
+	}
+	if (sup->upgrade.pid) {
+		sp_info("SIGUSR2: the upgrade to pid %d is still under way", (int)sup->upgrade.pid);
+		return;
+	}
+	if (sup->starting || sup->pending_conf) {
+		sp_info("SIGUSR2 while a reload is under way: send it again once it is done");
+		return;
+	}
+	if (!sup->opts->exe[0]) {
+		sp_error("upgrade refused: the binary's path is unknown (%s); pid %d keeps serving",
+			 sup->opts->exe_err, (int)getpid());
+		return;
+	}
+	sp_upgrade_give_t give = {.groups = sup->groups, .ngroups = sup->ngroups};
+	const char *no_path;
+	unsigned long no_ino;
+	sp_admin_handover(sup->admin, &give.admin_fd, &no_path, &no_ino);
+	sp_admin_handover(sup->admin_unix, &give.unix_fd, &give.unix_path, &give.unix_ino);
+	if (sup->steer) {
+		sp_steer_maps(sup->steer, &maps);
+		give.maps = &maps;
+	}
+	int ret = sp_upgrade_start(&sup->upgrade, sup->opts->exe, sup->opts->argv, &give,
+				   sp_clock_ms(), err, sizeof(err));
+	if (ret < 0) {
+		sp_error("upgrade failed: %s; pid %d keeps serving", err, (int)getpid());
+		return;
+	}
+	sp_info("upgrade: started %s as pid %d; serving until it is ready", sup->opts->exe,
+		(int)sup->upgrade.pid);
+	sp_sdnotifyf("STATUS=upgrading: new binary starting as pid %d", (int)sup->upgrade.pid);
+}
+
+/* The new binary will not serve: make sure it is gone, say why, and take
+ * the sockets' steering back. exited: status is its exit status. */
+static void upgrade_failed(sp_sup_t *sup, const char *why, bool exited, int status)
+{
+	pid_t pid = sup->upgrade.pid;
+	char how[160] = "";
+
+	/* A binary that closed the pair is usually exiting: give it a moment,
+	 * so its exit status can say more than "closed". */
+	for (int i = 0; !exited && i < 50; i++) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r == pid)
+			exited = true;
+		else if (r < 0)
+			break;
+		else
+			usleep(10000);
+	}
+	if (!exited) {
+		kill(pid, SIGKILL);
+		exited = waitpid(pid, &status, 0) == pid;
+	}
+	if (exited) {
+		char st[96];
+		sp_gen_describe_status(status, st, sizeof(st));
+		snprintf(how, sizeof(how), "; the new binary (pid %d) %s", (int)pid, st);
+	}
+	sp_upgrade_end(&sup->upgrade);
+	sp_error("upgrade failed: %s%s; pid %d keeps serving", why, how, (int)getpid());
+	sp_steering_reclaim(sup);
+	sp_sdnotifyf("STATUS=serving: generation %u, %u shards; last upgrade failed: %s",
+		     sup->cur->id, sup->cur->nslots, why);
+	if (sup->reload_pending && !sup->old)
+		reload(sup);
+}
+
+/* The new supervisor serves: it becomes the service's main process, and
+ * this one drains its shards and exits, leaving the sockets to it. */
+static void upgrade_done(sp_sup_t *sup)
+{
+	pid_t pid = sup->upgrade.pid;
+	sp_upgrade_end(&sup->upgrade);
+	sup->upgraded_to = pid;
+	sp_info("upgrade: pid %d serves; draining this supervisor's shards, then exiting", (int)pid);
+	/* NotifyAccess=main: only the main pid may move MAINPID, so the old
+	 * one does it, before it exits. */
+	sp_sdnotifyf("MAINPID=%d\nREADY=1\nSTATUS=upgraded: pid %d serves", (int)pid, (int)pid);
+	sup->stopping = true;
+	sup->reload_pending = false;
+	/* The new one holds its own copies of the admin sockets, and
+	 * admin.socket's file is its to remove now. */
+	sp_admin_close(sup->admin);
+	sup->admin = NULL;
+	sp_admin_disown(sup->admin_unix);
+	sp_admin_close(sup->admin_unix);
+	sup->admin_unix = NULL;
+	uint32_t drain = 0;
+	for (int k = 0; k < 2; k++)
+		if (sup->gens[k].conf) {
+			sp_gen_signal(&sup->gens[k], SP_SIG_DRAIN);
+			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
+				drain = sup->gens[k].conf->limits.drain_timeout_ms;
+		}
+	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
+	/* Our copies only: the new supervisor and its shards hold theirs. */
+	for (unsigned i = 0; i < sup->ngroups; i++)
+		sp_lgroup_close(&sup->groups[i]);
+	/* The maps are the new one's to publish to from now on. */
+	if (sup->steer) {
+		sp_steer_close(sup->steer);
+		sup->steer = NULL;
+	}
+}
+
+static void upgrade_read(sp_sup_t *sup)
+{
+	char why[256];
+	switch (sp_upgrade_read(&sup->upgrade, why, sizeof(why))) {
+	case SP_UPGRADE_READY:
+		upgrade_done(sup);
+		break;
+	case SP_UPGRADE_FAILED:
+		upgrade_failed(sup, why, false, 0);
+		break;
+	case SP_UPGRADE_WAITING:
+		break;
+	}
+}
+
 /* ---- children --------------------------------------------------------------------- */
 
 static void reap(sp_sup_t *sup)
 {
-	sp_gen_reap(sup);
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (sup->upgrade.pid && pid == sup->upgrade.pid) {
+			char why[256] = "it exited before it was ready";
+			/* What it wrote before it went says more. */
+			if (sp_upgrade_read(&sup->upgrade, why, sizeof(why)) == SP_UPGRADE_READY) {
+				sp_upgrade_end(&sup->upgrade);
+				sp_error("upgrade: pid %d said ready, then exited; pid %d keeps serving",
+					 (int)pid, (int)getpid());
+				sp_steering_reclaim(sup);
+				continue;
+			}
+			upgrade_failed(sup, why, true, status);
+			continue;
+		}
+		sp_gen_child_exited(sup, pid, status);
+	}
 	if (sup->old && sp_gen_alive(sup->old) == 0) {
 		sp_info("generation %u drained", sup->old->id);
 		sp_gen_free(sup->old);
@@ -276,6 +428,11 @@ static void run_timers(sp_sup_t *sup)
 			sup->old->id);
 		sp_gen_signal(sup->old, SIGKILL);
 		sup->old->kill_at = 0;
+	}
+	if (sup->upgrade.pid && t >= sup->upgrade.deadline) {
+		char why[96];
+		snprintf(why, sizeof(why), "not ready after %d ms", SP_UPGRADE_TIMEOUT_MS);
+		upgrade_failed(sup, why, false, 0);
 	}
 	if (sup->stopping && sup->stop_kill_at && t >= sup->stop_kill_at) {
 		for (int k = 0; k < 2; k++)
@@ -299,6 +456,8 @@ static int next_timeout(const sp_sup_t *sup)
 		next = sup->stop_kill_at;
 	if (sup->starting && sup->starting->ready_by < next)
 		next = sup->starting->ready_by;
+	if (sup->upgrade.pid && sup->upgrade.deadline < next)
+		next = sup->upgrade.deadline;
 	if (next == UINT64_MAX)
 		return -1;
 	return next <= t ? 0 : (int)(next - t);
@@ -321,6 +480,11 @@ static void begin_stop(sp_sup_t *sup, int sig)
 		sp_gen_kill(sup, g);
 		sp_gen_abandon(sup, g);
 		sup->reload_pending = false;
+	}
+	if (sup->upgrade.pid) {
+		/* Stopping wins: the new binary will not take over. */
+		sup->reload_pending = false;
+		upgrade_failed(sup, "a stop was ordered", false, 0);
 	}
 	sup->stopping = true;
 	drop_pending(sup); /* a reload still looking names up will not happen */
@@ -358,10 +522,20 @@ static void on_signal(sp_sup_t *sup, const struct signalfd_siginfo *si)
 		reap(sup);
 		break;
 	case SIGHUP:
-		if (!sup->stopping) {
-			notify_reloading(sup);
-			reload(sup);
+		if (sup->stopping)
+			break;
+		if (sup->upgrade.pid) {
+			/* The new binary reads the file itself; if it fails, the
+			 * reload is applied here afterwards. */
+			sp_info("reload queued: an upgrade is under way");
+			sup->reload_pending = true;
+			break;
 		}
+		notify_reloading(sup);
+		reload(sup);
+		break;
+	case SIGUSR2:
+		upgrade_begin(sup);
 		break;
 	case SIGTERM:
 	case SIGINT:
@@ -382,6 +556,7 @@ static int setup_process(sp_sup_t *sup)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	sup->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -437,6 +612,18 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		return 2;
 	}
 
+	/* Started by a binary upgrade: the previous supervisor's sockets, admin
+	 * listeners and steering maps, adopted instead of bound anew. From here
+	 * on a failure is also reported to it (fail:), which keeps serving. */
+	sp_upgrade_inherited_t inh;
+	int rc = 2;
+	bool printed = false;
+	if (sp_upgrade_inherit(sup->groups, &sup->ngroups, SP_MAX_GROUPS, &inh, err, sizeof(err)) <
+	    0)
+		goto fail;
+	if (inh.report_fd >= 0)
+		sp_info("upgrade: taking over from pid %d", (int)getppid());
+
 	/* Host names first: nothing is served yet, so this wait blocks no one.
 	 * A name that does not resolve stops the start (as nginx does) unless
 	 * its upstream re-resolves (resolve_interval_ms), which then starts
@@ -445,57 +632,95 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	sp_conf_errors_t errs = {0};
 	sp_control_init(conf, next_ctl(sup));
 	if (sp_names_new(&names, conf, next_ctl(sup), err, sizeof(err)) < 0) {
-		fprintf(stderr, "shardproxy: %s\n", err);
 		sp_conf_free(conf);
-		return 2;
+		goto fail;
 	}
 	if (sp_names_resolve_now(names, &errs) > 0) {
 		sp_conf_errors_print(&errs, stderr);
+		snprintf(err, sizeof(err), "%s", errs.n ? errs.msgs[0] : "cannot resolve a server name");
 		sp_conf_errors_free(&errs);
 		sp_names_free(names);
 		sp_conf_free(conf);
-		return 1;
+		rc = 1;
+		printed = true;
+		goto fail;
 	}
+	if (inh.have_maps)
+		sup->steer_maps = &inh.maps;
 	sp_gen_t *g;
 	int gret = sp_gen_prepare(sup, conf, NULL, &g, err, sizeof(err));
 	g->names = names;
-	if (gret < 0) {
-		fprintf(stderr, "shardproxy: %s\n", err);
-		return 2;
+	sup->steer_maps = NULL;
+	if (inh.have_maps) /* loaded on (libbpf holds its own descriptors), or not needed */
+		for (int i = -2; i < SP_STEER_MAX_GROUPS; i++) {
+			int fd = i == -2   ? inh.maps.cfg_fd
+				 : i == -1 ? inh.maps.load_fd
+					   : inh.maps.socks_fd[i];
+			if (fd >= 0)
+				close(fd);
+		}
+	if (gret < 0)
+		goto fail;
+	/* The admin endpoints a new binary was handed: served on as they are
+	 * when the file still names them, so a client never finds the address
+	 * or the path without a listener, also if this start fails. */
+	if (conf->admin.enabled && inh.admin_fd >= 0 &&
+	    sp_upgrade_same_addr(inh.admin_fd, &conf->admin.listen)) {
+		if (sp_admin_adopt(&sup->admin, inh.admin_fd, NULL, 0) < 0) {
+			snprintf(err, sizeof(err), "admin.listen: out of memory");
+			goto fail;
+		}
+		inh.admin_fd = -1;
 	}
-	if (conf->admin.enabled &&
-	    sp_admin_open(&sup->admin, &conf->admin.listen, err, sizeof(err)) < 0) {
-		fprintf(stderr, "shardproxy: %s\n", err);
-		return 2;
+	if (inh.admin_fd >= 0) { /* not ours to serve: admin moved or is off */
+		close(inh.admin_fd);
+		inh.admin_fd = -1;
 	}
-	if (conf->admin.socket[0] &&
-	    sp_admin_open_unix(&sup->admin_unix, conf->admin.socket, err, sizeof(err)) < 0) {
-		fprintf(stderr, "shardproxy: %s\n", err);
-		return 2;
+	if (conf->admin.enabled && !sup->admin &&
+	    sp_admin_open(&sup->admin, &conf->admin.listen, err, sizeof(err)) < 0)
+		goto fail;
+	if (conf->admin.socket[0] && sp_upgrade_unix_serves(&inh, conf->admin.socket)) {
+		/* The file is ours from now on; on a failed start we exit
+		 * without closing it, so it stays the old supervisor's. */
+		if (sp_admin_adopt(&sup->admin_unix, inh.unix_fd, conf->admin.socket, inh.unix_ino) <
+		    0) {
+			snprintf(err, sizeof(err), "admin.socket: out of memory");
+			goto fail;
+		}
+		inh.unix_fd = -1;
 	}
+	if (conf->admin.socket[0] && !sup->admin_unix &&
+	    sp_admin_open_unix(&sup->admin_unix, conf->admin.socket, err, sizeof(err)) < 0)
+		goto fail;
 	sup->cur = g;
 	if (sp_gen_start(sup, g) < 0) {
-		fprintf(stderr, "shardproxy: start-up failed: shards did not start (see above)\n");
-		return 2;
+		snprintf(err, sizeof(err), "start-up failed: shards did not start (see above)");
+		goto fail;
 	}
+	/* Sockets handed over for addresses this file no longer has. */
+	sp_gen_close_retired(sup);
 	if (opts->pidfile && sp_pidfile_write(opts->pidfile, getpid(), err, sizeof(err)) < 0) {
-		fprintf(stderr, "shardproxy: %s\n", err);
 		sp_gen_kill(sup, g);
-		return 2;
+		goto fail;
 	}
-	sp_info("ready: generation %u, %u shards, io %s, relay %s, pid %d%s%s", g->id, g->nslots,
-		sp_loop_backend_name(g->io), sp_relay_engine(conf), (int)getpid(),
+	sp_info("ready: generation %u, %u shards, io %s, relay %s, pid %d, version %s%s%s", g->id,
+		g->nslots, sp_loop_backend_name(g->io), sp_relay_engine(conf), (int)getpid(),
+		sp_version,
 		conf->user.set ? ", shards run as user " : "", conf->user.set ? conf->user.name : "");
-	sp_sdnotifyf("READY=1\nMAINPID=%d\nSTATUS=serving: generation %u, %u shards", (int)getpid(),
-		     g->id, g->nslots);
+	if (inh.report_fd >= 0)
+		sp_upgrade_report(&inh, true, NULL); /* the old one moves MAINPID here */
+	else
+		sp_sdnotifyf("READY=1\nMAINPID=%d\nSTATUS=serving: generation %u, %u shards",
+			     (int)getpid(), g->id, g->nslots);
 
 	while (!(sup->stopping && all_gone(sup))) {
-		enum { MAXFD = 2 + 2 * (1 + SP_ADMIN_MAX_CLIENTS) + 2 * 16 + 256 };
+		enum { MAXFD = 3 + 2 * (1 + SP_ADMIN_MAX_CLIENTS) + 2 * 16 + 256 };
 		struct pollfd pfd[MAXFD] = {
 			{.fd = sup->sigfd, .events = POLLIN},
 			{.fd = sup->notify_r, .events = POLLIN},
+			{.fd = sup->upgrade.pid ? sup->upgrade.fd : -1, .events = POLLIN},
 		};
-		int nfd = 2, nadmin = 0, nunix = 0, nhealth = 0, nnames = 0, npend = 0;
+		int nfd = 3, nadmin = 0, nunix = 0, nhealth = 0, nnames = 0, npend = 0;
 		int timeout = next_timeout(sup);
 		if (sup->admin) {
 			nadmin = sp_admin_pollfds(sup->admin, pfd + nfd, MAXFD - nfd);
@@ -543,16 +768,18 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		if (health)
 			sp_health_run(health, pfd + nfd, nhealth);
 		if (sup->admin)
-			sp_admin_serve(sup->admin, pfd + 2, nadmin, sp_render, sup);
+			sp_admin_serve(sup->admin, pfd + 3, nadmin, sp_render, sup);
 		if (sup->admin_unix)
-			sp_admin_serve(sup->admin_unix, pfd + 2 + nadmin, nunix, sp_render, sup);
+			sp_admin_serve(sup->admin_unix, pfd + 3 + nadmin, nunix, sp_render, sup);
 		if (cnames)
-			sp_names_run(cnames, pfd + 2 + nadmin + nunix, nnames);
+			sp_names_run(cnames, pfd + 3 + nadmin + nunix, nnames);
 		if (pend && pend == sup->pending_names) {
-			sp_names_run(pend, pfd + 2 + nadmin + nunix + nnames, npend);
+			sp_names_run(pend, pfd + 3 + nadmin + nunix + nnames, npend);
 			if (sp_names_settled(pend))
 				reload_finish(sup);
 		}
+		if (pfd[2].fd >= 0 && pfd[2].revents)
+			upgrade_read(sup);
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			while (read(sup->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
@@ -563,7 +790,11 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	}
 	/* Reap whatever is left, so no shard outlives its supervisor. */
 	reap(sup);
-	sp_info("stopped");
+	if (sup->upgraded_to)
+		sp_info("stopped; pid %d serves", (int)sup->upgraded_to);
+	else
+		sp_info("stopped");
+	/* After an upgrade the file names the new supervisor: only ours goes. */
 	if (opts->pidfile)
 		sp_pidfile_remove(opts->pidfile, getpid());
 	for (int k = 0; k < 2; k++)
@@ -585,4 +816,9 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	munmap(sup->server_fails, 2 * SP_HEALTH_MAX_SERVERS * sizeof(uint32_t));
 	munmap(sup->server_ctl, 2 * SP_HEALTH_MAX_SERVERS * sizeof(sp_server_ctl_t));
 	return 0;
+fail:
+	if (!printed)
+		fprintf(stderr, "shardproxy: %s\n", err);
+	sp_upgrade_report(&inh, false, err);
+	return rc;
 }

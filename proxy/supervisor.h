@@ -7,10 +7,17 @@
 
 #include "conf/conf.h"
 
+#include <limits.h>
+
 typedef struct {
 	const char *conf_path;
 	int workers_override; /* 0: use the file's */
 	const char *pidfile;
+	/* For a binary upgrade (SIGUSR2): the command line to run again, and
+	 * the binary's path as started (empty: exe_err says why there is none). */
+	char **argv;
+	char exe[PATH_MAX];
+	char exe_err[256];
 } sp_supervisor_opts_t;
 
 /* Takes ownership of conf. Returns the process exit code: 0 after a clean

@@ -941,9 +941,10 @@ def parse_access(line):
 class Proxy:
     """One shardproxy supervisor started from a config dict (or file)."""
 
-    def __init__(self, ctx, conf, workers=None, args=(), name="proxy", path=None, user=None, wrap=None):
+    def __init__(self, ctx, conf, workers=None, args=(), name="proxy", path=None, user=None, wrap=None,
+                 binary=None):
         self.ctx = ctx
-        self.bin = ctx.binary
+        self.bin = binary or ctx.binary
         self.conf = conf
         self.path = path or os.path.join(ctx.tmpdir, "%s.json" % name)
         if conf is not None:

@@ -1,0 +1,239 @@
+/* upgrade: the binary's path as started, and adopting what an upgrading
+ * supervisor hands over through the environment. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proxy/upgrade.h"
+
+static void test_exe_path_is_absolute_without_resolving_links(void **state)
+{
+	char out[PATH_MAX], err[256], cwd[PATH_MAX], want[PATH_MAX * 2];
+	(void)state;
+	assert_int_equal(
+	    sp_upgrade_exe_path("/usr/sbin/shardproxy", out, sizeof(out), err, sizeof(err)), 0);
+	assert_string_equal(out, "/usr/sbin/shardproxy");
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(
+	    sp_upgrade_exe_path("build/shardproxy", out, sizeof(out), err, sizeof(err)), 0);
+	snprintf(want, sizeof(want), "%s/build/shardproxy", cwd);
+	assert_string_equal(out, want);
+}
+
+static void test_exe_path_without_slash_is_looked_up_in_path(void **state)
+{
+	char out[PATH_MAX], err[256];
+	(void)state;
+	setenv("PATH", "/nonexistent:/bin:/usr/bin", 1);
+	assert_int_equal(sp_upgrade_exe_path("sh", out, sizeof(out), err, sizeof(err)), 0);
+	assert_string_equal(out, "/bin/sh");
+	assert_int_equal(
+	    sp_upgrade_exe_path("no-such-binary-here", out, sizeof(out), err, sizeof(err)),
+	    -ENOENT);
+	assert_non_null(strstr(err, "not found in PATH"));
+}
+
+static int listener(struct sockaddr_in *sa)
+{
+	socklen_t len = sizeof(*sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	memset(sa, 0, sizeof(*sa));
+	sa->sin_family = AF_INET;
+	sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)sa, sizeof(*sa)), 0);
+	assert_int_equal(listen(fd, 8), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)sa, &len), 0);
+	return fd;
+}
+
+static void test_inherit_adopts_groups_at_their_index_and_clears_the_environment(void **state)
+{
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned n = 0;
+	sp_upgrade_inherited_t in;
+	struct sockaddr_in sa;
+	char env[64], err[256];
+	(void)state;
+	memset(groups, 0, sizeof(groups));
+	int a = listener(&sa), b = dup(a);
+	snprintf(env, sizeof(env), "2:%d,%d", a, b);
+	setenv(SP_UPGRADE_ENV_LISTEN, env, 1);
+	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(groups[0].nfds, 0);
+	assert_int_equal(groups[2].nfds, 2);
+	assert_int_equal(groups[2].fds[0], a);
+	assert_int_equal(groups[2].fds[1], b);
+	assert_int_equal(memcmp(&groups[2].addr.ss, &sa, sizeof(sa)), 0);
+	assert_int_equal(in.report_fd, -1);
+	assert_false(in.have_maps);
+	assert_null(getenv(SP_UPGRADE_ENV_LISTEN));
+	assert_true(sp_upgrade_same_addr(a, &groups[2].addr));
+	close(a);
+	close(b);
+}
+
+static void test_inherit_refuses_a_descriptor_that_is_not_a_listener(void **state)
+{
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned n = 0;
+	sp_upgrade_inherited_t in;
+	char env[64], err[256];
+	(void)state;
+	memset(groups, 0, sizeof(groups));
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	snprintf(env, sizeof(env), "0:%d", s);
+	setenv(SP_UPGRADE_ENV_LISTEN, env, 1);
+	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)),
+			 -EINVAL);
+	assert_non_null(strstr(err, "descriptor"));
+	setenv(SP_UPGRADE_ENV_LISTEN, "0:x", 1);
+	assert_true(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)) < 0);
+	close(s);
+}
+
+/* A listening Unix socket at path (made in a fresh temporary directory);
+ * *ino: its file's inode. */
+static int unix_listener(char *path, size_t len, unsigned long *ino)
+{
+	char dir[] = "/tmp/test_upgrade.XXXXXX";
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	struct stat st;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, len, "%s/admin.sock", dir);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	assert_int_equal(listen(fd, 8), 0);
+	assert_int_equal(lstat(path, &st), 0);
+	*ino = (unsigned long)st.st_ino;
+	return fd;
+}
+
+static void remove_listener(const char *path)
+{
+	char dir[PATH_MAX];
+	unlink(path);
+	snprintf(dir, sizeof(dir), "%s", path);
+	*strrchr(dir, '/') = '\0';
+	rmdir(dir);
+}
+
+static void inherit_unix(const char *path, int fd, unsigned long ino, sp_upgrade_inherited_t *in)
+{
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned n = 0;
+	char env[PATH_MAX + 64], err[256];
+	memset(groups, 0, sizeof(groups));
+	snprintf(env, sizeof(env), "%d:%lu:%s", fd, ino, path);
+	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, env, 1);
+	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, in, err, sizeof(err)), 0);
+	assert_null(getenv(SP_UPGRADE_ENV_ADMIN_UNIX));
+}
+
+static void test_inherited_admin_socket_serves_its_own_path_only_while_the_file_is_it(void **state)
+{
+	char path[100];
+	unsigned long ino;
+	sp_upgrade_inherited_t in;
+	(void)state;
+	int fd = unix_listener(path, sizeof(path), &ino);
+	inherit_unix(path, fd, ino, &in);
+	assert_int_equal(in.unix_fd, fd);
+	assert_string_equal(in.unix_path, path);
+	assert_true(sp_upgrade_unix_serves(&in, path));
+	assert_false(sp_upgrade_unix_serves(&in, "/run/elsewhere.sock"));
+	/* Someone put another socket at the path: not the one handed over. */
+	unlink(path);
+	int other = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	assert_int_equal(bind(other, (struct sockaddr *)&sun, sizeof(sun)), 0);
+	assert_false(sp_upgrade_unix_serves(&in, path));
+	close(other);
+	close(fd);
+	remove_listener(path);
+}
+
+static void test_inherit_refuses_an_admin_socket_that_is_not_a_listening_unix_socket(void **state)
+{
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned n = 0;
+	sp_upgrade_inherited_t in;
+	struct sockaddr_in sa;
+	char env[128], err[256];
+	(void)state;
+	memset(groups, 0, sizeof(groups));
+	int tcp = listener(&sa);
+	snprintf(env, sizeof(env), "%d:1:/run/x.sock", tcp);
+	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, env, 1);
+	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)),
+			 -EINVAL);
+	assert_non_null(strstr(err, "descriptor"));
+	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, "7:1:", 1);
+	assert_true(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)) < 0);
+	assert_non_null(strstr(err, "cannot parse"));
+	close(tcp);
+}
+
+static void test_failed_start_leaves_the_old_admin_socket_file(void **state)
+{
+	char path[100];
+	unsigned long ino;
+	sp_upgrade_inherited_t in;
+	struct stat st;
+	(void)state;
+	int fd = unix_listener(path, sizeof(path), &ino);
+	int keep = dup(fd); /* the old supervisor's copy */
+	inherit_unix(path, fd, ino, &in);
+	sp_upgrade_report(&in, false, "test");
+	assert_int_equal(in.unix_fd, -1);
+	assert_int_equal(lstat(path, &st), 0);
+	close(keep);
+	remove_listener(path);
+}
+
+static void test_ready_without_adopting_removes_the_old_admin_socket_file(void **state)
+{
+	char path[100];
+	unsigned long ino;
+	sp_upgrade_inherited_t in;
+	struct stat st;
+	(void)state;
+	int fd = unix_listener(path, sizeof(path), &ino);
+	int keep = dup(fd);
+	inherit_unix(path, fd, ino, &in);
+	sp_upgrade_report(&in, true, NULL);
+	assert_int_equal(in.unix_fd, -1);
+	assert_int_equal(lstat(path, &st), -1);
+	close(keep);
+	remove_listener(path);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_exe_path_is_absolute_without_resolving_links),
+	    cmocka_unit_test(test_exe_path_without_slash_is_looked_up_in_path),
+	    cmocka_unit_test(test_inherit_adopts_groups_at_their_index_and_clears_the_environment),
+	    cmocka_unit_test(test_inherit_refuses_a_descriptor_that_is_not_a_listener),
+	    cmocka_unit_test(test_inherited_admin_socket_serves_its_own_path_only_while_the_file_is_it),
+	    cmocka_unit_test(test_inherit_refuses_an_admin_socket_that_is_not_a_listening_unix_socket),
+	    cmocka_unit_test(test_failed_start_leaves_the_old_admin_socket_file),
+	    cmocka_unit_test(test_ready_without_adopting_removes_the_old_admin_socket_file),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
