@@ -307,16 +307,17 @@ static void upgrade_failed(sp_sup_t *sup, const char *why, bool exited, int stat
 
 	/* A binary that closed the pair is usually exiting: give it a moment,
 	 * so its exit status can say more than "closed". */
-	for (int i = 0; !exited && i < 50; i++) {
+	bool reaped = exited;
+	for (int i = 0; !reaped && i < 50; i++) {
 		pid_t r = waitpid(pid, &status, WNOHANG);
 		if (r == pid)
-			exited = true;
+			reaped = exited = true;
 		else if (r < 0)
-			break;
+			reaped = true; /* not ours to wait for (any more): never signal it */
 		else
 			usleep(10000);
 	}
-	if (!exited) {
+	if (!reaped) {
 		kill(pid, SIGKILL);
 		exited = waitpid(pid, &status, 0) == pid;
 	}
