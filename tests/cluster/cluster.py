@@ -33,9 +33,13 @@ connection-per-request) plus long checksummed transfers (client.py):
   add      start it, put its nexthop back: it takes a share of new flows, the
            flows already open are not moved (0 errors, transfers intact).
   reload   SIGHUP one instance in the group: 0 errors, transfers intact.
-  upgrade  SIGUSR2 one instance in the group, only if this binary performs a
-           binary upgrade (probed at start on a throw-away instance); else
-           reported as not available.
+  upgrade  install another build at the path the instances run from (the
+           binary with another version string), then SIGUSR2 one instance in
+           the group: 0 errors, transfers intact, a new pid answers /stats
+           with the new version and takes new flows, the old supervisor
+           drains and exits 0; the time each takes is measured. Only if this
+           binary performs a binary upgrade (probed at start on a throw-away
+           instance); else reported as not available.
   remove, no pin
            the remove step without the conntrack pin: what a stateless
            router does on a BGP withdraw. Measured (the removed instance's
@@ -164,6 +168,9 @@ class Cluster:
         self.prefix = "spc-%d-" % os.getpid()
         self.logdir = os.path.join(REPO, "build", "cluster", str(os.getpid()))
         self.binary = os.path.abspath(os.path.join(a.build, "shardproxy"))
+        # The instances run a copy installed here: the upgrade step replaces
+        # it (rename over it) as a package upgrade replaces the installed one.
+        self.exe = os.path.join(self.logdir, "bin", "shardproxy")
         self.created = []  # namespaces, in creation order
         self.procs = []  # every Popen we started
         self.sup = {}  # instance index -> supervisor pid (changes on upgrade)
@@ -376,8 +383,39 @@ class Cluster:
             self.ip(ns, "addr", "add", addr + "/24", "dev", dev)
             self.ip(ns, "link", "set", dev, "up")
 
+    def install(self, data):
+        """Put data at self.exe the way a package manager does: beside it,
+        then renamed over it (running instances keep their old inode)."""
+        os.makedirs(os.path.dirname(self.exe), exist_ok=True)
+        tmp = self.exe + ".new"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, self.exe)
+        self.record("install -m 0755 <build> %s.new && mv %s.new %s" % (self.exe, self.exe, self.exe))
+
+    def version(self):
+        p = subprocess.run([self.exe, "-V", "-c", "/nonexistent"], capture_output=True, text=True, timeout=20)
+        first = p.stdout.splitlines()[0].split() if p.stdout else []
+        return first[1] if len(first) > 1 else None
+
+    def other_build(self, suffix):
+        """The installed binary with another version string: the version is
+        stored once, NUL-padded to 32 bytes (proxy/version.c), so a copy can
+        carry another one, as a new build would. (data, version) or (None, why)."""
+        cur = self.version()
+        with open(self.exe, "rb") as f:
+            data = f.read()
+        new = (cur or "") + suffix
+        old = (cur or "").encode().ljust(32, b"\0")
+        if not cur or data.count(old) != 1 or len(new) >= 32:
+            return None, "version %r not found once in the binary" % cur
+        return data.replace(old, new.encode().ljust(32, b"\0")), new
+
     def setup(self):
         n = self.a.instances
+        with open(self.binary, "rb") as f:
+            self.install(f.read())
         for short in ["client", "router"] + ["p%d" % i for i in range(1, n + 1)] + list(BACKENDS):
             self.add_ns(short)
         self.link("router", "rc", "10.77.1.1", "client", "eth0", CLIENT_IP)
@@ -476,7 +514,7 @@ class Cluster:
                     {"name": "http", "balance": "round_robin", "send_proxy_protocol": "v2", "servers": servers(HTTP_PORT)},
                     {"name": "stream", "balance": "round_robin", "send_proxy_protocol": "v2",
                      "servers": servers(STREAM_PORT)}]}, f, indent=1)
-        p = self.spawn("p%d" % i, [self.binary, "-c", conf], os.path.join(self.logdir, "p%d.log" % i))
+        p = self.spawn("p%d" % i, [self.exe, "-c", conf], os.path.join(self.logdir, "p%d.log" % i))
         # `ip netns exec` execs the command: p.pid is the supervisor.
         self.sup[i] = p.pid
         self.wait_for(lambda: p.poll() is None and self.admin(i, "/healthz")[0] == 200, 10, "instance p%d" % i)
@@ -717,36 +755,57 @@ class Cluster:
 
     def step_upgrade(self, i):
         a = self.a
-        self.log("upgrade p%d: SIGUSR2 under load" % i)
         old = self.sup[i]
+        v0 = self.version()
+        data, v1 = self.other_build("-upgraded")
+        if data is None:
+            raise StepFailed("upgrade: cannot make another build: %s" % v1)
+        self.log("upgrade p%d: %s installed over %s, then SIGUSR2 under load" % (i, v1, v0))
+        self.install(data)
         load = self.start_load(target=i)
         self.at(load, a.op_at)
+        t_sig = time.monotonic()
         os.kill(old, signal.SIGUSR2)
-        new = None
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
+        new = s1 = None
+        while time.monotonic() < t_sig + 10:
             s = self.stats(i)
             if s and s["pid"] != old:
-                new = s["pid"]
+                new, s1 = s["pid"], s
                 break
-            time.sleep(0.1)
-        res = self.finish_load(load)
-        problems = []
-        gone = None
+            time.sleep(0.05)
+        t_new = time.monotonic() - t_sig
+        status = t_gone = None
         if new:
             self.sup[i] = new
             try:
-                self.wait_exit(old, a.drain_timeout_ms / 1000 + 5)
-                gone = True
+                status = self.wait_exit(old, a.drain_timeout_ms / 1000 + 5)
+                t_gone = time.monotonic() - t_sig
             except StepFailed:
-                gone = False
+                pass
+        res = self.finish_load(load)
+        s2 = self.stats(i) if new else None
         res["transfer_text"] = self.transfer_text(res["transfers"], i)
+        problems = []
         self.common_checks(res, problems)
         if not new:
             problems.append("no new supervisor answered /stats within 10 s of SIGUSR2")
-        elif not gone:
-            problems.append("old supervisor %d still running after the drain" % old)
-        figure = "supervisor pid %d -> %s%s" % (old, new, ", old one exited" if gone else "")
+        else:
+            if s1["version"] != v1:
+                problems.append("the new supervisor reports version %r, want %r" % (s1["version"], v1))
+            if t_gone is None:
+                problems.append("old supervisor %d still running after the drain" % old)
+            elif status not in (0, None):
+                problems.append("old supervisor %d exited %s" % (old, status))
+            if not s2 or s2["totals"]["accepted"] == 0:
+                problems.append("the new supervisor accepted no connection during the step")
+        figure = "supervisor pid %d (%s) -> %s (%s)" % (old, v0, new, s1["version"] if s1 else "-")
+        if new:
+            figure += "; new pid answered /stats %.2f s after SIGUSR2" % t_new
+            if t_gone is not None:
+                figure += ", old one drained and exited %s %.1f s after it" % (
+                    "0" if status in (0, None) else status, t_gone)
+            if s2:
+                figure += "; new pid accepted %d connections by the end of the step" % s2["totals"]["accepted"]
         self.row("upgrade", "p%d" % i, res, figure, not problems, problems)
 
     def step_crash(self, i, detect_ms):
