@@ -394,14 +394,14 @@ static void __attribute__((noreturn)) shard_child(sp_sup_t *sup, sp_gen_t *g, un
 	exit(sp_shard_main(&a));
 }
 
-static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot)
+static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot, char *err, size_t errlen)
 {
 	sp_proc_t *p = &g->procs[slot];
 	pid_t parent = getpid(); /* the child's getppid() may already be another */
 	pid_t pid = fork();
 	if (pid < 0) {
 		int e = errno;
-		sp_error("shard %u: fork: %s", slot, strerror(e));
+		snprintf(err, errlen, "shard %u: fork: %s", slot, strerror(e));
 		return -e;
 	}
 	if (pid == 0)
@@ -489,13 +489,16 @@ static void reap_now(sp_sup_t *sup, sp_gen_t *g)
 
 /* ---- start ------------------------------------------------------------------- */
 
-int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g)
+int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen)
 {
 	size_t hoff = sp_gen_half(sup, g) * SP_HEALTH_MAX_SERVERS;
-	g->health = sp_health_new(g->conf, sup->server_down + hoff, sup->server_fails + hoff);
-	if (!g->health) {
-		sp_error("generation %u: health checks: out of memory", g->id);
-		return -1;
+	char why[256];
+	int ret = sp_health_new(&g->health, g->conf, sup->server_down + hoff,
+				sup->server_fails + hoff, why, sizeof(why));
+	if (ret < 0) {
+		g->health = NULL;
+		snprintf(err, errlen, "generation %u: %s", g->id, why);
+		return ret;
 	}
 	sp_health_set_ctl(g->health, sp_gen_ctl(sup, g));
 	if (g->names)
@@ -506,35 +509,40 @@ int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g)
 	g->start_failed = false;
 	g->ready_by = sp_clock_ms() + READY_TIMEOUT_MS;
 	for (unsigned i = 0; i < g->nslots; i++)
-		if (spawn(sup, g, i) < 0) {
+		if ((ret = spawn(sup, g, i, why, sizeof(why))) < 0) {
 			sp_gen_kill(sup, g);
-			return -1;
+			snprintf(err, errlen, "generation %u: %s", g->id, why);
+			return ret;
 		}
 	return 0;
 }
 
-int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g)
+int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen)
 {
-	if (g->start_failed)
-		return -1;
+	if (g->start_failed) {
+		/* Which shard and why is its own line, logged as it happened. */
+		snprintf(err, errlen, "generation %u: a shard failed during start-up", g->id);
+		return -ECHILD;
+	}
 	if (sp_gen_count(g, PROC_READY) == g->nslots) {
 		if (sup->starting == g)
 			sup->starting = NULL;
 		return 1;
 	}
 	if (sp_clock_ms() >= g->ready_by) {
-		sp_error("generation %u: shards not ready after %d ms", g->id, READY_TIMEOUT_MS);
-		return -1;
+		snprintf(err, errlen, "generation %u: shards not ready after %d ms", g->id,
+			 READY_TIMEOUT_MS);
+		return -ETIMEDOUT;
 	}
 	return 0;
 }
 
-int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
+int sp_gen_start(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen)
 {
 	int st;
-	if (sp_gen_spawn(sup, g) < 0)
-		return -1;
-	while ((st = sp_gen_start_poll(sup, g)) == 0) {
+	if ((st = sp_gen_spawn(sup, g, err, errlen)) < 0)
+		return st;
+	while ((st = sp_gen_start_poll(sup, g, err, errlen)) == 0) {
 		struct pollfd pfd = {.fd = sup->notify_r, .events = POLLIN};
 		uint64_t t = sp_clock_ms();
 		poll(&pfd, 1, g->ready_by > t ? (int)(g->ready_by - t) : 0);
@@ -554,7 +562,7 @@ int sp_gen_start(sp_sup_t *sup, sp_gen_t *g)
 	}
 	if (st < 0) {
 		sp_gen_kill(sup, g);
-		return -1;
+		return st;
 	}
 	return 0;
 }
@@ -666,9 +674,13 @@ void sp_gen_restart_due(sp_sup_t *sup, uint64_t t)
 	for (unsigned i = 0; g && !sup->stopping && i < g->nslots; i++) {
 		sp_proc_t *p = &g->procs[i];
 		if (p->state == PROC_NONE && p->restart_at && p->restart_at <= t) {
+			char why[128];
 			p->restarted = true;
-			if (spawn(sup, g, i) < 0)
+			if (spawn(sup, g, i, why, sizeof(why)) < 0) {
+				sp_error("%s (generation %u); retrying in %d ms", why, g->id,
+					 SP_BACKOFF_MAX_MS);
 				p->restart_at = t + SP_BACKOFF_MAX_MS;
+			}
 		}
 	}
 }

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -57,18 +58,21 @@ uint32_t sp_health_index(const sp_conf_t *conf, size_t upstream)
 	return last->first_server + (uint32_t)last->nservers;
 }
 
-sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails)
+int sp_health_new(sp_health_t **out, const sp_conf_t *conf, uint8_t *down, uint32_t *fails,
+		  char *err, size_t errlen)
 {
 	sp_health_t *h = calloc(1, sizeof(*h));
 	size_t total = 0;
 	if (!h)
-		return NULL;
+		goto nomem;
 	h->down = down;
 	h->fails = fails;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (h->epfd < 0) {
+		int e = errno;
 		free(h);
-		return NULL;
+		snprintf(err, errlen, "health checks: epoll_create1: %s", strerror(e));
+		return -e;
 	}
 	for (size_t u = 0; u < conf->nupstreams; u++)
 		total += conf->upstreams[u].nservers;
@@ -80,7 +84,7 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 	if (!h->checks) {
 		close(h->epfd);
 		free(h);
-		return NULL;
+		goto nomem;
 	}
 	uint64_t now = sp_clock_ms();
 	for (size_t u = 0; u < conf->nupstreams; u++) {
@@ -98,7 +102,11 @@ sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails
 			c->due = now + (up->health_check.interval_ms * k) / up->nservers;
 		}
 	}
-	return h;
+	*out = h;
+	return 0;
+nomem:
+	snprintf(err, errlen, "health checks: out of memory");
+	return -ENOMEM;
 }
 
 /* A host name's slot is not the same server from one generation to the

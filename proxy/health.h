@@ -17,8 +17,11 @@
 
 typedef struct sp_health sp_health_t;
 
-/* down and fails are shared-memory arrays of SP_HEALTH_MAX_SERVERS entries. */
-sp_health_t *sp_health_new(const sp_conf_t *conf, uint8_t *down, uint32_t *fails);
+/* down and fails are shared-memory arrays of SP_HEALTH_MAX_SERVERS entries.
+ * 0 with *out, or -errno with err saying why ("health checks: epoll_create1:
+ * Too many open files"); nothing is logged. */
+int sp_health_new(sp_health_t **out, const sp_conf_t *conf, uint8_t *down, uint32_t *fails,
+		  char *err, size_t errlen);
 void sp_health_free(sp_health_t *h);
 /* A reload: servers of h that prev also checks (same upstream name, same
  * address) keep their state, so a server known to be down stays down

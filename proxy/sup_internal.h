@@ -136,16 +136,19 @@ static inline sp_server_ctl_t *sp_gen_ctl(const sp_sup_t *sup, const sp_gen_t *g
 int sp_gen_prepare(sp_sup_t *sup, sp_conf_t *conf, const sp_conf_t *prev, sp_gen_t **out, char *err,
 		   size_t errlen);
 /* Fork every shard of g and return at once: g is sup->starting until
- * sp_gen_start_poll says how it went. 0, or -1 with every shard of g gone. */
-int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g);
+ * sp_gen_start_poll says how it went. 0, or -errno with every shard of g
+ * gone and err saying why (not logged: the caller does, once). */
+int sp_gen_spawn(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen);
 /* Where g's start stands, from what the loop has read (notify pipe,
  * SIGCHLD): 1 all shards ready (g is no longer sup->starting), 0 not yet,
- * -1 failed (a shard failed or died, or READY_TIMEOUT_MS passed; logged).
- * On -1 the caller kills g (sp_gen_kill). */
-int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g);
+ * -errno failed, err saying why (-ECHILD: a shard failed or died, its own
+ * line says which and why; -ETIMEDOUT: READY_TIMEOUT_MS passed). On failure
+ * the caller kills g (sp_gen_kill) and logs err. */
+int sp_gen_start_poll(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen);
 /* sp_gen_spawn, then wait for the result here: for start-up only, when
- * there is nothing else to serve yet. 0, or -1 with every shard of g gone. */
-int sp_gen_start(sp_sup_t *sup, sp_gen_t *g);
+ * there is nothing else to serve yet. 0, or -errno with every shard of g
+ * gone and err saying why. */
+int sp_gen_start(sp_sup_t *sup, sp_gen_t *g, char *err, size_t errlen);
 /* SIGKILL every shard of g and wait for them (a generation that failed to
  * start, or start-up that cannot go on); its health checks stop. */
 void sp_gen_kill(sp_sup_t *sup, sp_gen_t *g);

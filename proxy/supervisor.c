@@ -137,15 +137,14 @@ static void reload(sp_sup_t *sup);
 static void reload_progress(sp_sup_t *sup)
 {
 	sp_gen_t *g = sup->starting;
-	char err[128];
+	char err[256];
 	if (!g || g == sup->cur)
 		return;
-	int st = sp_gen_start_poll(sup, g);
+	int st = sp_gen_start_poll(sup, g, err, sizeof(err));
 	if (st > 0) {
 		reload_commit(sup, g);
 	} else if (st < 0) {
 		sp_gen_kill(sup, g);
-		snprintf(err, sizeof(err), "generation %u did not start", g->id);
 		reload_failed(sup, g, err);
 		if (sup->reload_pending && !sup->stopping)
 			reload(sup);
@@ -195,10 +194,8 @@ static void reload_finish(sp_sup_t *sup)
 		reload_failed(sup, g, err);
 		return;
 	}
-	if (sp_gen_spawn(sup, g) < 0) {
-		snprintf(err, sizeof(err), "generation %u did not start", g->id);
+	if (sp_gen_spawn(sup, g, err, sizeof(err)) < 0)
 		reload_failed(sup, g, err);
-	}
 	/* else reload_progress finishes it, from the loop */
 }
 
@@ -694,10 +691,8 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	    sp_admin_open_unix(&sup->admin_unix, conf->admin.socket, err, sizeof(err)) < 0)
 		goto fail;
 	sup->cur = g;
-	if (sp_gen_start(sup, g) < 0) {
-		snprintf(err, sizeof(err), "start-up failed: shards did not start (see above)");
+	if (sp_gen_start(sup, g, err, sizeof(err)) < 0)
 		goto fail;
-	}
 	/* Sockets handed over for addresses this file no longer has. */
 	sp_gen_close_retired(sup);
 	if (opts->pidfile && sp_pidfile_write(opts->pidfile, getpid(), err, sizeof(err)) < 0) {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,7 +81,7 @@ static void reload_begin(reload_t *r, const char *old_text, const char *new_text
 	r->neu = load(new_text);
 	r->s1 = shm_new();
 	r->s2 = shm_new();
-	r->prev = sp_health_new(r->old, r->s1.down, r->s1.fails);
+	assert_int_equal(sp_health_new(&r->prev, r->old, r->s1.down, r->s1.fails, NULL, 0), 0);
 	assert_non_null(r->prev);
 	r->h = NULL;
 }
@@ -88,7 +89,7 @@ static void reload_begin(reload_t *r, const char *old_text, const char *new_text
 /* The new generation's checker, taking over the old one's verdicts. */
 static void reload_inherit(reload_t *r)
 {
-	r->h = sp_health_new(r->neu, r->s2.down, r->s2.fails);
+	assert_int_equal(sp_health_new(&r->h, r->neu, r->s2.down, r->s2.fails, NULL, 0), 0);
 	assert_non_null(r->h);
 	sp_health_inherit(r->h, r->prev);
 }
@@ -139,7 +140,8 @@ static void test_health_new_generation_starts_with_every_server_up(void **state)
 	memset(s.down, 1, 3);
 	for (int i = 0; i < 3; i++)
 		s.fails[i] = 77;
-	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	sp_health_t *h = NULL;
+	assert_int_equal(sp_health_new(&h, c, s.down, s.fails, NULL, 0), 0);
 	assert_non_null(h);
 	for (int i = 0; i < 3; i++) {
 		assert_int_equal(s.down[i], 0);
@@ -149,6 +151,31 @@ static void test_health_new_generation_starts_with_every_server_up(void **state)
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(s.down[i], 0);
 	sp_health_free(h);
+	shm_free(&s);
+	sp_conf_free(c);
+}
+
+static void test_health_new_without_a_descriptor_to_spare_fails_with_errno_and_reason(void **state)
+{
+	(void)state;
+	sp_conf_t *c = load("{" LISTENER ", 'upstreams': ["
+			    "{'name': 'a', " HC ", 'servers': [{'address': '127.0.0.1:9001'}]}]}");
+	shm_t s = shm_new();
+	struct rlimit was, tight;
+	char err[128] = "";
+	sp_health_t *h = NULL;
+	int next = dup(0); /* the lowest free descriptor: the limit goes just below it */
+	assert_true(next >= 0);
+	close(next);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+	tight = was;
+	tight.rlim_cur = (rlim_t)next;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &tight), 0);
+	int ret = sp_health_new(&h, c, s.down, s.fails, err, sizeof(err));
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+	assert_int_equal(ret, -EMFILE);
+	assert_null(h);
+	assert_non_null(strstr(err, "health checks: epoll_create1: "));
 	shm_free(&s);
 	sp_conf_free(c);
 }
@@ -275,14 +302,16 @@ static void test_health_inherit_keeps_the_streak_of_failed_checks(void **state)
 	sp_conf_t *c1 = load(text), *c2 = load(text), *c3 = load(text);
 	shm_t s1 = shm_new(), s2 = shm_new(), s3 = shm_new();
 
-	sp_health_t *prev = sp_health_new(c1, s1.down, s1.fails);
+	sp_health_t *prev = NULL;
+	assert_int_equal(sp_health_new(&prev, c1, s1.down, s1.fails, NULL, 0), 0);
 	assert_non_null(prev);
 	assert_int_equal(sp_health_timeout(prev), 0); /* the first check is due at once */
 	run_due_checks(prev);
 	assert_int_equal(s1.down[0], 0);
 
 	/* reloaded: this generation's first failure is the second in a row */
-	sp_health_t *h = sp_health_new(c2, s2.down, s2.fails);
+	sp_health_t *h = NULL;
+	assert_int_equal(sp_health_new(&h, c2, s2.down, s2.fails, NULL, 0), 0);
 	assert_non_null(h);
 	sp_health_inherit(h, prev);
 	assert_int_equal(s2.down[0], 0);
@@ -290,7 +319,8 @@ static void test_health_inherit_keeps_the_streak_of_failed_checks(void **state)
 	assert_int_equal(s2.down[0], 1);
 
 	/* the same without the reload's memory: still up after one failure */
-	sp_health_t *fresh = sp_health_new(c3, s3.down, s3.fails);
+	sp_health_t *fresh = NULL;
+	assert_int_equal(sp_health_new(&fresh, c3, s3.down, s3.fails, NULL, 0), 0);
 	assert_non_null(fresh);
 	run_due_checks(fresh);
 	assert_int_equal(s3.down[0], 0);
@@ -313,7 +343,8 @@ static void test_health_timeout_is_minus_one_when_nothing_is_checked(void **stat
 	sp_conf_t *c = load("{" LISTENER ", 'upstreams': ["
 			    "{'name': 'a', 'servers': [{'address': '127.0.0.1:9001'}]}]}");
 	shm_t s = shm_new();
-	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	sp_health_t *h = NULL;
+	assert_int_equal(sp_health_new(&h, c, s.down, s.fails, NULL, 0), 0);
 	assert_non_null(h);
 	assert_int_equal(sp_health_timeout(h), -1);
 	struct pollfd pfd[2];
@@ -366,7 +397,8 @@ static void test_health_server_past_260_unanswered_checks_is_seen_answering(void
 	snprintf(text + n, cap - n, "]}");
 	sp_conf_t *c = load(text);
 	shm_t s = shm_new();
-	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	sp_health_t *h = NULL;
+	assert_int_equal(sp_health_new(&h, c, s.down, s.fails, NULL, 0), 0);
 	assert_non_null(h);
 	uint64_t start = th_mono_ms();
 	bool widened = false;
@@ -415,7 +447,8 @@ static void test_health_skips_disabled_servers_and_empty_slots_and_reset_clears(
 	assert_non_null(ctl);
 	sp_control_init(c, ctl);
 	ctl[1].admin = SP_SRV_DISABLED;
-	sp_health_t *h = sp_health_new(c, s.down, s.fails);
+	sp_health_t *h = NULL;
+	assert_int_equal(sp_health_new(&h, c, s.down, s.fails, NULL, 0), 0);
 	assert_non_null(h);
 	sp_health_set_ctl(h, ctl);
 	uint64_t end = th_mono_ms() + 400;
@@ -443,6 +476,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_health_index_numbers_servers_across_upstreams_in_order),
 	    cmocka_unit_test(test_health_new_generation_starts_with_every_server_up),
+	    cmocka_unit_test(test_health_new_without_a_descriptor_to_spare_fails_with_errno_and_reason),
 	    cmocka_unit_test(test_health_inherit_keeps_down_of_the_same_server_at_its_new_index),
 	    cmocka_unit_test(test_health_inherit_keeps_nothing_of_other_servers),
 	    cmocka_unit_test(test_health_server_no_longer_checked_starts_up),
