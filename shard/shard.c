@@ -188,12 +188,11 @@ static void on_drain_timer(sp_timer_t *t, void *arg)
  * waiting in a backlog nobody accepts from. On a reload the new generation
  * and the supervisor still hold the sockets, so nothing queued is lost. */
 /* A draining shard's last look at a listening socket, once no accept of its
- * own is in flight there, then its close. Waiting accepts are woken
- * exclusively, one per new connection: if the one woken was this shard's
- * accept, cancelled before it took the connection, the other shards on the
- * socket (the new generation's, on a reload) were not woken for it, and it
- * would wait in the backlog until the next connection came. Whatever is
- * queued now is this shard's to serve; anything later wakes the others. */
+ * own is in flight there, then its close. Whatever is queued now is this
+ * shard's to serve: on a stop its copy may be the socket's last, and the
+ * queue would be reset with it. On a reload anything later wakes the new
+ * generation's shard as well (accepts wait for readiness, never as the
+ * socket's exclusive waiter: runtime/loop.h). */
 static void last_accepts(sp_shard_t *sh, unsigned i)
 {
 	int lfd = sh->accepts[i].fd;
