@@ -332,6 +332,20 @@ static void upgrade_failed(sp_sup_t *sup, const char *why, bool exited, int stat
 		reload(sup);
 }
 
+/* Every generation drains; the shards still running when the longest
+ * drain_timeout_ms (plus a grace) has passed are killed. */
+static void drain_generations(sp_sup_t *sup)
+{
+	uint32_t drain = 0;
+	for (int k = 0; k < 2; k++)
+		if (sup->gens[k].conf) {
+			sp_gen_signal(&sup->gens[k], SP_SIG_DRAIN);
+			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
+				drain = sup->gens[k].conf->limits.drain_timeout_ms;
+		}
+	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
+}
+
 /* The new supervisor serves: it becomes the service's main process, and
  * this one drains its shards and exits, leaving the sockets to it. */
 static void upgrade_done(sp_sup_t *sup)
@@ -352,14 +366,7 @@ static void upgrade_done(sp_sup_t *sup)
 	sp_admin_disown(sup->admin_unix);
 	sp_admin_close(sup->admin_unix);
 	sup->admin_unix = NULL;
-	uint32_t drain = 0;
-	for (int k = 0; k < 2; k++)
-		if (sup->gens[k].conf) {
-			sp_gen_signal(&sup->gens[k], SP_SIG_DRAIN);
-			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
-				drain = sup->gens[k].conf->limits.drain_timeout_ms;
-		}
-	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
+	drain_generations(sup);
 	/* Our copies only: the new supervisor and its shards hold theirs. */
 	for (unsigned i = 0; i < sup->ngroups; i++)
 		sp_lgroup_close(&sup->groups[i]);
@@ -488,14 +495,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 	drop_pending(sup); /* a reload still looking names up will not happen */
 	sp_sdnotifyf("STOPPING=1\nSTATUS=draining after %s", strsignal(sig));
 	sp_info("%s: draining (up to %u ms)", strsignal(sig), sup->cur->conf->limits.drain_timeout_ms);
-	uint32_t drain = sup->cur->conf->limits.drain_timeout_ms;
-	for (int k = 0; k < 2; k++)
-		if (sup->gens[k].conf) {
-			sp_gen_signal(&sup->gens[k], SP_SIG_DRAIN);
-			if (sup->gens[k].conf->limits.drain_timeout_ms > drain)
-				drain = sup->gens[k].conf->limits.drain_timeout_ms;
-		}
-	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
+	drain_generations(sup);
 	/* Refuse, never strand: the shards close their copies of the listening
 	 * sockets as they start draining, and these are the last ones. A new
 	 * client is refused at once (and retries elsewhere) instead of

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "proxy/upgrade.h"
+#include "tests/unit/helpers.h"
 
 static void test_exe_path_is_absolute_without_resolving_links(void **state)
 {
@@ -44,17 +45,12 @@ static void test_exe_path_without_slash_is_looked_up_in_path(void **state)
 	assert_non_null(strstr(err, "not found in PATH"));
 }
 
+/* A blocking loopback listener, inheritable (no CLOEXEC), as a parent
+ * supervisor hands them over. */
 static int listener(struct sockaddr_in *sa)
 {
-	socklen_t len = sizeof(*sa);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	memset(sa, 0, sizeof(*sa));
-	sa->sin_family = AF_INET;
-	sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)sa, sizeof(*sa)), 0);
+	int fd = th_loopback_bound(SOCK_STREAM, sa);
 	assert_int_equal(listen(fd, 8), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)sa, &len), 0);
 	return fd;
 }
 
