@@ -54,49 +54,55 @@ static int listener(struct sockaddr_in *sa)
 	return fd;
 }
 
+/* What one sp_upgrade_inherit call saw and made. */
+typedef struct {
+	sp_lgroup_t groups[SP_MAX_GROUPS];
+	unsigned n;
+	sp_upgrade_inherited_t in;
+	char err[256];
+} inherit_t;
+
+/* Inherit with var set to value, as a parent supervisor would set it. */
+static int inherit(inherit_t *t, const char *var, const char *value)
+{
+	memset(t, 0, sizeof(*t));
+	setenv(var, value, 1);
+	return sp_upgrade_inherit(t->groups, &t->n, SP_MAX_GROUPS, &t->in, t->err, sizeof(t->err));
+}
+
 static void test_inherit_adopts_groups_at_their_index_and_clears_the_environment(void **state)
 {
-	sp_lgroup_t groups[SP_MAX_GROUPS];
-	unsigned n = 0;
-	sp_upgrade_inherited_t in;
+	inherit_t t;
 	struct sockaddr_in sa;
-	char env[64], err[256];
+	char env[64];
 	(void)state;
-	memset(groups, 0, sizeof(groups));
 	int a = listener(&sa), b = dup(a);
 	snprintf(env, sizeof(env), "2:%d,%d", a, b);
-	setenv(SP_UPGRADE_ENV_LISTEN, env, 1);
-	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)), 0);
-	assert_int_equal(n, 3);
-	assert_int_equal(groups[0].nfds, 0);
-	assert_int_equal(groups[2].nfds, 2);
-	assert_int_equal(groups[2].fds[0], a);
-	assert_int_equal(groups[2].fds[1], b);
-	assert_int_equal(memcmp(&groups[2].addr.ss, &sa, sizeof(sa)), 0);
-	assert_int_equal(in.report_fd, -1);
-	assert_false(in.have_maps);
+	assert_int_equal(inherit(&t, SP_UPGRADE_ENV_LISTEN, env), 0);
+	assert_int_equal(t.n, 3);
+	assert_int_equal(t.groups[0].nfds, 0);
+	assert_int_equal(t.groups[2].nfds, 2);
+	assert_int_equal(t.groups[2].fds[0], a);
+	assert_int_equal(t.groups[2].fds[1], b);
+	assert_int_equal(memcmp(&t.groups[2].addr.ss, &sa, sizeof(sa)), 0);
+	assert_int_equal(t.in.report_fd, -1);
+	assert_false(t.in.have_maps);
 	assert_null(getenv(SP_UPGRADE_ENV_LISTEN));
-	assert_true(sp_upgrade_same_addr(a, &groups[2].addr));
+	assert_true(sp_upgrade_same_addr(a, &t.groups[2].addr));
 	close(a);
 	close(b);
 }
 
 static void test_inherit_refuses_a_descriptor_that_is_not_a_listener(void **state)
 {
-	sp_lgroup_t groups[SP_MAX_GROUPS];
-	unsigned n = 0;
-	sp_upgrade_inherited_t in;
-	char env[64], err[256];
+	inherit_t t;
+	char env[64];
 	(void)state;
-	memset(groups, 0, sizeof(groups));
 	int s = socket(AF_INET, SOCK_STREAM, 0);
 	snprintf(env, sizeof(env), "0:%d", s);
-	setenv(SP_UPGRADE_ENV_LISTEN, env, 1);
-	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)),
-			 -EINVAL);
-	assert_non_null(strstr(err, "descriptor"));
-	setenv(SP_UPGRADE_ENV_LISTEN, "0:x", 1);
-	assert_true(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)) < 0);
+	assert_int_equal(inherit(&t, SP_UPGRADE_ENV_LISTEN, env), -EINVAL);
+	assert_non_null(strstr(t.err, "descriptor"));
+	assert_true(inherit(&t, SP_UPGRADE_ENV_LISTEN, "0:x") < 0);
 	close(s);
 }
 
@@ -130,14 +136,12 @@ static void remove_listener(const char *path)
 
 static void inherit_unix(const char *path, int fd, unsigned long ino, sp_upgrade_inherited_t *in)
 {
-	sp_lgroup_t groups[SP_MAX_GROUPS];
-	unsigned n = 0;
-	char env[PATH_MAX + 64], err[256];
-	memset(groups, 0, sizeof(groups));
+	inherit_t t;
+	char env[PATH_MAX + 64];
 	snprintf(env, sizeof(env), "%d:%lu:%s", fd, ino, path);
-	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, env, 1);
-	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, in, err, sizeof(err)), 0);
+	assert_int_equal(inherit(&t, SP_UPGRADE_ENV_ADMIN_UNIX, env), 0);
 	assert_null(getenv(SP_UPGRADE_ENV_ADMIN_UNIX));
+	*in = t.in;
 }
 
 static void test_inherited_admin_socket_serves_its_own_path_only_while_the_file_is_it(void **state)
@@ -164,24 +168,19 @@ static void test_inherited_admin_socket_serves_its_own_path_only_while_the_file_
 	remove_listener(path);
 }
 
+
 static void test_inherit_refuses_an_admin_socket_that_is_not_a_listening_unix_socket(void **state)
 {
-	sp_lgroup_t groups[SP_MAX_GROUPS];
-	unsigned n = 0;
-	sp_upgrade_inherited_t in;
+	inherit_t t;
 	struct sockaddr_in sa;
-	char env[128], err[256];
+	char env[128];
 	(void)state;
-	memset(groups, 0, sizeof(groups));
 	int tcp = listener(&sa);
 	snprintf(env, sizeof(env), "%d:1:/run/x.sock", tcp);
-	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, env, 1);
-	assert_int_equal(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)),
-			 -EINVAL);
-	assert_non_null(strstr(err, "descriptor"));
-	setenv(SP_UPGRADE_ENV_ADMIN_UNIX, "7:1:", 1);
-	assert_true(sp_upgrade_inherit(groups, &n, SP_MAX_GROUPS, &in, err, sizeof(err)) < 0);
-	assert_non_null(strstr(err, "cannot parse"));
+	assert_int_equal(inherit(&t, SP_UPGRADE_ENV_ADMIN_UNIX, env), -EINVAL);
+	assert_non_null(strstr(t.err, "descriptor"));
+	assert_true(inherit(&t, SP_UPGRADE_ENV_ADMIN_UNIX, "7:1:") < 0);
+	assert_non_null(strstr(t.err, "cannot parse"));
 	close(tcp);
 }
 
