@@ -102,6 +102,7 @@ typedef struct {
 	sp_admin_t *admin;
 	sp_admin_t *admin_unix; /* admin.socket: the same GETs, plus writes */
 	sp_upgrade_t upgrade;   /* a new binary starting (SIGUSR2) */
+	sp_upgrade_failed_t failed_upgrade; /* one that failed, until reap() collects it */
 	pid_t upgraded_to;      /* it serves: this supervisor drains and exits */
 	const sp_steer_maps_t *steer_maps; /* start-up after an upgrade: load on these */
 } sp_sup_t;

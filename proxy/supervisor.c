@@ -266,6 +266,11 @@ static void upgrade_begin(sp_sup_t *sup)
 		sp_info("SIGUSR2: the upgrade to pid %d is still under way", (int)sup->upgrade.pid);
 		return;
 	}
+	if (sup->failed_upgrade.pid) {
+		sp_info("SIGUSR2: the failed upgrade's pid %d has not exited yet; send it again once "
+			"it has", (int)sup->failed_upgrade.pid);
+		return;
+	}
 	if (sup->starting || sup->pending_conf) {
 		sp_info("SIGUSR2 while a reload is under way: send it again once it is done");
 		return;
@@ -295,36 +300,30 @@ static void upgrade_begin(sp_sup_t *sup)
 	sp_sdnotifyf("STATUS=upgrading: new binary starting as pid %d", (int)sup->upgrade.pid);
 }
 
-/* The new binary will not serve: make sure it is gone, say why, and take
- * the sockets' steering back. exited: status is its exit status. */
-static void upgrade_failed(sp_sup_t *sup, const char *why, bool exited, int status)
+/* The one line a failed upgrade logs: why, and how the new binary ended. */
+static void log_failed_upgrade(pid_t pid, const char *why, int status)
+{
+	char st[96];
+	sp_gen_describe_status(status, st, sizeof(st));
+	sp_error("upgrade failed: %s; the new binary (pid %d) %s; pid %d keeps serving", why,
+		 (int)pid, st, (int)getpid());
+}
+
+/* The new binary will not serve: take the sockets' steering back and go on
+ * serving at once. Its process is never waited for here (that would hold
+ * up signals, shard restarts and the admin endpoint): unless it is gone
+ * already (exited, with status), it has SP_UPGRADE_EXIT_GRACE_MS to exit on
+ * its own (kill_now: none), then SIGKILL, and reap() collects it and logs
+ * why with how it ended. */
+static void upgrade_failed(sp_sup_t *sup, const char *why, bool exited, int status, bool kill_now)
 {
 	pid_t pid = sup->upgrade.pid;
-	char how[160] = "";
-
-	/* A binary that closed the pair is usually exiting: give it a moment,
-	 * so its exit status can say more than "closed". */
-	bool reaped = exited;
-	for (int i = 0; !reaped && i < 50; i++) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
-		if (r == pid)
-			reaped = exited = true;
-		else if (r < 0)
-			reaped = true; /* not ours to wait for (any more): never signal it */
-		else
-			usleep(10000);
-	}
-	if (!reaped) {
-		kill(pid, SIGKILL);
-		exited = waitpid(pid, &status, 0) == pid;
-	}
 	if (exited) {
-		char st[96];
-		sp_gen_describe_status(status, st, sizeof(st));
-		snprintf(how, sizeof(how), "; the new binary (pid %d) %s", (int)pid, st);
+		sp_upgrade_end(&sup->upgrade);
+		log_failed_upgrade(pid, why, status);
+	} else {
+		sp_upgrade_abandon(&sup->upgrade, &sup->failed_upgrade, why, kill_now, sp_clock_ms());
 	}
-	sp_upgrade_end(&sup->upgrade);
-	sp_error("upgrade failed: %s%s; pid %d keeps serving", why, how, (int)getpid());
 	sp_steering_reclaim(sup);
 	sp_sdnotifyf("STATUS=serving: generation %u, %u shards; last upgrade failed: %s",
 		     sup->cur->id, sup->cur->nslots, why);
@@ -385,7 +384,7 @@ static void upgrade_read(sp_sup_t *sup)
 		upgrade_done(sup);
 		break;
 	case SP_UPGRADE_FAILED:
-		upgrade_failed(sup, why, false, 0);
+		upgrade_failed(sup, why, false, 0, false);
 		break;
 	case SP_UPGRADE_WAITING:
 		break;
@@ -399,6 +398,11 @@ static void reap(sp_sup_t *sup)
 	int status;
 	pid_t pid;
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (sup->failed_upgrade.pid && pid == sup->failed_upgrade.pid) {
+			log_failed_upgrade(pid, sup->failed_upgrade.why, status);
+			memset(&sup->failed_upgrade, 0, sizeof(sup->failed_upgrade));
+			continue;
+		}
 		if (sup->upgrade.pid && pid == sup->upgrade.pid) {
 			char why[256] = "it exited before it was ready";
 			/* What it wrote before it went says more. */
@@ -409,7 +413,7 @@ static void reap(sp_sup_t *sup)
 				sp_steering_reclaim(sup);
 				continue;
 			}
-			upgrade_failed(sup, why, true, status);
+			upgrade_failed(sup, why, true, status, false);
 			continue;
 		}
 		sp_gen_child_exited(sup, pid, status);
@@ -437,8 +441,9 @@ static void run_timers(sp_sup_t *sup)
 	if (sup->upgrade.pid && t >= sup->upgrade.deadline) {
 		char why[96];
 		snprintf(why, sizeof(why), "not ready after %d ms", SP_UPGRADE_TIMEOUT_MS);
-		upgrade_failed(sup, why, false, 0);
+		upgrade_failed(sup, why, false, 0, true);
 	}
+	sp_upgrade_kill_due(&sup->failed_upgrade, t);
 	if (sup->stopping && sup->stop_kill_at && t >= sup->stop_kill_at) {
 		for (int k = 0; k < 2; k++)
 			if (sup->gens[k].conf)
@@ -463,6 +468,8 @@ static int next_timeout(const sp_sup_t *sup)
 		next = sup->starting->ready_by;
 	if (sup->upgrade.pid && sup->upgrade.deadline < next)
 		next = sup->upgrade.deadline;
+	if (sup->failed_upgrade.kill_at && sup->failed_upgrade.kill_at < next)
+		next = sup->failed_upgrade.kill_at;
 	if (next == UINT64_MAX)
 		return -1;
 	return next <= t ? 0 : (int)(next - t);
@@ -489,7 +496,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 	if (sup->upgrade.pid) {
 		/* Stopping wins: the new binary will not take over. */
 		sup->reload_pending = false;
-		upgrade_failed(sup, "a stop was ordered", false, 0);
+		upgrade_failed(sup, "a stop was ordered", false, 0, true);
 	}
 	sup->stopping = true;
 	drop_pending(sup); /* a reload still looking names up will not happen */
@@ -505,12 +512,14 @@ static void begin_stop(sp_sup_t *sup, int sig)
 			sp_lgroup_close(&sup->groups[i]);
 }
 
+/* Every shard, and a failed new binary (it holds the listening sockets
+ * too, and its end is to be logged), reaped. */
 static bool all_gone(const sp_sup_t *sup)
 {
 	for (int k = 0; k < 2; k++)
 		if (sup->gens[k].conf && sp_gen_alive(&sup->gens[k]))
 			return false;
-	return true;
+	return !sup->failed_upgrade.pid;
 }
 
 static void on_signal(sp_sup_t *sup, const struct signalfd_siginfo *si)

@@ -245,6 +245,27 @@ void sp_upgrade_end(sp_upgrade_t *u)
 	u->fd = -1;
 }
 
+void sp_upgrade_abandon(sp_upgrade_t *u, sp_upgrade_failed_t *f, const char *why, bool kill_now,
+			uint64_t now_ms)
+{
+	f->pid = u->pid;
+	snprintf(f->why, sizeof(f->why), "%s", why);
+	f->kill_at = now_ms + SP_UPGRADE_EXIT_GRACE_MS;
+	sp_upgrade_end(u);
+	if (kill_now)
+		sp_upgrade_kill_due(f, f->kill_at);
+}
+
+bool sp_upgrade_kill_due(sp_upgrade_failed_t *f, uint64_t now_ms)
+{
+	if (!f->pid || !f->kill_at || now_ms < f->kill_at)
+		return false;
+	/* Still ours until reaped: the pid cannot have been reused. */
+	kill(f->pid, SIGKILL);
+	f->kill_at = 0;
+	return true;
+}
+
 /* ---- the new supervisor's side ------------------------------------------------ */
 
 static int env_fd(const char *name, int *fd)

@@ -99,6 +99,29 @@ sp_upgrade_result_t sp_upgrade_read(sp_upgrade_t *u, char *why, size_t whylen);
 /* Forget the upgrade (closes the pair). */
 void sp_upgrade_end(sp_upgrade_t *u);
 
+/* A new binary that failed and has not been reaped yet. The old
+ * supervisor never waits for it in place: it goes on serving, reaps it
+ * from its loop like any child (SIGCHLD) and logs why it failed together
+ * with how it ended, once. */
+typedef struct {
+	pid_t pid;	  /* 0: none */
+	uint64_t kill_at; /* SIGKILL it at this time if it is still there; 0: sent */
+	char why[256];	  /* what failed, for the line logged when it is reaped */
+} sp_upgrade_failed_t;
+
+/* A failed binary's time to exit on its own after it said it failed (or
+ * closed the pair), so the log can say how it ended; then it is killed. */
+#define SP_UPGRADE_EXIT_GRACE_MS 2000
+
+/* The upgrade in u failed (why): end it (the pair is closed, u->pid 0, so
+ * a new one may be asked for once f is clear) and remember its process in
+ * f until it is reaped. kill_now: SIGKILL it at once (a stop, a timeout)
+ * rather than give it SP_UPGRADE_EXIT_GRACE_MS from now_ms. */
+void sp_upgrade_abandon(sp_upgrade_t *u, sp_upgrade_failed_t *f, const char *why, bool kill_now,
+			uint64_t now_ms);
+/* Is its SIGKILL due at now_ms? Sends it (once) when it is: true. */
+bool sp_upgrade_kill_due(sp_upgrade_failed_t *f, uint64_t now_ms);
+
 /* ---- the new supervisor's side ---- */
 
 typedef struct {

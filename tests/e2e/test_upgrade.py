@@ -231,6 +231,84 @@ def test_upgrade_failing_after_it_took_admin_socket_leaves_the_socket_to_the_old
     check(stat.S_ISSOCK(os.lstat(sock).st_mode), "admin.socket file gone after the failed upgrade")
 
 
+def _hanging_failure(pidfile):
+    """A new binary that says it failed, closes the pair, then hangs: it
+    ignores SIGTERM and does not exit until it is killed."""
+    return ("#!/bin/bash\n"
+            "echo $$ > %s\n"
+            "printf 'failed: told to fail, then hang\\n' >&\"$SHARDPROXY_UPGRADE_FD\"\n"
+            "eval \"exec $SHARDPROXY_UPGRADE_FD>&-\"\n"
+            "trap '' TERM\n"
+            "exec sleep 120\n" % pidfile).encode()
+
+
+@lib.timeout(60)
+def test_failed_upgrade_that_hangs_never_blocks_the_old_supervisor_and_is_reaped_with_its_status(t):
+    """The old supervisor never waits in place for a failed binary: the
+    moment it knows the upgrade failed (its STATUS= says so) it serves on,
+    with the failed process still running, answering /stats and restarting
+    a killed shard; the process gets time to exit, then SIGKILL, and is
+    reaped from the loop: one 'upgrade failed' line with how it ended, no
+    zombie. A SIGUSR2 after that upgrades for real."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = os.path.join(t.tmpdir, "notify.sock")
+    sock.bind(name)
+    t.defer(sock.close)
+    sock.settimeout(20)
+    os.environ["NOTIFY_SOCKET"] = name  # inherited by the proxy this test starts
+    try:
+        p, path, echo, wport, eport, aport = _setup(t)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    sock.recv(4096)  # READY=1
+    real = open(path, "rb").read()
+    child_pidfile = os.path.join(t.tmpdir, "failed-child.pid")
+    _replace(path, _hanging_failure(child_pidfile))
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    while True:
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            lib.fail("no STATUS= saying the upgrade failed; log:\n%s" % p.tail())
+        if "last upgrade failed" in msg:
+            break
+    child = int(open(child_pidfile).read())
+    # The supervisor moved on before the failed binary was gone.
+    check(_alive(child), "the failed binary (pid %d) was already gone when the old supervisor said the "
+          "upgrade failed: it was waited for in place" % child)
+    t0 = time.monotonic()
+    st = _stats(aport)
+    check(_alive(child), "/stats was answered only once the failed binary was gone (%.2f s)"
+          % (time.monotonic() - t0))
+    check(st["pid"] == p.pid, "/stats answered by pid %s, want the old %d" % (st["pid"], p.pid))
+    # A shard killed now is restarted at once, as at any other time.
+    shards = p.shards()
+    km = p.mark()
+    t0 = time.monotonic()
+    os.kill(shards[0], signal.SIGKILL)
+    p.expect_log(r"shard \d+ restarted", timeout_s=3, after=km,
+                 what="shard restart while a failed upgrade's binary is still running")
+    took = time.monotonic() - t0
+    check(took < 1.5, "shard restarted %.2f s after its kill" % took)
+
+    line = p.expect_log(r"upgrade failed", timeout_s=10, after=m)
+    check(re.search(r"told to fail, then hang; the new binary \(pid %d\) killed by signal 9" % child, line),
+          "failure line: %r" % line)
+    check(len([l for l in p.lines()[m:] if "upgrade failed" in l]) == 1,
+          "the failed upgrade logged more than once: %s" % [l for l in p.lines()[m:] if "upgrade failed" in l])
+    check(not os.path.exists("/proc/%d" % child), "the failed binary (pid %d) is left as a zombie" % child)
+    check(p.alive() and len(p.shards()) == 2, "old supervisor %s, shards %s" % (p.alive(), p.shards()))
+    lib.check_echo(eport, b"still serving", echo)
+
+    _replace(path, real)
+    os.kill(p.pid, signal.SIGUSR2)
+    new = _new_pid(p)
+    check(p.wait_exit(20) == 0, "old supervisor: exit status %s; log:\n%s" % (p.returncode, p.tail()))
+    os.kill(new, signal.SIGTERM)
+    check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
+
+
 def test_upgrade_moves_systemd_mainpid_to_the_new_supervisor(t):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = os.path.join(t.tmpdir, "notify.sock")

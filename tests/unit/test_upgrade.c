@@ -6,6 +6,7 @@
 #include <cmocka.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "proxy/upgrade.h"
@@ -218,6 +221,64 @@ static void test_ready_without_adopting_removes_the_old_admin_socket_file(void *
 	remove_listener(path);
 }
 
+/* A stand-in for a new binary that failed but does not exit by itself. */
+static pid_t hanging_child(sp_upgrade_t *u)
+{
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	memset(u, 0, sizeof(*u));
+	u->pid = pid;
+	u->fd = p[0];
+	return pid;
+}
+
+static void test_abandoned_upgrade_ends_at_once_and_its_process_is_killed_only_after_the_grace(void **state)
+{
+	sp_upgrade_t u;
+	sp_upgrade_failed_t f = {0};
+	int status;
+	(void)state;
+	pid_t pid = hanging_child(&u);
+	int fd = u.fd;
+	sp_upgrade_abandon(&u, &f, "it said no", false, 1000);
+	/* The upgrade is over (a new one may start once f is clear); its pair is closed. */
+	assert_int_equal(u.pid, 0);
+	assert_int_equal(u.fd, -1);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+	assert_int_equal(f.pid, pid);
+	assert_string_equal(f.why, "it said no");
+	assert_int_equal(f.kill_at, 1000 + SP_UPGRADE_EXIT_GRACE_MS);
+	assert_false(sp_upgrade_kill_due(&f, 1000 + SP_UPGRADE_EXIT_GRACE_MS - 1));
+	usleep(20000);
+	assert_int_equal(waitpid(pid, &status, WNOHANG), 0); /* given its time to exit */
+	assert_true(sp_upgrade_kill_due(&f, 1000 + SP_UPGRADE_EXIT_GRACE_MS));
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	assert_false(sp_upgrade_kill_due(&f, UINT64_MAX)); /* once */
+	assert_int_equal(f.pid, pid); /* the caller's reap clears it */
+}
+
+static void test_abandoned_upgrade_killed_now_gets_no_grace(void **state)
+{
+	sp_upgrade_t u;
+	sp_upgrade_failed_t f = {0};
+	int status;
+	(void)state;
+	pid_t pid = hanging_child(&u);
+	sp_upgrade_abandon(&u, &f, "a stop was ordered", true, 1000);
+	assert_int_equal(f.kill_at, 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	assert_false(sp_upgrade_kill_due(&f, UINT64_MAX));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -229,6 +290,8 @@ int main(void)
 	    cmocka_unit_test(test_inherit_refuses_an_admin_socket_that_is_not_a_listening_unix_socket),
 	    cmocka_unit_test(test_failed_start_leaves_the_old_admin_socket_file),
 	    cmocka_unit_test(test_ready_without_adopting_removes_the_old_admin_socket_file),
+	    cmocka_unit_test(test_abandoned_upgrade_ends_at_once_and_its_process_is_killed_only_after_the_grace),
+	    cmocka_unit_test(test_abandoned_upgrade_killed_now_gets_no_grace),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
