@@ -410,6 +410,7 @@ static int spawn(sp_sup_t *sup, sp_gen_t *g, unsigned slot, char *err, size_t er
 	p->state = PROC_STARTING;
 	p->started_ms = sp_clock_ms();
 	p->restart_at = 0;
+	p->closed = false;
 	return 0;
 }
 
@@ -439,6 +440,8 @@ static void on_shard_msg(sp_sup_t *sup, const sp_shard_msg_t *m)
 			sp_info("shard %u restarted (pid %d)", m->slot, (int)p->pid);
 			p->restarted = false;
 		}
+	} else if (m->event == SP_SHARD_EV_CLOSED) {
+		p->closed = true;
 	} else if (m->event == SP_SHARD_EV_FAILED) {
 		sp_error("shard %u (generation %u) failed to start: %s", m->slot, m->gen,
 			 strerror(-m->err));
@@ -467,6 +470,14 @@ unsigned sp_gen_alive(const sp_gen_t *g)
 	unsigned n = 0;
 	for (unsigned i = 0; i < g->nslots; i++)
 		n += g->procs[i].state != PROC_NONE;
+	return n;
+}
+
+unsigned sp_gen_accepting(const sp_gen_t *g)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < g->nslots; i++)
+		n += g->procs[i].state != PROC_NONE && !g->procs[i].closed;
 	return n;
 }
 

@@ -155,7 +155,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 
 	fprintf(
 	    f, "{\"pid\":%d,\"version\":\"%s\",\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
-	    (int)getpid(), sp_version, sup->cur->id, sup->stopping ? "draining" : "serving",
+	    (int)getpid(), sp_version, sup->serving_gen, sup->stopping ? "draining" : "serving",
 	    (long long)sup->started, (long long)(time(NULL) - sup->started));
 	fprintf(f, "\"io\":{\"configured\":\"%s\",\"backend\":\"%s\"},",
 		sp_conf_io_name(conf->io), sp_loop_backend_name(sup->cur->io));
@@ -437,7 +437,7 @@ static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *
 	prom_family(f, "start_time_seconds", "gauge", "Unix time the supervisor started.");
 	fprintf(f, "shardproxy_start_time_seconds %lld\n", (long long)sup->started);
 	prom_family(f, "generation", "gauge", "Configuration generation being served.");
-	fprintf(f, "shardproxy_generation %u\n", sup->cur->id);
+	fprintf(f, "shardproxy_generation %u\n", sup->serving_gen);
 	prom_family(f, "draining", "gauge", "1 while the proxy is stopping and draining.");
 	fprintf(f, "shardproxy_draining %d\n", sup->stopping ? 1 : 0);
 	prom_family(f, "shards_ready", "gauge", "Shards of the current generation ready.");

@@ -32,6 +32,7 @@
 #define READY_TIMEOUT_MS 10000
 #define STABLE_AFTER_MS 10000
 #define KILL_GRACE_MS 2000
+#define HANDOVER_TIMEOUT_MS 5000 /* old shards' word that they stopped accepting */
 
 typedef enum { PROC_NONE = 0, PROC_STARTING, PROC_READY, PROC_DRAINING } sp_proc_state_t;
 
@@ -42,6 +43,7 @@ typedef struct {
 	uint32_t crashes;    /* quick deaths in a row, for backoff */
 	uint64_t restart_at; /* a restart is due at this time (0: none) */
 	bool restarted;	     /* announce "restarted" once ready */
+	bool closed;	     /* draining: it said it closed its listening sockets */
 } sp_proc_t;
 
 /* A generation is a conf plus the shards running it; at most two exist: the
@@ -76,6 +78,13 @@ typedef struct {
 	sp_gen_t gens[2];
 	sp_gen_t *cur, *old;
 	sp_gen_t *starting; /* spawned by sp_gen_spawn, not all ready yet */
+	/* A reload's generation that is current (cur) while the old one's
+	 * shards still may accept: the reload is said to be done (log line,
+	 * READY=1, /stats generation) once every one of them has closed its
+	 * listening sockets, or at handover_by. NULL: none. */
+	sp_gen_t *handover;
+	uint64_t handover_by;
+	uint32_t serving_gen; /* the generation /stats names: the last one fully in force */
 	uint32_t next_gen;
 	int cpus[SP_MAX_SLOTS];
 	unsigned ncpus;
@@ -162,6 +171,9 @@ void sp_gen_free(sp_gen_t *g);
 void sp_gen_signal(sp_gen_t *g, int sig);
 unsigned sp_gen_count(const sp_gen_t *g, sp_proc_state_t st);
 unsigned sp_gen_alive(const sp_gen_t *g);
+/* Shards of g that are alive and have not said they closed their listening
+ * sockets: ones that may still accept a connection. */
+unsigned sp_gen_accepting(const sp_gen_t *g);
 /* Start shards whose restart is due. */
 void sp_gen_restart_due(sp_sup_t *sup, uint64_t now);
 /* A child exited: if it was a shard, fold its counters and restart it with

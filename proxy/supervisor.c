@@ -106,7 +106,47 @@ static void reload_failed(sp_sup_t *sup, sp_gen_t *g, const char *err)
 	notify_ready(sup);
 }
 
-/* Every shard of g is ready: it accepts; the old generation stops and drains. */
+/* The reload is done: said once no shard of the old generation can take a
+ * new connection, so whoever sees it (this line, READY=1, /stats
+ * generation) finds every new connection served by the new one. */
+static void reload_announce(sp_sup_t *sup)
+{
+	sp_gen_t *g = sup->handover;
+	sup->handover = NULL;
+	sup->serving_gen = g->id;
+	sup->reloads_ok++;
+	sup->last_reload_ok = true;
+	sup->last_reload_error[0] = '\0';
+	if (sup->old)
+		sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id,
+			g->nslots, sup->old->id);
+	else
+		sp_info("reload: generation %u ready, %u shards", g->id, g->nslots);
+	notify_ready(sup);
+}
+
+/* Between a reload's commit and its announcement: have the old shards all
+ * closed their listening sockets (or gone)? A shard that does not say so
+ * within HANDOVER_TIMEOUT_MS (stopped, stuck) does not hold the reload up
+ * for ever: it is named and the reload announced. */
+static void handover_progress(sp_sup_t *sup)
+{
+	if (!sup->handover)
+		return;
+	unsigned open = sup->old ? sp_gen_accepting(sup->old) : 0;
+	if (open && sp_clock_ms() < sup->handover_by)
+		return;
+	if (open)
+		sp_warn("reload: %u shard(s) of generation %u did not say they stopped accepting "
+			"within %d ms; new connections may still reach them until they do",
+			open, sup->old->id, HANDOVER_TIMEOUT_MS);
+	reload_announce(sup);
+}
+
+/* Every shard of g is ready: it accepts; the old generation stops accepting
+ * and drains. Both accept on the same sockets until each old shard has
+ * taken in its drain order, so the reload is announced only then
+ * (handover_progress). */
 static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
 {
 	sup->old = sup->cur;
@@ -116,17 +156,14 @@ static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
 		sp_steering_live(sup, i, true);
 	for (unsigned i = g->nslots; i < sup->old->nslots; i++)
 		sp_steering_live(sup, i, false);
-	sup->reloads_ok++;
-	sup->last_reload_ok = true;
-	sup->last_reload_error[0] = '\0';
 	if (sup->admin && memcmp(&g->conf->admin.listen.ss, &sup->old->conf->admin.listen.ss,
 				 sizeof(g->conf->admin.listen.ss)) != 0)
 		sp_warn("admin.listen changed: the admin endpoint moves only on a restart or a binary upgrade");
 	if (strcmp(g->conf->admin.socket, sup->old->conf->admin.socket) != 0)
 		sp_warn("admin.socket changed: the socket moves only on a restart or a binary upgrade");
-	sp_info("reload: generation %u ready, %u shards; generation %u draining", g->id, g->nslots,
-		sup->old->id);
-	notify_ready(sup);
+	sup->handover = g;
+	sup->handover_by = sp_clock_ms() + HANDOVER_TIMEOUT_MS;
+	handover_progress(sup);
 }
 
 static void reload(sp_sup_t *sup);
@@ -271,7 +308,7 @@ static void upgrade_begin(sp_sup_t *sup)
 			"it has", (int)sup->failed_upgrade.pid);
 		return;
 	}
-	if (sup->starting || sup->pending_conf) {
+	if (sup->starting || sup->pending_conf || sup->handover) {
 		sp_info("SIGUSR2 while a reload is under way: send it again once it is done");
 		return;
 	}
@@ -418,6 +455,7 @@ static void reap(sp_sup_t *sup)
 		}
 		sp_gen_child_exited(sup, pid, status);
 	}
+	handover_progress(sup); /* an old shard gone accepts no more either */
 	if (sup->old && sp_gen_alive(sup->old) == 0) {
 		sp_info("generation %u drained", sup->old->id);
 		sp_gen_free(sup->old);
@@ -444,6 +482,7 @@ static void run_timers(sp_sup_t *sup)
 		upgrade_failed(sup, why, false, 0, true);
 	}
 	sp_upgrade_kill_due(&sup->failed_upgrade, t);
+	handover_progress(sup);
 	if (sup->stopping && sup->stop_kill_at && t >= sup->stop_kill_at) {
 		for (int k = 0; k < 2; k++)
 			if (sup->gens[k].conf)
@@ -470,6 +509,8 @@ static int next_timeout(const sp_sup_t *sup)
 		next = sup->upgrade.deadline;
 	if (sup->failed_upgrade.kill_at && sup->failed_upgrade.kill_at < next)
 		next = sup->failed_upgrade.kill_at;
+	if (sup->handover && sup->handover_by < next)
+		next = sup->handover_by;
 	if (next == UINT64_MAX)
 		return -1;
 	return next <= t ? 0 : (int)(next - t);
@@ -493,6 +534,8 @@ static void begin_stop(sp_sup_t *sup, int sig)
 		sp_gen_abandon(sup, g);
 		sup->reload_pending = false;
 	}
+	if (sup->handover)
+		reload_announce(sup); /* it serves; the old one drains with the rest */
 	if (sup->upgrade.pid) {
 		/* Stopping wins: the new binary will not take over. */
 		sup->reload_pending = false;
@@ -702,6 +745,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	sup->cur = g;
 	if (sp_gen_start(sup, g, err, sizeof(err)) < 0)
 		goto fail;
+	sup->serving_gen = g->id;
 	/* Sockets handed over for addresses this file no longer has. */
 	sp_gen_close_retired(sup);
 	if (opts->pidfile && sp_pidfile_write(opts->pidfile, getpid(), err, sizeof(err)) < 0) {
@@ -768,8 +812,10 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 			sp_error("poll: %s", strerror(errno));
 			break;
 		}
-		if (pfd[1].revents & POLLIN)
+		if (pfd[1].revents & POLLIN) {
 			sp_gen_read_notify(sup);
+			handover_progress(sup);
+		}
 		if (health)
 			sp_health_run(health, pfd + nfd, nhealth);
 		if (sup->admin)

@@ -193,6 +193,8 @@ static void on_drain_timer(sp_timer_t *t, void *arg)
  * queue would be reset with it. On a reload anything later wakes the new
  * generation's shard as well (accepts wait for readiness, never as the
  * socket's exclusive waiter: runtime/loop.h). */
+static void notify(const sp_shard_args_t *a, uint32_t event, int err);
+
 static void last_accepts(sp_shard_t *sh, unsigned i)
 {
 	int lfd = sh->accepts[i].fd;
@@ -206,6 +208,14 @@ static void last_accepts(sp_shard_t *sh, unsigned i)
 	}
 	sp_loop_close(sh->loop, lfd);
 	sh->accepts[i].fd = -1;
+	for (unsigned k = 0; k < sh->naccepts; k++)
+		if (sh->accepts[k].fd >= 0)
+			return;
+	/* The last one: from now on every new connection is the new
+	 * generation's, which the supervisor waits for before it says a
+	 * reload is done. An orphan has no one to tell. */
+	if (getppid() == sh->sup_pid)
+		notify(sh->args, SP_SHARD_EV_CLOSED, 0);
 }
 
 static void start_drain(sp_shard_t *sh)

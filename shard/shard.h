@@ -103,7 +103,10 @@ typedef struct {
 	int32_t err;    /* negative errno for SP_SHARD_EV_FAILED */
 } sp_shard_msg_t;
 
-enum { SP_SHARD_EV_READY = 1, SP_SHARD_EV_FAILED = 2 };
+/* CLOSED: draining, this shard has closed its copies of the listening
+ * sockets and accepts nothing more (a reload is complete only once every
+ * old shard has said so). */
+enum { SP_SHARD_EV_READY = 1, SP_SHARD_EV_FAILED = 2, SP_SHARD_EV_CLOSED = 3 };
 
 typedef struct {
 	const sp_conf_t *conf;

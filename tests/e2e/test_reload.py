@@ -118,7 +118,7 @@ def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_ol
     old = lib.connect(port)
     check(lib.recv_line(old) == b"A", "before the reload the route does not reach A")
     t0 = time.monotonic()
-    p.reload(conf("b"))
+    m = p.reload(conf("b"))
     seen, first_b = [], None
     while time.monotonic() - t0 < 3:
         g = _greeting(port)
@@ -130,8 +130,12 @@ def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_ol
     check(first_b is not None, "no new connection reached B within 3 s of SIGHUP (saw %s); log:\n%s"
           % (seen[-5:], p.tail()))
     check(first_b <= 1.0, "new connections reached B only %.2f s after SIGHUP (want <= 1 s)" % first_b)
+    # The first B comes from a new shard as soon as it accepts; the old
+    # shards accept too until each has taken in its drain order. The switch
+    # is complete once the reload says it is done.
+    p.expect_log(r"reload: generation 2 ready", timeout_s=5, after=m)
     after = [_greeting(port) for _ in range(10)]
-    check(after == ["B"] * 10, "after the switch new connections reached %s" % after)
+    check(after == ["B"] * 10, "after the reload was done new connections reached %s" % after)
     data = lib.payload(65536, seed=401)
     r = lib.echo_transfer(port, data, sock=old)
     check(r["received"] == len(data) and r["sha"] == lib.sha(data),
@@ -139,6 +143,70 @@ def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_ol
           % (r["received"], len(data), r["end"], r["error"]))
     check(a.has_record(lib.sha(data)), "the old session's bytes did not reach A")
     check(not b.has_record(lib.sha(data), timeout_s=0.2), "the old session's bytes reached B")
+
+
+def _ab_admin(t):
+    a, b, port, conf = _ab(t)
+    aport = lib.free_port()
+
+    def conf_admin(target):
+        c = conf(target)
+        c["admin"] = {"listen": "127.0.0.1:%d" % aport}
+        return c
+
+    return a, b, port, aport, conf_admin
+
+
+@lib.timeout(60)
+def test_reload_is_done_only_once_no_old_shard_can_accept_then_every_new_connection_is_new(t):
+    """Old and new shards accept on the same sockets; an old shard stops
+    only when it takes in its drain order. Here one old shard is stopped
+    (SIGSTOP) and cannot: until it can, the reload is not said to be done
+    (no log line, /stats still names generation 1), though the new
+    generation already serves. Once it has closed its sockets, the reload
+    is done, and from then on every new connection reaches the new route."""
+    a, b, port, aport, conf = _ab_admin(t)
+    p = t.proxy(conf("a"))
+    old = p.wait_shards(2)
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: os.kill(old[0], signal.SIGCONT))
+    m = p.reload(conf("b"))
+    check(lib.wait_until(lambda: _greeting(port) == "B", 5, 0.05), "the new generation does not serve")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.8:
+        check(not p.wait_log(r"reload: generation 2 ready", 0, after=m),
+              "the reload was said to be done while an old shard (stopped) still had its accept armed")
+        gen = lib.stats(aport)["generation"]
+        check(gen == 1, "/stats says generation %s while an old shard still may accept" % gen)
+        time.sleep(0.05)
+    os.kill(old[0], signal.SIGCONT)
+    p.expect_log(r"reload: generation 2 ready", timeout_s=5, after=m)
+    check(lib.stats(aport)["generation"] == 2, "/stats after the reload: %s" % lib.stats(aport)["generation"])
+    check(not p.wait_log(r"did not say they stopped accepting", 0, after=m), "the handover timed out")
+    after = [_greeting(port) for _ in range(30)]
+    check(after == ["B"] * 30, "after the reload was done new connections reached %s" % after)
+
+
+@lib.timeout(60)
+def test_reload_is_done_after_5s_when_an_old_shard_never_says_it_stopped_accepting(t):
+    """A stuck old shard does not hold a reload (and systemd's READY=1) up
+    for ever: after 5 s it is named and the reload is done."""
+    a, b, port, aport, conf = _ab_admin(t)
+    p = t.proxy(conf("a"))
+    old = p.wait_shards(2)
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: os.kill(old[0], signal.SIGCONT))
+    t0 = time.monotonic()
+    m = p.reload(conf("b"))
+    p.expect_log(r"reload: 1 shard\(s\) of generation 1 did not say they stopped accepting within 5000 ms",
+                 timeout_s=15, after=m)
+    p.expect_log(r"reload: generation 2 ready", timeout_s=2, after=m)
+    took = time.monotonic() - t0
+    check(took >= 4.5, "the reload was done %.1f s after SIGHUP, before the 5 s handover bound" % took)
+    check(lib.stats(aport)["generation"] == 2, "/stats after the reload: %s" % lib.stats(aport)["generation"])
+    os.kill(old[0], signal.SIGCONT)
+    check(lib.wait_until(lambda: not any(s in p.shards() for s in old), 10, 0.1),
+          "old shards %s still there after SIGCONT: %s" % (old, p.shards()))
 
 
 def test_reload_invalid_file_logs_position_and_old_config_keeps_serving(t):
