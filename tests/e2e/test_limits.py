@@ -117,18 +117,22 @@ def _out_of_fds_session_waits(t, relay, spare, what):
     if not shutil.which("prlimit"):
         raise lib.Skip("prlimit (util-linux) is not installed")
     up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.config([lib.listener("l", port, "echo")],
-                           [lib.upstream("echo", [up.address], connect_timeout_ms=5000)],
-                           workers=1, relay=relay), probe=False)  # no pipe pooled yet
-    shard = p.wait_shards(1)[0]
-    with open("/proc/%d/limits" % shard) as f:
-        old = int(next(l for l in f if l.startswith("Max open files")).split()[3])
-    t.defer(lambda: _nofile(shard, old))
     data = b"x" * 70000
-    # A descriptor the shard opens in between (a sanitizer's, say) would
-    # move the shortage to another call: then look again, up to 3 times.
+    # A descriptor the shard opens in between (a sanitizer's, say), or a
+    # shard too slow to get there within the wait, moves or hides the
+    # shortage: then look again, up to 3 times, each time with a fresh
+    # proxy. Not the same one: the attempt that missed left its pipes in
+    # the shard's idle pool, and a pooled pipe needs no pipe2(2), so no
+    # later attempt on it could run short there.
     for attempt in range(3):
+        port = lib.free_port()
+        p = t.proxy(lib.config([lib.listener("l", port, "echo")],
+                               [lib.upstream("echo", [up.address], connect_timeout_ms=5000)],
+                               workers=1, relay=relay), probe=False)  # no pipe pooled yet
+        shard = p.wait_shards(1)[0]
+        with open("/proc/%d/limits" % shard) as f:
+            old = int(next(l for l in f if l.startswith("Max open files")).split()[3])
+        t.defer(lambda shard=shard, old=old: _nofile(shard, old) if os.path.exists("/proc/%d" % shard) else None)
         mark = p.mark()
         _nofile(shard, _free_fd_numbers(shard, spare)[-1] + 1)
         c = lib.connect(port)
@@ -146,7 +150,7 @@ def _out_of_fds_session_waits(t, relay, spare, what):
             fail = repr(e)
         check(fail is None, "%s: out of descriptors at %s, the client's session ended (%s); "
               "log tail:\n%s" % (relay, what, fail, p.tail(10)))
-        hit = p.wait_log(r"%s: Too many open files: pausing accepts" % what, 3.0, after=mark)
+        hit = p.wait_log(r"%s: Too many open files: pausing accepts" % what, 10.0, after=mark)
         _nofile(shard, old)
         c.settimeout(10)
         got = lib.recv_exact(c, len(data))
@@ -158,7 +162,7 @@ def _out_of_fds_session_waits(t, relay, spare, what):
         if hit:
             return
         lib.log("attempt %d: the shortage hit elsewhere:\n%s" % (attempt, p.tail(5)))
-        time.sleep(0.2)
+        p.stop()
     lib.fail("%s: never out of descriptors at %s; log tail:\n%s" % (relay, what, p.tail(10)))
 
 
