@@ -151,6 +151,38 @@ int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return l->be->recv(l, tag, fd, multishot);
 }
 
+bool sp_loop_can_lend(const sp_loop_t *l)
+{
+	return l->buf_base && l->be->can_lend && l->be->can_lend(l);
+}
+
+int sp_loop_buf_lend(sp_loop_t *l, uint16_t group, uint16_t bid)
+{
+	if (!sp_loop_can_lend(l))
+		return -EOPNOTSUPP;
+	if (group == 0 || bid >= l->nbufs)
+		return -EINVAL;
+	return l->be->lend(l, group, bid);
+}
+
+int sp_loop_buf_unlend(sp_loop_t *l, uint16_t group, uint16_t bid)
+{
+	if (!l->buf_base || !l->be->unlend)
+		return -EOPNOTSUPP;
+	if (group == 0 || bid >= l->nbufs)
+		return -EINVAL;
+	return l->be->unlend(l, group, bid);
+}
+
+int sp_loop_recv_lent(sp_loop_t *l, uint64_t tag, int fd, uint16_t group)
+{
+	if (!sp_loop_can_lend(l))
+		return -EOPNOTSUPP;
+	if (group == 0)
+		return -EINVAL;
+	return l->be->recv_lent(l, tag, fd, group);
+}
+
 int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)
 {
 	return l->be->send(l, tag, fd, buf, len);

@@ -101,6 +101,33 @@ int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
  * bounds what a direction holds exactly (a multishot round lands as many
  * buffers as the socket has before a cancel can stop it). */
 int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
+/* Lent buffers: a multishot recv whose buffers are counted exactly.
+ * A pool recv (sp_loop_recv) takes as many buffers as its socket has data
+ * for; a reader that must hold at most N buffers then has to re-arm a
+ * one-shot recv after every message. Instead the caller lends buffers it
+ * holds (ones a completion gave it) to a group of its own, and a multishot
+ * recv on that group takes only those: one per completion, oldest first,
+ * and it ends with -ENOBUFS when it finds the group empty. So what a reader
+ * holds is exactly what it received plus what it lent, and its recv stays
+ * armed across messages (no re-arm, no failed recv, no new poll).
+ * Capability: io_uring with provided-buffer groups; elsewhere the calls
+ * return -EOPNOTSUPP. Groups are 1..SP_LOOP_MAX_GROUP, one per socket
+ * direction the caller names; the pool's own ring is not one of them. */
+#define SP_LOOP_MAX_GROUP 65535
+bool sp_loop_can_lend(const sp_loop_t *l);
+/* Lend buffer bid (the caller's: from a completion, not yet put back) to
+ * group; it stays counted in sp_loop_bufs_out until a recv hands it back
+ * in a completion or sp_loop_buf_unlend returns it to the pool. */
+int sp_loop_buf_lend(sp_loop_t *l, uint16_t group, uint16_t bid);
+/* Return the oldest buffer still lent to group to the pool; bid must be
+ * that buffer (lent buffers are taken and returned oldest first), and no
+ * recv may be armed on group. It is back in the pool from the next turn
+ * (once the kernel has let it go). */
+int sp_loop_buf_unlend(sp_loop_t *l, uint16_t group, uint16_t bid);
+/* Multishot recv on fd into buffers lent to group (completions as
+ * sp_loop_recv's; the group must hold at least one buffer when armed). */
+int sp_loop_recv_lent(sp_loop_t *l, uint64_t tag, int fd, uint16_t group);
+
 /* One send (MSG_NOSIGNAL); res is the bytes taken, possibly fewer than len. */
 int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
 /* Connect a non-blocking socket; res 0, -errno, or -ETIMEDOUT once
@@ -136,6 +163,7 @@ int sp_loop_run_once(sp_loop_t *l, int max_wait_ms);
 typedef struct {
 	uint64_t stale_drops;  /* completions for a reused slot, dropped */
 	uint64_t cq_overflows; /* io_uring: turns that found the CQ overflowed */
+	uint64_t lend_fails;   /* io_uring: a lend the kernel refused (lending stops) */
 } sp_loop_stats_t;
 void sp_loop_stats(const sp_loop_t *l, sp_loop_stats_t *st);
 

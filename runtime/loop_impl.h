@@ -27,6 +27,11 @@ typedef struct sp_loop_backend_ops {
 	int (*accept)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 	int (*recv)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 	int (*send)(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
+	/* Lent buffers (loop.h); NULL where the backend has none. */
+	bool (*can_lend)(const sp_loop_t *l);
+	int (*lend)(sp_loop_t *l, uint16_t group, uint16_t bid);
+	int (*unlend)(sp_loop_t *l, uint16_t group, uint16_t bid);
+	int (*recv_lent)(sp_loop_t *l, uint64_t tag, int fd, uint16_t group);
 	int (*connect)(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
 		       socklen_t alen, unsigned timeout_ms);
 	int (*poll)(sp_loop_t *l, uint64_t tag, int fd, bool out);

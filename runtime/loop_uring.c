@@ -2,8 +2,9 @@
  * file in the tree that includes liburing. Every op is one SQE whose
  * user_data is the caller's tag; submission is batched, one
  * io_uring_submit_and_wait per loop turn; recv selects buffers from a
- * provided-buffer ring laid over the loop's pool. Accepts are the exception:
- * a poll, then accept4(2) (see "accepting"). */
+ * provided-buffer ring laid over the loop's pool, or from a group of buffers
+ * the caller lent (see "lent buffers"). Accepts are the exception: a poll,
+ * then accept4(2) (see "accepting"). */
 #include "runtime/loop_impl.h"
 
 #include <errno.h>
@@ -16,7 +17,11 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define BUF_GROUP 0
+#define BUF_GROUP 0 /* the pool's ring; lent groups are 1..SP_LOOP_MAX_GROUP */
+
+/* The loop's own SQEs (tag op SP_LOOP_OP_SELF) say in the generation field
+ * what their completion needs; the slot field carries a buffer id. */
+enum { SELF_IGNORE = 0, SELF_LEND = 1, SELF_UNLEND = 2 };
 
 typedef struct {
 	struct io_uring ring;
@@ -35,6 +40,10 @@ typedef struct {
 	bool is_accept[SP_UDATA_MAX_OPS];
 	struct uacc *acc;
 	unsigned nacc;
+	/* Lent buffers: the kernel has the opcodes (probed at init), and which
+	 * buffers are lent to a group now (by id). */
+	bool can_lend;
+	uint8_t *lent;
 } uring_t;
 
 /* Ring flags, best first. Each attempt drops the newest flag the kernel may
@@ -191,6 +200,20 @@ static int check_ops(struct io_uring *u, char *why, size_t len)
 	return 0;
 }
 
+/* Lent buffers are legacy provided-buffer groups (IORING_OP_PROVIDE_BUFFERS,
+ * REMOVE_BUFFERS: 5.7) that a multishot recv (6.0, checked above) selects
+ * from; a kernel that drops the legacy opcodes leaves lending off and the
+ * caller on pool recvs. */
+static bool lend_supported(struct io_uring *u)
+{
+	struct io_uring_probe *p = io_uring_get_probe_ring(u);
+	bool ok = p && io_uring_opcode_supported(p, IORING_OP_PROVIDE_BUFFERS) &&
+		  io_uring_opcode_supported(p, IORING_OP_REMOVE_BUFFERS);
+	if (p)
+		io_uring_free_probe(p);
+	return ok;
+}
+
 static void flags_text(unsigned fl, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s%s%s%s", (fl & IORING_SETUP_SINGLE_ISSUER) ? " SINGLE_ISSUER" : "",
@@ -259,8 +282,8 @@ int sp_loop_probe_uring(char *why, size_t len)
 	flags_text(flags, fl, sizeof(fl));
 	snprintf(why, len,
 		 "io_uring: setup%s; multishot recv, buffer rings, cancel by fd, "
-		 "linked timeouts; accept by readiness",
-		 fl);
+		 "linked timeouts; accept by readiness%s",
+		 fl, lend_supported(&u) ? "; lent buffer groups" : "");
 	ret = 0;
 out:
 	io_uring_queue_exit(&u);
@@ -285,6 +308,7 @@ static int uring_init(sp_loop_t *l, char *err, size_t errlen)
 	ret = check_ops(&u->ring, err, errlen);
 	if (ret < 0)
 		goto err;
+	u->can_lend = lend_supported(&u->ring);
 	u->ts = calloc(u->ring.sq.ring_entries, sizeof(*u->ts));
 	if (!u->ts) {
 		ret = -ENOMEM;
@@ -309,6 +333,7 @@ static void uring_fini(sp_loop_t *l)
 	io_uring_queue_exit(&u->ring);
 	free(u->ts);
 	free(u->acc);
+	free(u->lent);
 	free(u);
 	l->be_state = NULL;
 }
@@ -318,9 +343,15 @@ static int uring_bufs_init(sp_loop_t *l)
 	uring_t *u = l->be_state;
 	int ret = 0;
 
+	u->lent = calloc(l->nbufs, sizeof(*u->lent));
+	if (!u->lent)
+		return -ENOMEM;
 	u->br = br_setup(&u->ring, l->nbufs, &ret);
-	if (!u->br)
+	if (!u->br) {
+		free(u->lent);
+		u->lent = NULL;
 		return ret;
+	}
 	u->br_mask = (unsigned)io_uring_buf_ring_mask(l->nbufs);
 	for (uint32_t i = 0; i < l->nbufs; i++)
 		io_uring_buf_ring_add(u->br, sp_loop_buf(l, (uint16_t)i), l->bufsz, (uint16_t)i,
@@ -474,6 +505,80 @@ static int uring_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return 0;
 }
 
+/* ---- lent buffers (loop.h) -------------------------------------------------
+ *
+ * A group is a legacy provided-buffer list (IORING_OP_PROVIDE_BUFFERS): the
+ * kernel keeps it in the order buffers were provided and takes from its
+ * head, both for a recv and for IORING_OP_REMOVE_BUFFERS, so lending and
+ * unlending oldest first keeps the caller's idea of a group's contents and
+ * the kernel's the same. A lent buffer stays counted as out (l->bufs_out):
+ * the caller held it and holds it again when a recv completes with it. The
+ * price over the pool's ring: one PROVIDE SQE per buffer lent (no system
+ * call of its own; it goes in the turn's batch). */
+
+static bool uring_can_lend(const sp_loop_t *l)
+{
+	const uring_t *u = l->be_state;
+	return u->can_lend && u->lent;
+}
+
+static int uring_lend(sp_loop_t *l, uint16_t group, uint16_t bid)
+{
+	uring_t *u = l->be_state;
+	struct io_uring_sqe *sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, bid, SELF_LEND), 1);
+	io_uring_prep_provide_buffers(sqe, sp_loop_buf(l, bid), (int)l->bufsz, 1, group, bid);
+	/* One per message sent: no completion unless it fails (self_done). */
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	u->lent[bid] = 1;
+	return 0;
+}
+
+static int uring_unlend(sp_loop_t *l, uint16_t group, uint16_t bid)
+{
+	uring_t *u = l->be_state;
+	struct io_uring_sqe *sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, bid, SELF_UNLEND), 1);
+	io_uring_prep_remove_buffers(sqe, 1, group);
+	return 0;
+}
+
+static int uring_recv_lent(sp_loop_t *l, uint64_t tag, int fd, uint16_t group)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = group;
+	return 0;
+}
+
+/* The completion of one of the loop's own SQEs. */
+static void self_done(sp_loop_t *l, uint64_t tag, int res)
+{
+	uring_t *u = l->be_state;
+	uint16_t bid = (uint16_t)sp_udata_slot(tag);
+
+	switch (sp_udata_gen(tag)) {
+	case SELF_LEND:
+		if (res < 0) {
+			/* The kernel does not have it. Putting it back could hand
+			 * it out twice if the caller's bookkeeping then unlends
+			 * another buffer in its place; lose it instead, and stop
+			 * lending (callers fall back to pool recvs). */
+			u->lent[bid] = 0;
+			u->can_lend = false;
+			l->stats.lend_fails++;
+		}
+		break;
+	case SELF_UNLEND:
+		/* Removed (res 1): the kernel let go of the group's oldest,
+		 * which is bid. Otherwise no recv or removal has it: lost. */
+		if (res == 1 && u->lent[bid]) {
+			u->lent[bid] = 0;
+			sp_loop_buf_put(l, bid);
+		}
+		break;
+	}
+}
+
 static int uring_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)
 {
 	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
@@ -577,10 +682,16 @@ static int uring_wait(sp_loop_t *l, int timeout_ms)
 			.bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT),
 		};
 		n++;
-		if (op == SP_LOOP_OP_SELF)
+		if (op == SP_LOOP_OP_SELF) {
+			self_done(l, tag, cqe->res);
 			continue;
-		if (c.has_buf)
-			l->bufs_out++; /* the kernel took it from the ring */
+		}
+		if (c.has_buf) {
+			if (u->lent && u->lent[c.bid])
+				u->lent[c.bid] = 0; /* from a group: out since it was lent */
+			else
+				l->bufs_out++; /* the kernel took it from the ring */
+		}
 		if (c.res == -ECANCELED && u->is_connect[op])
 			c.res = -ETIMEDOUT;
 		int ai;
@@ -610,6 +721,10 @@ const sp_loop_backend_ops_t sp_loop_uring_ops = {
 	.buf_put = uring_buf_put,
 	.accept = uring_accept,
 	.recv = uring_recv,
+	.can_lend = uring_can_lend,
+	.lend = uring_lend,
+	.unlend = uring_unlend,
+	.recv_lent = uring_recv_lent,
 	.send = uring_send,
 	.connect = uring_connect,
 	.poll = uring_poll,

@@ -17,7 +17,7 @@ enum { SP_UP = 0, SP_DOWN = 1 };
 
 /* What a relay op does, whichever direction it serves. */
 typedef enum {
-	SP_RELAY_RECV = 1, /* copy: one-shot recv into the loop's buffer pool */
+	SP_RELAY_RECV = 1, /* copy: one-shot pool recv, or multishot on lent buffers */
 	SP_RELAY_SEND,     /* copy: send the head of the direction's queue */
 	SP_RELAY_POLL_IN,  /* splice: the source is readable */
 	SP_RELAY_POLL_OUT, /* splice: the destination is writable */
@@ -42,11 +42,20 @@ _Static_assert(SP_COPY_BUF_SIZE <= SP_LOOP_MAX_BUF_SIZE && SP_COPY_BUF_SIZE <= U
 	       "a copy buffer's length must fit the loop's pool and 16 bits");
 _Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <= UINT16_MAX,
 	       "copy buffer ids must fit the loop's pool and 16 bits");
-/* Buffers a copy direction holds at most, queued or being received: the
- * per-session memory bound is exactly 2 * SP_COPY_QMAX * SP_COPY_BUF_SIZE
- * (256 KiB). It holds because each recv is one-shot and takes one buffer:
- * a multishot round would land as many as the socket had (~21 seen). */
+/* Buffers a copy direction holds at most, queued, lent or being received:
+ * the per-session memory bound is exactly 2 * SP_COPY_QMAX *
+ * SP_COPY_BUF_SIZE (256 KiB). It holds because a recv from the pool is
+ * one-shot and takes one buffer (a multishot round there would land as many
+ * as the socket had, ~21 seen), and a multishot recv takes only buffers the
+ * direction lent to its own group (sp_loop_buf_lend), counted as held. */
 #define SP_COPY_QMAX 8
+/* Where the loop can lend (io_uring), a direction that has carried two
+ * messages keeps up to SP_COPY_LEND of the buffers it sent lent to its own
+ * group instead of putting them back, so its recv stays armed across
+ * messages; while more than half the pool is out, buffers go back instead
+ * (lent buffers of idle sessions must not crowd out fresh ones). */
+#define SP_COPY_LEND 2
+#define SP_COPY_LEND_AFTER 2
 /* Slow readers must not pin the whole ring and starve fresh sessions.
  * While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
  * those the recvs of directions already holding buffers may still take), a
@@ -67,11 +76,17 @@ typedef struct {
 	bool recv_armed;   /* a recv is in flight */
 	bool recv_paused;  /* auto: the recv is being cancelled for the hand-over */
 	bool recv_held;    /* the recv in flight was armed while holding buffers */
+	bool recv_lent;    /* the recv in flight is multishot on this direction's lent group */
 	bool starved;      /* waits in the shard's starved list for a buffer */
 	bool send_busy;    /* one send in flight keeps bytes in order */
 	bool to_splice;    /* auto: bulk seen; hand over to splice once drained */
 	bool spliced;      /* auto: this direction now belongs to splice */
 	uint8_t full_run;  /* auto: consecutive recvs that filled a whole buffer */
+	uint8_t nrecv;     /* recvs that brought data, counted up to SP_COPY_LEND_AFTER */
+	/* Buffers lent to the direction's group, oldest first (the order the
+	 * kernel takes them in), linked through the shard's bufq_next. */
+	uint8_t nlent;
+	uint16_t lhead, ltail;
 	/* Buffers received and not yet sent, oldest first: a list linked
 	 * through the shard's per-buffer arrays (bufq_next, bufq_len), so a
 	 * session carries no queue storage of its own. */

@@ -1,8 +1,11 @@
 /* relay_copy: the copy engine. Each direction keeps one recv in flight on
  * its source; the kernel lands data in a buffer of the loop's buffer
  * pool (a provided-buffer ring under io_uring), and the session sends the buffers on in order, one send in flight
- * per socket. A direction holds at most SP_COPY_QMAX buffers (queued plus
- * the one its recv may take): each recv is one-shot, so the bound is exact.
+ * per socket. A direction holds at most SP_COPY_QMAX buffers (queued, lent,
+ * plus the one a pool recv may take), exactly: a recv from the pool is
+ * one-shot, and where the loop can lend (io_uring) a direction that keeps
+ * talking lends the buffers it has sent to its own group and keeps one
+ * multishot recv armed on them, which takes nothing else (see "lending").
  * Directions that find the ring empty, or hold buffers while it runs low,
  * wait in a FIFO and are resumed in turn as buffers come back. */
 #include <errno.h>
@@ -10,15 +13,104 @@
 
 #include "shard/session.h"
 
+/* ---- lending ----------------------------------------------------------------
+ *
+ * A one-shot recv per message costs, after each message, a re-arm whose
+ * first recv finds nothing (EAGAIN) and a poll set up and torn down around
+ * the wait. A multishot recv from the pool would keep its poll but take as
+ * many buffers as the peer sends, however slow the reader. So a direction
+ * that has carried SP_COPY_LEND_AFTER messages lends each buffer it has
+ * sent (up to SP_COPY_LEND) to a group of its own instead of putting it
+ * back, and its recv is multishot on that group: it takes those buffers
+ * and no other, and ends with -ENOBUFS when they are all in use, after
+ * which the direction falls back to one-shot pool recvs. Lent buffers count
+ * as held (qn + nlent + a pool recv <= SP_COPY_QMAX), and go back to the
+ * pool when the session ends or the direction moves to splice. */
+
+/* The direction's group: one per (session slot, direction); 0 when the
+ * loop cannot lend or the slot is past what group ids reach. */
+static uint16_t lend_group(const sp_shard_t *sh, const sp_session_t *s, int d)
+{
+	uint32_t g = s->idx * 2 + (uint32_t)d + 1;
+	if (g > SP_LOOP_MAX_GROUP || !sp_loop_can_lend(sh->loop))
+		return 0;
+	return (uint16_t)g;
+}
+
+/* A buffer the direction has sent: lend it to its group, or put it back. */
+static void give_back(sp_shard_t *sh, sp_session_t *s, int d, uint16_t bid)
+{
+	sp_dir_t *dir = &s->dir[d];
+	uint16_t g;
+
+	if (dir->nlent < SP_COPY_LEND && dir->nrecv >= SP_COPY_LEND_AFTER &&
+	    s->state == SP_SESSION_RELAY && !dir->eof && !dir->dead && !dir->to_splice &&
+	    dir->qn + dir->nlent + (dir->recv_armed && !dir->recv_lent) < SP_COPY_QMAX &&
+	    (g = lend_group(sh, s, d)) != 0) {
+		uint32_t total = sp_loop_bufs_total(sh->loop);
+		/* more than half the pool out: lent buffers would crowd out others */
+		if (total - sp_loop_bufs_out(sh->loop) >= total / 2 &&
+		    sp_loop_buf_lend(sh->loop, g, bid) == 0) {
+			if (dir->nlent)
+				sh->bufq_next[dir->ltail] = bid;
+			else
+				dir->lhead = bid;
+			dir->ltail = bid;
+			dir->nlent++;
+			return;
+		}
+	}
+	sp_loop_buf_put(sh->loop, bid);
+}
+
+/* A lent recv completed with buffer bid: the group's oldest. */
+static void lent_taken(sp_shard_t *sh, sp_dir_t *dir, uint16_t bid)
+{
+	if (dir->nlent && dir->lhead == bid) {
+		dir->lhead = sh->bufq_next[bid];
+		dir->nlent--;
+		return;
+	}
+	/* Not the oldest: only after the loop lost a lend (it stops lending
+	 * then); unlink it wherever it is. */
+	for (uint16_t prev = dir->lhead, i = 1; i < dir->nlent; i++) {
+		uint16_t cur = sh->bufq_next[prev];
+		if (cur == bid) {
+			sh->bufq_next[prev] = sh->bufq_next[cur];
+			if (dir->ltail == cur)
+				dir->ltail = prev;
+			dir->nlent--;
+			return;
+		}
+		prev = cur;
+	}
+}
+
+/* Everything still lent goes back to the pool (no recv is armed on it). */
+static void unlend_all(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	uint16_t g = (uint16_t)(s->idx * 2 + (uint32_t)d + 1);
+	while (dir->nlent) {
+		sp_loop_buf_unlend(sh->loop, g, dir->lhead);
+		dir->lhead = sh->bufq_next[dir->lhead];
+		dir->nlent--;
+	}
+}
+
 static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
 	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_RECV, d));
-	if (!sp_session_started(sh, s, sp_loop_recv(sh->loop, tag, dir->src, false)))
+	uint16_t g = dir->nlent ? lend_group(sh, s, d) : 0;
+	int ret = g ? sp_loop_recv_lent(sh->loop, tag, dir->src, g)
+		    : sp_loop_recv(sh->loop, tag, dir->src, false);
+	if (!sp_session_started(sh, s, ret))
 		return;
 	dir->recv_armed = true;
+	dir->recv_lent = g != 0;
 	dir->recv_paused = false;
-	dir->recv_held = dir->qn != 0;
+	dir->recv_held = !g && dir->qn != 0;
 	sh->recv_held += dir->recv_held;
 }
 
@@ -124,13 +216,21 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		if (s->state != SP_SESSION_RELAY || dir->recv_armed || dir->qn || dir->send_busy || dir->eof)
 			return;
 		starve_remove(sh, s, d);
+		unlend_all(sh, s, d);
 		dir->to_splice = false;
 		dir->spliced = true;
 		sp_splice_take_dir(sh, s, d);
 		return;
 	}
-	if (s->state != SP_SESSION_RELAY || dir->recv_armed || dir->eof || dir->dead || dir->starved ||
-	    dir->qn >= SP_COPY_QMAX)
+	if (s->state != SP_SESSION_RELAY || dir->recv_armed || dir->eof || dir->dead)
+		return;
+	if (dir->nlent && lend_group(sh, s, d)) {
+		/* its own buffers: nothing taken from the pool, no line */
+		starve_remove(sh, s, d);
+		arm_recv(sh, s, d);
+		return;
+	}
+	if (dir->starved || dir->qn + dir->nlent >= SP_COPY_QMAX)
 		return;
 	if (!may_take(sh, dir)) {
 		starve_push(sh, s, d); /* others first: copy_resume calls again */
@@ -159,15 +259,19 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_
 {
 	sp_dir_t *dir = &s->dir[d];
 	bool more = c->more;
+	bool lent = dir->recv_lent;
 	int res = c->res;
 
 	if (!more) {
 		dir->recv_armed = false;
+		dir->recv_lent = false;
 		sh->recv_held -= dir->recv_held;
 		dir->recv_held = false;
 	}
 	if (c->has_buf) {
 		uint16_t bid = c->bid;
+		if (lent)
+			lent_taken(sh, dir, bid);
 		if (res <= 0 || s->state != SP_SESSION_RELAY || dir->dead) {
 			sp_loop_buf_put(sh->loop, bid);
 		} else {
@@ -184,6 +288,8 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_
 		return;
 
 	if (res > 0) {
+		if (dir->nrecv < SP_COPY_LEND_AFTER)
+			dir->nrecv++;
 		sp_session_touch(sh, s);
 		if (!dir->send_busy)
 			send_head(sh, s, d);
@@ -201,6 +307,13 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_
 	}
 	switch (-res) {
 	case ENOBUFS:
+		if (lent) {
+			/* Its group is empty: every lent buffer is in use. A
+			 * buffer sent meanwhile is lent again (give_back), or
+			 * the next recv is a one-shot from the pool. */
+			maybe_resume(sh, s, d);
+			return;
+		}
 		/* The loop's buffer pool ran dry: wait in line for a buffer
 		 * (copy_resume). */
 		starve_push(sh, s, d);
@@ -236,9 +349,9 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	if (dir->qoff == sh->bufq_len[dir->qhead]) {
 		uint16_t done = dir->qhead;
 		dir->qhead = sh->bufq_next[done];
-		sp_loop_buf_put(sh->loop, done);
 		dir->qn--;
 		dir->qoff = 0;
+		give_back(sh, s, d, done);
 	}
 	if (dir->qn)
 		send_head(sh, s, d);
@@ -273,6 +386,7 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 			sp_loop_buf_put(sh->loop, bid);
 			dir->qn--;
 		}
+		unlend_all(sh, s, d); /* no recv is in flight: the session is done */
 		starve_remove(sh, s, d);
 	}
 }
