@@ -164,6 +164,10 @@ typedef struct {
 	uint64_t stale_drops;  /* completions for a reused slot, dropped */
 	uint64_t cq_overflows; /* io_uring: turns that found the CQ overflowed */
 	uint64_t lend_fails;   /* io_uring: a lend the kernel refused (lending stops) */
+	/* epoll: recv(2) calls made for recv ops, and those that found the
+	 * socket empty (EAGAIN): the system calls readiness tracking saves. */
+	uint64_t recv_calls;
+	uint64_t recv_empty;
 } sp_loop_stats_t;
 void sp_loop_stats(const sp_loop_t *l, sp_loop_stats_t *st);
 

@@ -4,12 +4,19 @@
  * - every descriptor is registered once, edge-triggered, for both
  *   directions; an op first tries its system call and waits for an edge
  *   only after EAGAIN, so no readiness is ever lost and no epoll_ctl is paid
- *   per op;
+ *   per op (nothing to batch or skip: interest never changes);
+ * - the read side of every descriptor remembers whether it may have data:
+ *   a recv that came back short or with EAGAIN emptied the socket, and only
+ *   a new edge makes it readable again, so a recv armed meanwhile (the
+ *   copy engine re-arms its one-shot recv after every message) waits for
+ *   that edge instead of paying a recv that would say EAGAIN;
  * - multishot accept and recv are emulated by draining to EAGAIN (a recv
  *   that fills less than a buffer has drained the socket), a budget per
  *   turn keeping one busy socket from starving the rest;
  * - recv takes buffers from the loop's pool, as the provided-buffer ring
- *   does under io_uring, and ends with -ENOBUFS when it is empty;
+ *   does under io_uring, and ends with -ENOBUFS when it is empty: at once,
+ *   as io_uring's does, whether or not the socket has data, so a recv never
+ *   waits for an edge while the pool is empty (see try_recv);
  * - connect timeouts are timers in the loop's heap;
  * - completions found while starting an op wait on a pending list until the
  *   next turn, so no handler runs inside the call that started its op. */
@@ -53,6 +60,12 @@ typedef struct {
 typedef struct {
 	uint32_t in, out; /* waiting op index, NONE for none */
 	bool reg;         /* registered with epoll */
+	/* A read may find something: data, end of file or an error. Cleared
+	 * only by a recv of ours that emptied the socket, set by every read
+	 * edge; false at registration, since registering an edge-triggered
+	 * descriptor that is readable already reports it at the next wait. */
+	bool rd_ready;
+	bool rd_hup; /* end of file or error seen: readable for good */
 } fdent_t;
 
 typedef struct {
@@ -218,6 +231,7 @@ static int op_new(sp_loop_t *l, uint64_t tag, int fd, int kind, bool out, eop_t 
 		    (errno != EEXIST || epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
 			return -errno;
 		f->reg = true;
+		f->rd_ready = f->rd_hup = false;
 	}
 	uint32_t i;
 	if (e->free_head != NONE) {
@@ -275,33 +289,43 @@ static void try_accept(sp_loop_t *l, eop_t *op)
 	enqueue(e, op); /* budget spent: more next turn */
 }
 
-/* ev: the epoll events that brought us here, 0 when started from the
- * pending list. */
-static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
+/* Recv into pool buffers while the socket has data, within the budget. */
+static void try_recv(sp_loop_t *l, eop_t *op)
 {
 	ep_t *e = l->be_state;
+	fdent_t *f = &e->fds[op->fd];
 	for (int i = 0; i < RECV_BUDGET; i++) {
+		/* The empty pool first, before readiness, as io_uring's
+		 * buffer select does: a recv that waited for an edge through a
+		 * shortage would take the first buffer given back whenever its
+		 * edge came, ahead of the owner's queue of starved readers and
+		 * of its rule on who may take one while few are left (the copy
+		 * engine's: a reader that holds buffers waits). Ended here, it
+		 * asks the owner again. */
 		if (e->nbfree == 0) {
 			finish(l, op, -ENOBUFS);
 			return;
 		}
+		if (!f->rd_ready)
+			return; /* emptied by our last recv: wait for the next edge */
 		/* Counted as out from here, as the owner sees it: a buffer
 		 * whose completion waits on the pending list is not free. */
 		uint16_t bid = e->bfree[--e->nbfree];
 		l->bufs_out++;
+		l->stats.recv_calls++;
 		ssize_t n = recv(op->fd, sp_loop_buf(l, bid), l->bufsz, MSG_DONTWAIT);
+		/* A short read emptied the socket (TCP and unix stream reads
+		 * stop only when the queue is empty); data after it brings a
+		 * new edge. After end of file, reads keep returning at once. */
+		if (n >= 0 && (size_t)n < l->bufsz && !f->rd_hup)
+			f->rd_ready = false;
 		if (n > 0 && op->once) {
 			finish_buf(l, op, (int)n, bid);
 			return;
 		}
 		if (n > 0) {
 			deliver(l, op, (int)n, true, true, bid);
-			/* A short read emptied the socket: wait for the next edge
-			 * rather than pay a recv that says EAGAIN. Not when the
-			 * edge also said end of file (it came in the same
-			 * wake-up, and none will follow), nor without an edge. */
-			if (op->done || ((size_t)n < l->bufsz && ev &&
-					 !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
+			if (op->done)
 				return;
 			continue;
 		}
@@ -313,8 +337,12 @@ static void try_recv(sp_loop_t *l, eop_t *op, uint32_t ev)
 		}
 		if (errno == EINTR)
 			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			finish(l, op, -errno);
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			l->stats.recv_empty++;
+			f->rd_ready = false;
+			return;
+		}
+		finish(l, op, -errno);
 		return;
 	}
 	enqueue(e, op);
@@ -363,14 +391,14 @@ static void check_poll(sp_loop_t *l, eop_t *op)
 		finish(l, op, p.revents);
 }
 
-static void attempt(sp_loop_t *l, eop_t *op, uint32_t ev)
+static void attempt(sp_loop_t *l, eop_t *op)
 {
 	switch (op->kind) {
 	case K_ACCEPT:
 		try_accept(l, op);
 		break;
 	case K_RECV:
-		try_recv(l, op, ev);
+		try_recv(l, op);
 		break;
 	case K_SEND:
 		try_send(l, op);
@@ -400,8 +428,12 @@ static int ep_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	eop_t *op;
 	int ret = op_new(l, tag, fd, K_RECV, false, &op);
 	if (ret == 0) {
+		ep_t *e = l->be_state;
 		op->once = !multishot;
-		enqueue(l->be_state, op);
+		/* else the next read edge starts it; with the pool empty it
+		 * ends at once (see try_recv) */
+		if (e->fds[fd].rd_ready || e->nbfree == 0)
+			enqueue(e, op);
 	}
 	return ret;
 }
@@ -514,7 +546,7 @@ static int run_pending(sp_loop_t *l)
 			sp_loop__dispatch(l, tag, &c);
 			n++;
 		} else {
-			attempt(l, op, 0);
+			attempt(l, op);
 		}
 	}
 	return n;
@@ -541,12 +573,19 @@ static int ep_wait(sp_loop_t *l, int timeout_ms)
 		int fd = e->events[k].data.fd;
 		if ((uint32_t)fd >= e->nfds)
 			continue;
-		uint32_t in = e->fds[fd].in;
-		if (in != NONE && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
-			attempt(l, &e->ops[in], ev);
-		uint32_t out = e->fds[fd].out; /* after: the reader's handler may have ended it */
+		fdent_t *f = &e->fds[fd];
+		if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+			/* Remembered with no op waiting too: the edge is not
+			 * repeated, and the recv armed later must know. */
+			f->rd_ready = true;
+			if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+				f->rd_hup = true;
+			if (f->in != NONE)
+				attempt(l, &e->ops[f->in]);
+		}
+		uint32_t out = f->out; /* after: the reader's handler may have ended it */
 		if (out != NONE && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
-			attempt(l, &e->ops[out], ev);
+			attempt(l, &e->ops[out]);
 	}
 	return n + r;
 }

@@ -562,6 +562,113 @@ static void test_loop_probe_names_the_backend_or_the_reason(void **state)
 	assert_string_equal(sp_loop_backend_name(SP_LOOP_URING), "io_uring");
 }
 
+/* ---- readiness and turns (perf) ------------------------------------------ */
+
+/* Turn the loop n times without sleeping. */
+static void spin(sp_loop_t *l, int n)
+{
+	while (n-- > 0)
+		assert_true(sp_loop_run_once(l, 0) >= 0);
+}
+
+/* The copy engine re-arms a one-shot recv after every message; on epoll the
+ * recv that emptied the socket is remembered, so the re-armed one waits for
+ * the next edge instead of paying a recv(2) that says EAGAIN. */
+static void test_loop_epoll_rearmed_recv_after_a_short_read_issues_no_empty_recv(void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	sp_loop_stats_t st;
+	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
+	assert_int_equal(write(sv[1], "abc", 3), 3);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 1, 2000);
+	assert_string_equal(calls[0].data, "abc");
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	spin(l, 5);
+	assert_int_equal(ncalls, 1);
+	sp_loop_stats(l, &st);
+	assert_int_equal(st.recv_calls, 1);
+	assert_int_equal(st.recv_empty, 0);
+	/* the next edge starts it */
+	assert_int_equal(write(sv[1], "def", 3), 3);
+	run_until(l, 2, 2000);
+	assert_string_equal(calls[1].data, "def");
+	sp_loop_stats(l, &st);
+	assert_int_equal(st.recv_calls, 2);
+	assert_int_equal(st.recv_empty, 0);
+}
+
+/* Edge-triggered readiness is reported once: data that arrived while no
+ * recv waited, and an end of file that came in the same edge as the last
+ * data, must still reach the recv armed afterwards. */
+static void test_loop_recv_armed_after_the_edge_still_gets_the_data_and_the_eof(void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	assert_int_equal(write(sv[1], "one", 3), 3);
+	run_until(l, 1, 2000);
+	assert_string_equal(calls[0].data, "one");
+	/* no recv armed: the edge for "two" is seen and must be remembered */
+	assert_int_equal(write(sv[1], "two", 3), 3);
+	spin(l, 3);
+	assert_int_equal(ncalls, 1);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	assert_string_equal(calls[1].data, "two");
+	/* data and end of file in one edge: the short read must not hide it */
+	assert_int_equal(write(sv[1], "end", 3), 3);
+	assert_int_equal(shutdown(sv[1], SHUT_WR), 0);
+	spin(l, 3);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 3, 2000);
+	assert_string_equal(calls[2].data, "end");
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 4, 2000);
+	assert_int_equal(ncalls, 4);
+	assert_int_equal(calls[3].c.res, 0);
+	assert_false(calls[3].c.has_buf);
+}
+
+/* A recv armed while the pool is empty ends with -ENOBUFS at once, as
+ * io_uring's buffer select does, even on a socket with nothing to read: on
+ * epoll it must not wait for the next edge (readiness memory says the
+ * socket is empty) and then take whatever buffer was given back meanwhile,
+ * ahead of the owner's queue of starved readers (docs/BENCHMARKS.md,
+ * finding 12). */
+static void test_loop_recv_armed_with_the_pool_empty_ends_with_enobufs_without_waiting_for_data(
+    void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	put_bufs = false; /* the handler keeps every buffer */
+	assert_int_equal(sp_loop_bufs_init(l, 1, 16), 0);
+	assert_int_equal(write(sv[1], "abc", 3), 3);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 1, 2000);
+	assert_string_equal(calls[0].data, "abc");
+	assert_int_equal(sp_loop_bufs_out(l), 1);
+	/* drained socket, empty pool: no data will come */
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_until(l, 2, 500);
+	assert_int_equal(ncalls, 2);
+	assert_int_equal(calls[1].c.res, -ENOBUFS);
+	assert_false(calls[1].c.has_buf);
+	/* the buffer back and data later: a recv armed then still gets it */
+	sp_loop_buf_put(l, calls[0].c.bid);
+	put_bufs = true;
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	run_for(l, 50);
+	assert_int_equal(ncalls, 2);
+	assert_int_equal(write(sv[1], "def", 3), 3);
+	run_until(l, 3, 2000);
+	assert_string_equal(calls[2].data, "def");
+	assert_int_equal(sp_loop_bufs_out(l), 0);
+}
+
 /* One body, run on each backend under a name that says which. */
 #define ON(f, be, label)                                                                           \
 	{                                                                                          \
@@ -590,6 +697,10 @@ int main(void)
 	    BOTH(test_loop_timers_fire_once_at_their_deadline_and_wake_the_wait),
 	    BOTH(test_loop_second_reader_on_one_fd_is_refused_on_epoll),
 	    cmocka_unit_test(test_loop_probe_names_the_backend_or_the_reason),
+	    ON(test_loop_epoll_rearmed_recv_after_a_short_read_issues_no_empty_recv, SP_LOOP_EPOLL,
+	       "epoll"),
+	    BOTH(test_loop_recv_armed_after_the_edge_still_gets_the_data_and_the_eof),
+	    BOTH(test_loop_recv_armed_with_the_pool_empty_ends_with_enobufs_without_waiting_for_data),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
