@@ -66,6 +66,11 @@ typedef struct {
 	 * descriptor that is readable already reports it at the next wait. */
 	bool rd_ready;
 	bool rd_hup; /* end of file or error seen: readable for good */
+	/* Registrations of this fd number so far: an event carries the one it
+	 * was registered under, so an event collected for a file that was
+	 * closed meanwhile (its number reused within one batch) is dropped
+	 * instead of being taken for the new socket's. */
+	uint32_t gen;
 } fdent_t;
 
 typedef struct {
@@ -225,8 +230,9 @@ static int op_new(sp_loop_t *l, uint64_t tag, int fd, int kind, bool out, eop_t 
 	if (e->free_head == NONE && e->nfresh == e->nops)
 		return -ENOBUFS;
 	if (!f->reg) {
+		f->gen++;
 		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-					 .data.fd = fd};
+					 .data.u64 = (uint64_t)f->gen << 32 | (uint32_t)fd};
 		if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
 		    (errno != EEXIST || epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
 			return -errno;
@@ -364,24 +370,26 @@ static void try_send(sp_loop_t *l, eop_t *op)
 	}
 }
 
-/* Writable after a non-blocking connect: SO_ERROR says how it went. An
- * event for an fd number reused since it was collected can arrive before
- * the connect is done; getpeername tells those apart. */
-static void check_connect(sp_loop_t *l, eop_t *op)
+/* Writable after a non-blocking connect. ev: the events of this socket's
+ * own registration (see fdent_t.gen). A connecting socket reports nothing
+ * until the handshake ends (epoll polls it again when it hands the event
+ * over), so writable without an error or hang-up is connected: no system
+ * call. Otherwise SO_ERROR says how it failed. */
+static void check_connect(sp_loop_t *l, eop_t *op, uint32_t ev)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
-	struct sockaddr_storage ss;
-	socklen_t slen = sizeof(ss);
 
-	if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-		err = errno;
-	if (err) {
-		finish(l, op, -err);
+	if ((ev & EPOLLOUT) && !(ev & (EPOLLERR | EPOLLHUP))) {
+		finish(l, op, 0);
 		return;
 	}
-	if (getpeername(op->fd, (struct sockaddr *)&ss, &slen) == 0)
-		finish(l, op, 0);
+	if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err)
+		finish(l, op, -err);
+	else if (ev & (EPOLLERR | EPOLLHUP))
+		finish(l, op, -ECONNRESET); /* hung up, the error already taken */
 }
 
 static void check_poll(sp_loop_t *l, eop_t *op)
@@ -391,7 +399,7 @@ static void check_poll(sp_loop_t *l, eop_t *op)
 		finish(l, op, p.revents);
 }
 
-static void attempt(sp_loop_t *l, eop_t *op)
+static void attempt(sp_loop_t *l, eop_t *op, uint32_t ev)
 {
 	switch (op->kind) {
 	case K_ACCEPT:
@@ -404,7 +412,7 @@ static void attempt(sp_loop_t *l, eop_t *op)
 		try_send(l, op);
 		break;
 	case K_CONNECT:
-		check_connect(l, op);
+		check_connect(l, op, ev);
 		break;
 	case K_POLL:
 		check_poll(l, op);
@@ -546,7 +554,7 @@ static int run_pending(sp_loop_t *l)
 			sp_loop__dispatch(l, tag, &c);
 			n++;
 		} else {
-			attempt(l, op);
+			attempt(l, op, 0);
 		}
 	}
 	return n;
@@ -570,10 +578,13 @@ static int ep_wait(sp_loop_t *l, int timeout_ms)
 	sp_loop__tick(l);
 	for (int k = 0; k < r; k++) {
 		uint32_t ev = e->events[k].events;
-		int fd = e->events[k].data.fd;
+		uint64_t data = e->events[k].data.u64;
+		int fd = (int)(uint32_t)data;
 		if ((uint32_t)fd >= e->nfds)
 			continue;
 		fdent_t *f = &e->fds[fd];
+		if (!f->reg || f->gen != (uint32_t)(data >> 32))
+			continue; /* for a file closed since: not this socket's */
 		if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 			/* Remembered with no op waiting too: the edge is not
 			 * repeated, and the recv armed later must know. */
@@ -581,11 +592,11 @@ static int ep_wait(sp_loop_t *l, int timeout_ms)
 			if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 				f->rd_hup = true;
 			if (f->in != NONE)
-				attempt(l, &e->ops[f->in]);
+				attempt(l, &e->ops[f->in], ev);
 		}
 		uint32_t out = f->out; /* after: the reader's handler may have ended it */
 		if (out != NONE && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
-			attempt(l, &e->ops[out]);
+			attempt(l, &e->ops[out], ev);
 	}
 	return n + r;
 }

@@ -669,6 +669,68 @@ static void test_loop_recv_armed_with_the_pool_empty_ends_with_enobufs_without_w
 	assert_int_equal(sp_loop_bufs_out(l), 0);
 }
 
+/* A handler may close a descriptor and get its number back for a new
+ * socket while the events of the same wait are still being handed out; an
+ * event collected for the old file must not complete the new socket's
+ * connect (epoll takes "writable, no error" as connected without asking
+ * the socket). */
+static struct {
+	int old_fd, new_fd;
+	struct sockaddr_in to;
+} reuse;
+
+static void close_and_reuse_on_recv(void *ctx, unsigned op, uint32_t slot, const sp_completion_t *c)
+{
+	record(ctx, op, slot, c);
+	if (reuse.new_fd >= 0)
+		return;
+	sp_loop_close(cur, reuse.old_fd);
+	reuse.new_fd = own(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+	assert_int_equal(reuse.new_fd, reuse.old_fd);
+	assert_int_equal(sp_loop_connect(cur, sp_loop_tag(OP_B, 7, 0), reuse.new_fd,
+					 (struct sockaddr *)&reuse.to, sizeof(reuse.to), 150),
+			 0);
+}
+
+static void test_loop_connect_on_a_reused_fd_number_ignores_the_old_files_events(void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	int old[2];
+	own(th_tcp_listener(&reuse.to, 0));
+	for (int i = 0; i < 4; i++) { /* a full accept queue: the connect hangs */
+		int fd = own(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+		connect(fd, (struct sockaddr *)&reuse.to, sizeof(reuse.to));
+	}
+	usleep(50 * 1000);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, old), 0);
+	own(old[1]); /* old[0] is closed by the handler, its number then owned */
+	reuse.old_fd = old[0];
+	reuse.new_fd = -1;
+	sp_loop_on(l, OP_A, close_and_reuse_on_recv, false);
+	assert_int_equal(sp_loop_bufs_init(l, 4, 64), 0);
+	/* readable first, then the writable socket whose number is reused:
+	 * one wait collects both, in that order */
+	assert_int_equal(write(sv[1], "go", 2), 2);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_A, 1, 0), sv[0], true), 0);
+	assert_int_equal(sp_loop_poll(l, sp_loop_tag(OP_C, 1, 0), old[0], true), 0);
+	uint64_t deadline = th_mono_ms() + 1000;
+	unsigned connects = 0;
+	int res = 1;
+	while (th_mono_ms() < deadline && !connects) {
+		assert_true(sp_loop_run_once(l, 20) >= 0);
+		for (unsigned i = 0; i < ncalls; i++)
+			if (calls[i].op == OP_B) {
+				connects++;
+				res = calls[i].c.res;
+			}
+	}
+	assert_int_equal(connects, 1);
+	assert_int_equal(res, -ETIMEDOUT);
+	sp_loop_cancel_fd(l, sv[0]);
+	run_until(l, ncalls + 1, 500);
+}
+
 /* One body, run on each backend under a name that says which. */
 #define ON(f, be, label)                                                                           \
 	{                                                                                          \
@@ -701,6 +763,7 @@ int main(void)
 	       "epoll"),
 	    BOTH(test_loop_recv_armed_after_the_edge_still_gets_the_data_and_the_eof),
 	    BOTH(test_loop_recv_armed_with_the_pool_empty_ends_with_enobufs_without_waiting_for_data),
+	    BOTH(test_loop_connect_on_a_reused_fd_number_ignores_the_old_files_events),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
