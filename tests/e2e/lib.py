@@ -103,6 +103,26 @@ def wait_until(pred, timeout_s, interval=0.02):
         time.sleep(interval)
 
 
+def started_with_notify(t, start, abstract=False):
+    """Run start() (it starts a proxy) with NOTIFY_SOCKET naming a datagram
+    socket of the test's own, bound in t.tmpdir or, with abstract, in the
+    abstract namespace; the variable is gone again afterwards, so later
+    proxies do not inherit it. Returns (socket, what start() returned)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = "@shardproxy-e2e-%d-%d" % (os.getpid(), time.monotonic_ns())
+        sock.bind("\0" + name[1:])
+    else:
+        name = os.path.join(t.tmpdir, "notify.sock")
+        sock.bind(name)
+    t.defer(sock.close)
+    os.environ["NOTIFY_SOCKET"] = name
+    try:
+        return sock, start()
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+
+
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 

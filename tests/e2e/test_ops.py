@@ -343,18 +343,6 @@ def test_access_log_json_file_lines_parse_and_match_sessions(t):
 # ---- systemd notify -------------------------------------------------------------
 
 
-def _notify_socket(t, abstract):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    if abstract:
-        name = "@shardproxy-e2e-%d-%d" % (os.getpid(), time.monotonic_ns())
-        s.bind("\0" + name[1:])
-    else:
-        name = os.path.join(t.tmpdir, "notify.sock")
-        s.bind(name)
-    t.defer(s.close)
-    return s, name
-
-
 def _next_msg(sock, timeout_s=10):
     sock.settimeout(timeout_s)
     try:
@@ -364,12 +352,8 @@ def _next_msg(sock, timeout_s=10):
 
 
 def _sd_notify_order(t, abstract):
-    sock, name = _notify_socket(t, abstract)
-    os.environ["NOTIFY_SOCKET"] = name  # inherited by the proxy this test starts
-    try:
-        up, port, aport, p = _ops_proxy(t, admin=False)
-    finally:
-        del os.environ["NOTIFY_SOCKET"]
+    sock, (up, port, aport, p) = lib.started_with_notify(t, lambda: _ops_proxy(t, admin=False),
+                                                         abstract)
     msgs = [_next_msg(sock)]
     check("READY=1" in msgs[0].split("\n") and "MAINPID=%d" % p.pid in msgs[0], "first message: %r" % msgs[0])
     lib.check_echo(port, b"serving", up)

@@ -250,16 +250,8 @@ def test_failed_upgrade_that_hangs_never_blocks_the_old_supervisor_and_is_reaped
     a killed shard; the process gets time to exit, then SIGKILL, and is
     reaped from the loop: one 'upgrade failed' line with how it ended, no
     zombie. A SIGUSR2 after that upgrades for real."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = os.path.join(t.tmpdir, "notify.sock")
-    sock.bind(name)
-    t.defer(sock.close)
+    sock, (p, path, echo, wport, eport, aport) = lib.started_with_notify(t, lambda: _setup(t))
     sock.settimeout(20)
-    os.environ["NOTIFY_SOCKET"] = name  # inherited by the proxy this test starts
-    try:
-        p, path, echo, wport, eport, aport = _setup(t)
-    finally:
-        del os.environ["NOTIFY_SOCKET"]
     sock.recv(4096)  # READY=1
     real = open(path, "rb").read()
     child_pidfile = os.path.join(t.tmpdir, "failed-child.pid")
@@ -310,16 +302,8 @@ def test_failed_upgrade_that_hangs_never_blocks_the_old_supervisor_and_is_reaped
 
 
 def test_upgrade_moves_systemd_mainpid_to_the_new_supervisor(t):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = os.path.join(t.tmpdir, "notify.sock")
-    sock.bind(name)
-    t.defer(sock.close)
+    sock, (p, path, echo, wport, eport, aport) = lib.started_with_notify(t, lambda: _setup(t))
     sock.settimeout(10)
-    os.environ["NOTIFY_SOCKET"] = name  # inherited by the proxy this test starts
-    try:
-        p, path, echo, wport, eport, aport = _setup(t)
-    finally:
-        del os.environ["NOTIFY_SOCKET"]
     first = sock.recv(4096).decode()
     check("READY=1" in first.split("\n") and "MAINPID=%d" % p.pid in first, "first: %r" % first)
     os.kill(p.pid, signal.SIGUSR2)
