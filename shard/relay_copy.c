@@ -27,11 +27,27 @@
  * as held (qn + nlent + a pool recv <= SP_COPY_QMAX), and go back to the
  * pool when the session ends or the direction moves to splice. */
 
+/* A direction's number, never 0: its starved-FIFO key and its lent group. */
+static uint32_t dir_key(const sp_session_t *s, int d)
+{
+	return s->idx * 2 + (uint32_t)d + 1;
+}
+
+/* Append buffer bid to a direction's list (queue or lent) of n buffers. */
+static void buf_append(sp_shard_t *sh, uint16_t *head, uint16_t *tail, unsigned n, uint16_t bid)
+{
+	if (n)
+		sh->bufq_next[*tail] = bid;
+	else
+		*head = bid;
+	*tail = bid;
+}
+
 /* The direction's group: one per (session slot, direction); 0 when the
  * loop cannot lend or the slot is past what group ids reach. */
 static uint16_t lend_group(const sp_shard_t *sh, const sp_session_t *s, int d)
 {
-	uint32_t g = s->idx * 2 + (uint32_t)d + 1;
+	uint32_t g = dir_key(s, d);
 	if (g > SP_LOOP_MAX_GROUP || !sp_loop_can_lend(sh->loop))
 		return 0;
 	return (uint16_t)g;
@@ -51,12 +67,7 @@ static void give_back(sp_shard_t *sh, sp_session_t *s, int d, uint16_t bid)
 		/* more than half the pool out: lent buffers would crowd out others */
 		if (total - sp_loop_bufs_out(sh->loop) >= total / 2 &&
 		    sp_loop_buf_lend(sh->loop, g, bid) == 0) {
-			if (dir->nlent)
-				sh->bufq_next[dir->ltail] = bid;
-			else
-				dir->lhead = bid;
-			dir->ltail = bid;
-			dir->nlent++;
+			buf_append(sh, &dir->lhead, &dir->ltail, dir->nlent++, bid);
 			return;
 		}
 	}
@@ -90,7 +101,7 @@ static void lent_taken(sp_shard_t *sh, sp_dir_t *dir, uint16_t bid)
 static void unlend_all(sp_shard_t *sh, sp_session_t *s, int d)
 {
 	sp_dir_t *dir = &s->dir[d];
-	uint16_t g = (uint16_t)(s->idx * 2 + (uint32_t)d + 1);
+	uint16_t g = (uint16_t)dir_key(s, d);
 	while (dir->nlent) {
 		sp_loop_buf_unlend(sh->loop, g, dir->lhead);
 		dir->lhead = sh->bufq_next[dir->lhead];
@@ -115,11 +126,6 @@ static void arm_recv(sp_shard_t *sh, sp_session_t *s, int d)
 }
 
 /* ---- the FIFO of starved directions --------------------------------------- */
-
-static uint32_t dir_key(const sp_session_t *s, int d)
-{
-	return s->idx * 2 + (uint32_t)d + 1;
-}
 
 static sp_dir_t *key_dir(sp_shard_t *sh, uint32_t key)
 {
@@ -276,12 +282,7 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_
 			sp_loop_buf_put(sh->loop, bid);
 		} else {
 			sh->bufq_len[bid] = (uint16_t)res;
-			if (dir->qn)
-				sh->bufq_next[dir->qtail] = bid;
-			else
-				dir->qhead = bid;
-			dir->qtail = bid;
-			dir->qn++;
+			buf_append(sh, &dir->qhead, &dir->qtail, dir->qn++, bid);
 		}
 	}
 	if (s->state != SP_SESSION_RELAY || dir->dead)
