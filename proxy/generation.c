@@ -473,11 +473,18 @@ unsigned sp_gen_alive(const sp_gen_t *g)
 	return n;
 }
 
-unsigned sp_gen_accepting(const sp_gen_t *g)
+unsigned sp_gen_accepting(const sp_gen_t *g, char *pids, size_t len)
 {
 	unsigned n = 0;
-	for (unsigned i = 0; i < g->nslots; i++)
-		n += g->procs[i].state != PROC_NONE && !g->procs[i].closed;
+	for (unsigned i = 0; i < g->nslots; i++) {
+		const sp_proc_t *p = &g->procs[i];
+		if (p->state == PROC_NONE || p->closed)
+			continue;
+		n++;
+		size_t at = strlen(pids);
+		if (at < len)
+			snprintf(pids + at, len - at, "%s%d", at ? ", " : "", (int)p->pid);
+	}
 	return n;
 }
 

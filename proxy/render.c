@@ -155,7 +155,7 @@ static void render_stats(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *v)
 
 	fprintf(
 	    f, "{\"pid\":%d,\"version\":\"%s\",\"generation\":%u,\"state\":\"%s\",\"started\":%lld,\"uptime_s\":%lld,",
-	    (int)getpid(), sp_version, sup->serving_gen, sup->stopping ? "draining" : "serving",
+	    (int)getpid(), sp_version, sup->serving_gen, sp_sup_draining(sup) ? "draining" : "serving",
 	    (long long)sup->started, (long long)(time(NULL) - sup->started));
 	fprintf(f, "\"io\":{\"configured\":\"%s\",\"backend\":\"%s\"},",
 		sp_conf_io_name(conf->io), sp_loop_backend_name(sup->cur->io));
@@ -439,7 +439,7 @@ static void render_metrics(const sp_sup_t *sup, FILE *f, const sp_stats_view_t *
 	prom_family(f, "generation", "gauge", "Configuration generation being served.");
 	fprintf(f, "shardproxy_generation %u\n", sup->serving_gen);
 	prom_family(f, "draining", "gauge", "1 while the proxy is stopping and draining.");
-	fprintf(f, "shardproxy_draining %d\n", sup->stopping ? 1 : 0);
+	fprintf(f, "shardproxy_draining %d\n", sp_sup_draining(sup) ? 1 : 0);
 	prom_family(f, "shards_ready", "gauge", "Shards of the current generation ready.");
 	fprintf(f, "shardproxy_shards_ready %u\n", sp_gen_count(sup->cur, PROC_READY));
 	prom_family(f, "shard_restarts_total", "counter", "Shards restarted after dying.");
@@ -560,9 +560,9 @@ int sp_render(void *ctx, const char *method, const char *path, bool writable, ch
 		sp_stats_view_free(&v);
 	} else if (strcmp(path, "/healthz") == 0) {
 		unsigned ready = sp_gen_count(sup->cur, PROC_READY);
-		status = ready && !sup->stopping ? 200 : 503;
+		status = ready && !sp_sup_draining(sup) ? 200 : 503;
 		fprintf(f, "%s: %u of %u shards ready\n",
-			sup->stopping ? "draining"
+			sp_sup_draining(sup) ? "draining"
 			: ready	      ? "ok"
 				      : "unavailable",
 			ready, sup->cur->nslots);

@@ -33,8 +33,18 @@
 #define STABLE_AFTER_MS 10000
 #define KILL_GRACE_MS 2000
 #define HANDOVER_TIMEOUT_MS 5000 /* old shards' word that they stopped accepting */
+/* A new binary's wait for the old supervisor's "done": longer than the old
+ * one's own wait for its shards, which it tells when it gives up on. */
+#define TAKEOVER_TIMEOUT_MS (HANDOVER_TIMEOUT_MS + KILL_GRACE_MS)
 
 typedef enum { PROC_NONE = 0, PROC_STARTING, PROC_READY, PROC_DRAINING } sp_proc_state_t;
+
+typedef enum {
+	SP_HANDOVER_NONE = 0,
+	SP_HANDOVER_RELOAD,   /* our old generation's shards to a reload's new one */
+	SP_HANDOVER_UPGRADE,  /* every shard of ours to a new binary's */
+	SP_HANDOVER_TAKEOVER, /* a new binary (us): the old supervisor's shards to ours */
+} sp_handover_t;
 
 typedef struct {
 	pid_t pid;
@@ -78,12 +88,16 @@ typedef struct {
 	sp_gen_t gens[2];
 	sp_gen_t *cur, *old;
 	sp_gen_t *starting; /* spawned by sp_gen_spawn, not all ready yet */
-	/* A reload's generation that is current (cur) while the old one's
-	 * shards still may accept: the reload is said to be done (log line,
-	 * READY=1, /stats generation) once every one of them has closed its
-	 * listening sockets, or at handover_by. NULL: none. */
-	sp_gen_t *handover;
+	/* A hand-over of new connections to other shards on the same
+	 * sockets, while shards that had them still may accept: it is said
+	 * to be done (log line, READY=1 or MAINPID, /stats) only once none
+	 * of those can, or at handover_by. The old side of a reload or an
+	 * upgrade waits for its own shards (SP_SHARD_EV_CLOSED or gone); the
+	 * new supervisor of an upgrade waits for the old one's "done". */
+	sp_handover_t handover;
+	sp_gen_t *handover_gen; /* RELOAD: the generation taking over */
 	uint64_t handover_by;
+	int handover_fd; /* UPGRADE, TAKEOVER: the pair between the supervisors; -1: none */
 	uint32_t serving_gen; /* the generation /stats names: the last one fully in force */
 	uint32_t next_gen;
 	int cpus[SP_MAX_SLOTS];
@@ -113,8 +127,17 @@ typedef struct {
 	sp_upgrade_t upgrade;   /* a new binary starting (SIGUSR2) */
 	sp_upgrade_failed_t failed_upgrade; /* one that failed, until reap() collects it */
 	pid_t upgraded_to;      /* it serves: this supervisor drains and exits */
+	pid_t upgraded_from;    /* we are the new binary: the supervisor we took over from */
 	const sp_steer_maps_t *steer_maps; /* start-up after an upgrade: load on these */
 } sp_sup_t;
+
+/* Draining, as /stats, /metrics and /healthz say it: stopping, but not while
+ * an upgrade hands over: the new binary serves already, and this supervisor
+ * answers the admin endpoint until the hand-over is complete. */
+static inline bool sp_sup_draining(const sp_sup_t *sup)
+{
+	return sup->stopping && sup->handover != SP_HANDOVER_UPGRADE;
+}
 
 /* Shared arrays come in two halves, one per entry of sup->gens (not per
  * generation id: a failed reload uses up an id, and the next one must still
@@ -172,8 +195,9 @@ void sp_gen_signal(sp_gen_t *g, int sig);
 unsigned sp_gen_count(const sp_gen_t *g, sp_proc_state_t st);
 unsigned sp_gen_alive(const sp_gen_t *g);
 /* Shards of g that are alive and have not said they closed their listening
- * sockets: ones that may still accept a connection. */
-unsigned sp_gen_accepting(const sp_gen_t *g);
+ * sockets: ones that may still accept a connection. Their pids are appended
+ * to the string pids (len bytes in all), for a warning that names them. */
+unsigned sp_gen_accepting(const sp_gen_t *g, char *pids, size_t len);
 /* Start shards whose restart is due. */
 void sp_gen_restart_due(sp_sup_t *sup, uint64_t now);
 /* A child exited: if it was a shard, fold its counters and restart it with

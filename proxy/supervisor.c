@@ -111,8 +111,9 @@ static void reload_failed(sp_sup_t *sup, sp_gen_t *g, const char *err)
  * generation) finds every new connection served by the new one. */
 static void reload_announce(sp_sup_t *sup)
 {
-	sp_gen_t *g = sup->handover;
-	sup->handover = NULL;
+	sp_gen_t *g = sup->handover_gen;
+	sup->handover = SP_HANDOVER_NONE;
+	sup->handover_gen = NULL;
 	sup->serving_gen = g->id;
 	sup->reloads_ok++;
 	sup->last_reload_ok = true;
@@ -125,22 +126,57 @@ static void reload_announce(sp_sup_t *sup)
 	notify_ready(sup);
 }
 
-/* Between a reload's commit and its announcement: have the old shards all
- * closed their listening sockets (or gone)? A shard that does not say so
- * within HANDOVER_TIMEOUT_MS (stopped, stuck) does not hold the reload up
- * for ever: it is named and the reload announced. */
+static void upgrade_announce(sp_sup_t *sup);
+static void takeover_announce(sp_sup_t *sup, const char *late);
+
+/* The shards a hand-over waits for that may still accept: on a reload the
+ * old generation's, on an upgrade every one of ours (the new binary's are
+ * another supervisor's). Their pids, for the warning, in pids. */
+static unsigned handover_open(const sp_sup_t *sup, char *pids, size_t len)
+{
+	unsigned n = 0;
+	pids[0] = '\0';
+	for (int k = 0; k < 2; k++)
+		if (sup->gens[k].conf && &sup->gens[k] != sup->handover_gen)
+			n += sp_gen_accepting(&sup->gens[k], pids, len);
+	return n;
+}
+
+/* Between a hand-over's start and its announcement: can none of the shards
+ * that had the new connections accept one any more? Ours have closed their
+ * listening sockets (SP_SHARD_EV_CLOSED) or are gone; a new binary's
+ * predecessor has said "done" or closed the pair. One that does not within
+ * handover_by (stopped, stuck) does not hold it up for ever: it is named
+ * and the hand-over announced. */
 static void handover_progress(sp_sup_t *sup)
 {
+	char pids[256], who[32];
 	if (!sup->handover)
 		return;
-	unsigned open = sup->old ? sp_gen_accepting(sup->old) : 0;
+	bool takeover = sup->handover == SP_HANDOVER_TAKEOVER;
+	unsigned open = takeover ? sup->handover_fd >= 0 : handover_open(sup, pids, sizeof(pids));
 	if (open && sp_clock_ms() < sup->handover_by)
 		return;
+	if (takeover) {
+		char late[96];
+		snprintf(late, sizeof(late), "did not say its shards stopped accepting within %d ms",
+			 TAKEOVER_TIMEOUT_MS);
+		takeover_announce(sup, open ? late : NULL);
+		return;
+	}
+	bool reload = sup->handover == SP_HANDOVER_RELOAD;
+	if (reload)
+		snprintf(who, sizeof(who), "generation %u", sup->old ? sup->old->id : 0);
+	else
+		snprintf(who, sizeof(who), "pid %d", (int)getpid());
 	if (open)
-		sp_warn("reload: %u shard(s) of generation %u did not say they stopped accepting "
-			"within %d ms; new connections may still reach them until they do",
-			open, sup->old->id, HANDOVER_TIMEOUT_MS);
-	reload_announce(sup);
+		sp_warn("%s: %u shard(s) of %s did not say they stopped accepting within %d ms "
+			"(pid %s); new connections may still reach them until they do",
+			reload ? "reload" : "upgrade", open, who, HANDOVER_TIMEOUT_MS, pids);
+	if (reload)
+		reload_announce(sup);
+	else
+		upgrade_announce(sup);
 }
 
 /* Every shard of g is ready: it accepts; the old generation stops accepting
@@ -161,7 +197,8 @@ static void reload_commit(sp_sup_t *sup, sp_gen_t *g)
 		sp_warn("admin.listen changed: the admin endpoint moves only on a restart or a binary upgrade");
 	if (strcmp(g->conf->admin.socket, sup->old->conf->admin.socket) != 0)
 		sp_warn("admin.socket changed: the socket moves only on a restart or a binary upgrade");
-	sup->handover = g;
+	sup->handover = SP_HANDOVER_RELOAD;
+	sup->handover_gen = g;
 	sup->handover_by = sp_clock_ms() + HANDOVER_TIMEOUT_MS;
 	handover_progress(sup);
 }
@@ -308,6 +345,11 @@ static void upgrade_begin(sp_sup_t *sup)
 			"it has", (int)sup->failed_upgrade.pid);
 		return;
 	}
+	if (sup->handover == SP_HANDOVER_TAKEOVER) {
+		sp_info("SIGUSR2: the upgrade from pid %d is not complete yet; send it again once it "
+			"is", (int)sup->upgraded_from);
+		return;
+	}
 	if (sup->starting || sup->pending_conf || sup->handover) {
 		sp_info("SIGUSR2 while a reload is under way: send it again once it is done");
 		return;
@@ -382,26 +424,42 @@ static void drain_generations(sp_sup_t *sup)
 	sup->stop_kill_at = sp_clock_ms() + drain + KILL_GRACE_MS;
 }
 
-/* The new supervisor serves: it becomes the service's main process, and
- * this one drains its shards and exits, leaving the sockets to it. */
-static void upgrade_done(sp_sup_t *sup)
+/* The upgrade is complete: none of our shards can take a new connection, so
+ * whoever sees this (the line, systemd's MAINPID, the new one's line and
+ * its /stats once told "done") finds every new connection served by the
+ * new binary. It becomes the service's main process; this one drains its
+ * shards' sessions and exits. */
+static void upgrade_announce(sp_sup_t *sup)
 {
-	pid_t pid = sup->upgrade.pid;
-	sp_upgrade_end(&sup->upgrade);
-	sup->upgraded_to = pid;
+	pid_t pid = sup->upgraded_to;
+	sup->handover = SP_HANDOVER_NONE;
 	sp_info("upgrade: pid %d serves; draining this supervisor's shards, then exiting", (int)pid);
 	/* NotifyAccess=main: only the main pid may move MAINPID, so the old
 	 * one does it, before it exits. */
 	sp_sdnotifyf("MAINPID=%d\nREADY=1\nSTATUS=upgraded: pid %d serves", (int)pid, (int)pid);
-	sup->stopping = true;
-	sup->reload_pending = false;
-	/* The new one holds its own copies of the admin sockets, and
-	 * admin.socket's file is its to remove now. */
+	/* The new one holds its own copies of the admin sockets and serves
+	 * them once told "done"; admin.socket's file is its to remove now. */
 	sp_admin_close(sup->admin);
 	sup->admin = NULL;
 	sp_admin_disown(sup->admin_unix);
 	sp_admin_close(sup->admin_unix);
 	sup->admin_unix = NULL;
+	sp_upgrade_say_done(sup->handover_fd);
+	sup->handover_fd = -1;
+}
+
+/* The new supervisor is ready: its shards accept. Ours stop accepting and
+ * drain, leaving the sockets to it; both accept on the same sockets until
+ * each of ours has taken in its drain order, so the upgrade is announced
+ * only then (handover_progress). */
+static void upgrade_done(sp_sup_t *sup)
+{
+	pid_t pid = sup->upgrade.pid;
+	sup->handover_fd = sp_upgrade_keep_pair(&sup->upgrade);
+	sup->upgraded_to = pid;
+	sp_info("upgrade: pid %d is ready; this supervisor's shards stop accepting", (int)pid);
+	sup->stopping = true;
+	sup->reload_pending = false;
 	drain_generations(sup);
 	/* Our copies only: the new supervisor and its shards hold theirs. */
 	for (unsigned i = 0; i < sup->ngroups; i++)
@@ -410,6 +468,43 @@ static void upgrade_done(sp_sup_t *sup)
 	if (sup->steer) {
 		sp_steer_close(sup->steer);
 		sup->steer = NULL;
+	}
+	sup->handover = SP_HANDOVER_UPGRADE;
+	sup->handover_by = sp_clock_ms() + HANDOVER_TIMEOUT_MS;
+	handover_progress(sup);
+}
+
+/* The new binary's side: the upgrade is complete once the old supervisor
+ * says none of its shards accepts any more (or closes the pair, or is not
+ * heard from within handover_by: late says so). From then on every new
+ * connection is ours, and our admin endpoint answers. */
+static void takeover_announce(sp_sup_t *sup, const char *late)
+{
+	sup->handover = SP_HANDOVER_NONE;
+	if (sup->handover_fd >= 0)
+		close(sup->handover_fd);
+	sup->handover_fd = -1;
+	if (late)
+		sp_warn("upgrade: pid %d %s; new connections may still reach its shards until they do",
+			(int)sup->upgraded_from, late);
+	sp_info("upgrade: complete; pid %d serves every new connection", (int)getpid());
+	if (sup->reload_pending && !sup->stopping)
+		reload(sup);
+}
+
+static void takeover_read(sp_sup_t *sup)
+{
+	switch (sp_upgrade_read_done(sup->handover_fd)) {
+	case SP_UPGRADE_DONE:
+		takeover_announce(sup, NULL);
+		break;
+	case SP_UPGRADE_GONE:
+		/* It exited (or crashed): its shards drain on their own
+		 * (PR_SET_PDEATHSIG) and close their sockets as they do. */
+		takeover_announce(sup, "closed the upgrade socket before it said its shards stopped accepting");
+		break;
+	case SP_UPGRADE_HANDING_OVER:
+		break;
 	}
 }
 
@@ -534,7 +629,7 @@ static void begin_stop(sp_sup_t *sup, int sig)
 		sp_gen_abandon(sup, g);
 		sup->reload_pending = false;
 	}
-	if (sup->handover)
+	if (sup->handover == SP_HANDOVER_RELOAD)
 		reload_announce(sup); /* it serves; the old one drains with the rest */
 	if (sup->upgrade.pid) {
 		/* Stopping wins: the new binary will not take over. */
@@ -578,6 +673,14 @@ static void on_signal(sp_sup_t *sup, const struct signalfd_siginfo *si)
 			/* The new binary reads the file itself; if it fails, the
 			 * reload is applied here afterwards. */
 			sp_info("reload queued: an upgrade is under way");
+			sup->reload_pending = true;
+			break;
+		}
+		if (sup->handover == SP_HANDOVER_TAKEOVER) {
+			/* One hand-over at a time: applied once the upgrade
+			 * that started us is complete (takeover_announce). */
+			sp_info("reload queued: the upgrade from pid %d is not complete yet",
+				(int)sup->upgraded_from);
 			sup->reload_pending = true;
 			break;
 		}
@@ -650,7 +753,7 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	memset(sup, 0, sizeof(*sup));
 	sup->gens[0].access_fd = sup->gens[1].access_fd = -1;
 	sup->opts = opts;
-	sup->sigfd = sup->notify_r = sup->notify_w = -1;
+	sup->sigfd = sup->notify_r = sup->notify_w = sup->handover_fd = -1;
 	sup->next_gen = 1;
 	sup->ncpus = allowed_cpus(sup->cpus, SP_MAX_SLOTS);
 	sup->nofile = raise_nofile();
@@ -756,29 +859,46 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		g->nslots, sp_loop_backend_name(g->io), sp_relay_engine(conf), (int)getpid(),
 		sp_version,
 		conf->user.set ? ", shards run as user " : "", conf->user.set ? conf->user.name : "");
-	if (inh.report_fd >= 0)
-		sp_upgrade_report(&inh, true, NULL); /* the old one moves MAINPID here */
-	else
+	if (inh.report_fd >= 0) {
+		/* The old one moves MAINPID here once its shards have stopped
+		 * accepting, and says "done": till then our admin endpoint
+		 * waits (its answers would name us while it still serves). */
+		sp_upgrade_report(&inh, true, NULL);
+		sup->upgraded_from = getppid();
+		sup->handover = SP_HANDOVER_TAKEOVER;
+		sup->handover_fd = inh.report_fd;
+		sup->handover_by = sp_clock_ms() + TAKEOVER_TIMEOUT_MS;
+	} else {
 		sp_sdnotifyf("READY=1\nMAINPID=%d\nSTATUS=serving: generation %u, %u shards",
 			     (int)getpid(), g->id, g->nslots);
+	}
 
 	while (!(sup->stopping && all_gone(sup))) {
 		enum { MAXFD = 3 + 2 * (1 + SP_ADMIN_MAX_CLIENTS) + 2 * 16 + 256 };
 		struct pollfd pfd[MAXFD] = {
 			{.fd = sup->sigfd, .events = POLLIN},
 			{.fd = sup->notify_r, .events = POLLIN},
-			{.fd = sup->upgrade.pid ? sup->upgrade.fd : -1, .events = POLLIN},
+			/* The pair to another supervisor: a new binary starting,
+			 * or, if we are one, the one we take over from. */
+			{.fd = sup->upgrade.pid ? sup->upgrade.fd
+			       : sup->handover == SP_HANDOVER_TAKEOVER ? sup->handover_fd
+								     : -1,
+			 .events = POLLIN},
 		};
+		/* Taking over: the old supervisor answers the admin endpoint
+		 * (the same sockets) until it says "done". */
+		sp_admin_t *admin = sup->handover == SP_HANDOVER_TAKEOVER ? NULL : sup->admin;
+		sp_admin_t *admin_unix = sup->handover == SP_HANDOVER_TAKEOVER ? NULL : sup->admin_unix;
 		int nfd = 3, nadmin = 0, nunix = 0, nhealth = 0, nnames = 0, npend = 0;
 		int timeout = next_timeout(sup);
-		if (sup->admin) {
-			nadmin = sp_admin_pollfds(sup->admin, pfd + nfd, MAXFD - nfd);
+		if (admin) {
+			nadmin = sp_admin_pollfds(admin, pfd + nfd, MAXFD - nfd);
 			nfd += nadmin;
 			if (nadmin > 1 && (timeout < 0 || timeout > 500))
 				timeout = 500; /* admin clients have deadlines */
 		}
-		if (sup->admin_unix) {
-			nunix = sp_admin_pollfds(sup->admin_unix, pfd + nfd, MAXFD - nfd);
+		if (admin_unix) {
+			nunix = sp_admin_pollfds(admin_unix, pfd + nfd, MAXFD - nfd);
 			nfd += nunix;
 			if (nunix > 1 && (timeout < 0 || timeout > 500))
 				timeout = 500;
@@ -818,10 +938,10 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 		}
 		if (health)
 			sp_health_run(health, pfd + nfd, nhealth);
-		if (sup->admin)
-			sp_admin_serve(sup->admin, pfd + 3, nadmin, sp_render, sup);
-		if (sup->admin_unix)
-			sp_admin_serve(sup->admin_unix, pfd + 3 + nadmin, nunix, sp_render, sup);
+		if (admin && admin == sup->admin)
+			sp_admin_serve(admin, pfd + 3, nadmin, sp_render, sup);
+		if (admin_unix && admin_unix == sup->admin_unix)
+			sp_admin_serve(admin_unix, pfd + 3 + nadmin, nunix, sp_render, sup);
 		if (cnames)
 			sp_names_run(cnames, pfd + 3 + nadmin + nunix, nnames);
 		if (pend && pend == sup->pending_names) {
@@ -829,8 +949,12 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 			if (sp_names_settled(pend))
 				reload_finish(sup);
 		}
-		if (pfd[2].fd >= 0 && pfd[2].revents)
-			upgrade_read(sup);
+		if (pfd[2].fd >= 0 && pfd[2].revents) {
+			if (sup->upgrade.pid && pfd[2].fd == sup->upgrade.fd)
+				upgrade_read(sup);
+			else if (sup->handover == SP_HANDOVER_TAKEOVER && pfd[2].fd == sup->handover_fd)
+				takeover_read(sup);
+		}
 		if (pfd[0].revents & POLLIN) {
 			struct signalfd_siginfo si;
 			while (read(sup->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
@@ -859,6 +983,8 @@ int sp_supervisor_run(const sp_supervisor_opts_t *opts, sp_conf_t *conf)
 	sp_admin_close(sup->admin);
 	sp_admin_close(sup->admin_unix);
 	drop_pending(sup);
+	if (sup->handover_fd >= 0)
+		close(sup->handover_fd);
 	close(sup->sigfd);
 	close(sup->notify_r);
 	close(sup->notify_w);

@@ -245,6 +245,24 @@ void sp_upgrade_end(sp_upgrade_t *u)
 	u->fd = -1;
 }
 
+int sp_upgrade_keep_pair(sp_upgrade_t *u)
+{
+	int fd = u->fd;
+	u->fd = -1;
+	sp_upgrade_end(u);
+	return fd;
+}
+
+void sp_upgrade_say_done(int fd)
+{
+	if (fd < 0)
+		return;
+	/* A new supervisor that is gone (or an older binary that closed its
+	 * end) has no one to tell: EPIPE, and SIGPIPE is ignored. */
+	(void)!write(fd, "done\n", 5);
+	close(fd);
+}
+
 void sp_upgrade_abandon(sp_upgrade_t *u, sp_upgrade_failed_t *f, const char *why, bool kill_now,
 			uint64_t now_ms)
 {
@@ -527,10 +545,28 @@ void sp_upgrade_report(sp_upgrade_inherited_t *in, bool ready, const char *why)
 	}
 	if (in->report_fd < 0)
 		return;
-	if (ready)
+	if (ready) {
 		dprintf(in->report_fd, "ready\n");
-	else
-		dprintf(in->report_fd, "failed: %s\n", why);
+		/* Kept: the old one says "done" on it once its shards have
+		 * stopped accepting. */
+		fcntl(in->report_fd, F_SETFL, fcntl(in->report_fd, F_GETFL) | O_NONBLOCK);
+		return;
+	}
+	dprintf(in->report_fd, "failed: %s\n", why);
 	close(in->report_fd);
 	in->report_fd = -1;
+}
+
+sp_upgrade_done_t sp_upgrade_read_done(int fd)
+{
+	char buf[16];
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return SP_UPGRADE_HANDING_OVER;
+		/* It writes one short line and closes: all of it or nothing. */
+		return n == 5 && memcmp(buf, "done\n", 5) == 0 ? SP_UPGRADE_DONE : SP_UPGRADE_GONE;
+	}
 }

@@ -98,6 +98,14 @@ typedef enum {
 sp_upgrade_result_t sp_upgrade_read(sp_upgrade_t *u, char *why, size_t whylen);
 /* Forget the upgrade (closes the pair). */
 void sp_upgrade_end(sp_upgrade_t *u);
+/* The new supervisor said "ready": the upgrade is no longer under way (u
+ * ends, u->pid 0), but the pair stays open, returned, to tell it when the
+ * hand-over is complete (sp_upgrade_say_done). */
+int sp_upgrade_keep_pair(sp_upgrade_t *u);
+/* Tell the new supervisor "done": none of our shards accepts a connection
+ * any more (or one was given up on), so every new one is the new binary's.
+ * Closes the pair. */
+void sp_upgrade_say_done(int fd);
 
 /* A new binary that failed and has not been reaped yet. The old
  * supervisor never waits for it in place: it goes on serving, reaps it
@@ -148,10 +156,22 @@ int sp_upgrade_inherit(sp_lgroup_t *groups, unsigned *ngroups, unsigned maxgroup
 /* Is in's admin.socket the one to serve at path: the same path, and the
  * file there still that socket? */
 bool sp_upgrade_unix_serves(const sp_upgrade_inherited_t *in, const char *path);
-/* Tell the old supervisor: "ready", or "failed: why". Closes the pair.
- * Ready, with an admin.socket handed over that we do not serve (our file
- * moved or dropped it): its file is removed (if it is still that socket),
- * as the old supervisor, which drains now, leaves it to us. */
+/* Tell the old supervisor: "ready", or "failed: why". A failure closes the
+ * pair; on ready it stays open (in->report_fd, non-blocking) for the old
+ * one's "done" (sp_upgrade_read_done). Ready, with an admin.socket handed
+ * over that we do not serve (our file moved or dropped it): its file is
+ * removed (if it is still that socket), as the old supervisor, which drains
+ * now, leaves it to us. */
 void sp_upgrade_report(sp_upgrade_inherited_t *in, bool ready, const char *why);
+
+typedef enum {
+	SP_UPGRADE_HANDING_OVER, /* nothing said yet */
+	SP_UPGRADE_DONE,	 /* "done": none of its shards accepts any more */
+	SP_UPGRADE_GONE,	 /* it closed the pair without saying so */
+} sp_upgrade_done_t;
+
+/* After "ready": read what the old supervisor says on the pair fd (call
+ * when it polls readable). */
+sp_upgrade_done_t sp_upgrade_read_done(int fd);
 
 #endif

@@ -422,3 +422,168 @@ def test_upgraded_supervisor_inherits_no_descriptor_but_the_ones_handed_over(t):
           % (len(shared), sorted(shared)))
     os.kill(new, signal.SIGTERM)
     check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
+
+
+def _routed(t):
+    """Two upstreams that say who they are (A, B) and a file that routes a
+    listener to one of them: the old binary serves the file as it was
+    started (A), the new one reads it again when it starts (B), so a
+    connection's greeting tells which binary's shard accepted it."""
+    a = t.echo(name="A", greeting=b"A\n")
+    b = t.echo(name="B", greeting=b"B\n")
+    port, aport = lib.free_port(), lib.free_port()
+
+    def conf(target):
+        return lib.config([lib.listener("l", port, target)],
+                          [lib.upstream("a", [a.address]), lib.upstream("b", [b.address])],
+                          workers=2, admin={"listen": "127.0.0.1:%d" % aport},
+                          limits={"drain_timeout_ms": 30000})
+
+    return port, aport, conf
+
+
+def _greeting(port):
+    s = lib.connect(port)
+    try:
+        return lib.recv_line(s).decode()
+    finally:
+        s.close()
+
+
+def _cont(pid):
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+@lib.timeout(60)
+def test_upgrade_is_complete_only_once_no_old_shard_can_accept_then_every_new_connection_is_new(t):
+    """Old and new shards accept on the same sockets until each old shard
+    has taken in its drain order. Here one old shard is stopped (SIGSTOP)
+    and cannot: the new binary already serves, but the upgrade is not said
+    to be complete (no 'pid N serves' line, no MAINPID, /stats still answered
+    by the old pid). Once it has closed its sockets, the upgrade is complete,
+    and from then on every new connection is the new binary's."""
+    port, aport, conf = _routed(t)
+    path = _install(t)
+    sock, p = lib.started_with_notify(t, lambda: t.proxy(conf("a"), binary=path))
+    sock.settimeout(10)
+    sock.recv(4096)  # READY=1
+    old = p.wait_shards(2)
+    check(_greeting(port) == "A", "the old binary does not route to A")
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: _cont(old[0]))
+    lib.write_config(p.path, conf("b"))
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    sock.settimeout(0.05)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.8:
+        check(not p.wait_log(r"upgrade: pid \d+ serves|upgrade: complete", 0, after=m),
+              "the upgrade was said to be complete while an old shard (stopped) still had its accept armed")
+        st = _stats(aport)
+        check(st["pid"] == p.pid, "/stats answered by pid %s while an old shard still may accept" % st["pid"])
+        # The node serves (the new binary's shards do): not "draining" to a balancer.
+        check(st["state"] == "serving", "/stats state %r during the hand-over" % st["state"])
+        hs, _, body = lib.admin_http(aport, "/healthz")
+        check(hs == 200, "/healthz during the hand-over: %d %r" % (hs, body))
+        try:
+            msg = sock.recv(4096).decode()
+        except socket.timeout:
+            msg = ""
+        check("MAINPID" not in msg, "systemd told %r while an old shard still may accept" % msg)
+    _cont(old[0])
+    new = _new_pid(p)
+    t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
+    p.expect_log(r"upgrade: complete; pid %d serves every new connection" % new, timeout_s=5, after=m)
+    check(not p.wait_log(r"did not say", 0, after=m), "the hand-over timed out")
+    after = [_greeting(port) for _ in range(30)]
+    check(after == ["B"] * 30, "after the upgrade was complete new connections reached %s" % after)
+    check(_stats(aport)["pid"] == new, "/stats after the upgrade: pid %s, want %d" % (_stats(aport)["pid"], new))
+    sock.settimeout(5)
+    msgs = []
+    while not any("MAINPID=%d" % new in x for x in msgs):
+        try:
+            msgs.append(sock.recv(4096).decode())
+        except socket.timeout:
+            lib.fail("no MAINPID=%d after the upgrade; messages: %r" % (new, msgs))
+    check(p.wait_exit(20) == 0, "old supervisor: exit status %s; log:\n%s" % (p.returncode, p.tail()))
+    os.kill(new, signal.SIGTERM)
+    check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
+
+
+@lib.timeout(60)
+def test_upgrade_is_complete_after_5s_when_an_old_shard_never_says_it_stopped_accepting(t):
+    """A stuck old shard does not hold an upgrade (and systemd's MAINPID)
+    up for ever: after 5 s it is named and the upgrade is complete."""
+    port, aport, conf = _routed(t)
+    path = _install(t)
+    p = t.proxy(conf("a"), binary=path)
+    old = p.wait_shards(2)
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: _cont(old[0]))
+    lib.write_config(p.path, conf("b"))
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    t0 = time.monotonic()
+    # One hand-over at a time: meanwhile the new supervisor queues a reload
+    # and refuses another upgrade.
+    new = int(p.expect_log(r"upgrade: pid \d+ is ready", 5, after=m).split("upgrade: pid ")[1].split()[0])
+    t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
+    os.kill(new, signal.SIGHUP)
+    os.kill(new, signal.SIGUSR2)
+    p.expect_log(r"reload queued: the upgrade from pid %d is not complete yet" % p.pid, 3, after=m)
+    p.expect_log(r"SIGUSR2: the upgrade from pid %d is not complete yet" % p.pid, 3, after=m)
+    line = p.expect_log(r"upgrade: 1 shard\(s\) of pid %d did not say they stopped accepting within 5000 ms "
+                        r"\(pid %d\)" % (p.pid, old[0]), timeout_s=15, after=m)
+    check(_new_pid(p, 2) == new, "another pid serves")
+    took = time.monotonic() - t0
+    check(took >= 4.5, "the upgrade was complete %.1f s after the new binary was ready, before the 5 s bound"
+          % took)
+    p.expect_log(r"upgrade: complete; pid %d serves every new connection" % new, timeout_s=5, after=m)
+    check(_stats(aport)["pid"] == new, "/stats after the upgrade: pid %s, want %d" % (_stats(aport)["pid"], new))
+    check(not p.wait_log(r"upgrade: pid %d did not say" % p.pid, 0, after=m),
+          "the new binary timed out waiting for the old one, which had told it: %s" % line)
+    # The queued reload, applied once the upgrade was complete.
+    done = p.lines().index(p.wait_log(r"upgrade: complete", 0, after=m))
+    p.expect_log(r"reload: generation 2 ready", 5, after=done, what="the reload queued during the upgrade")
+    check(not p.wait_log(r"upgrade: started", 0, after=done), "the new supervisor upgraded again")
+    _cont(old[0])
+    check(p.wait_exit(20) == 0, "old supervisor: exit status %s; log:\n%s" % (p.returncode, p.tail()))
+    os.kill(new, signal.SIGTERM)
+    check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
+
+
+@lib.timeout(60)
+def test_upgrade_is_complete_at_once_when_the_old_supervisor_dies_during_the_hand_over(t):
+    """The new binary waits for the old supervisor's word, not for ever: an
+    old one that dies first (its shards drain on their own) ends the wait
+    at once, with a warning, and the new one's admin endpoint answers."""
+    port, aport, conf = _routed(t)
+    path = _install(t)
+    p = t.proxy(conf("a"), binary=path)
+    old = p.wait_shards(2)
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: _cont(old[0]))
+    lib.write_config(p.path, conf("b"))
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    new = int(p.expect_log(r"upgrade: pid \d+ is ready", 5, after=m).split("upgrade: pid ")[1].split()[0])
+    t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGKILL)
+    p.expect_log(r"upgrade: pid %d closed the upgrade socket before it said its shards stopped accepting"
+                 % p.pid, 3, after=m)
+    p.expect_log(r"upgrade: complete; pid %d serves every new connection" % new, 2, after=m)
+    check(time.monotonic() - t0 < 3, "the new binary waited %.1f s for a supervisor that was gone"
+          % (time.monotonic() - t0))
+    check(_stats(aport)["pid"] == new, "/stats after the upgrade: pid %s, want %d" % (_stats(aport)["pid"], new))
+    _cont(old[0])
+    check(lib.wait_until(lambda: not any(_alive(s) for s in old), 10, 0.1),
+          "old shards %s still alive after their supervisor died" % [s for s in old if _alive(s)])
+    os.kill(new, signal.SIGTERM)
+    check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")

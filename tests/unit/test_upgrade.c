@@ -221,6 +221,64 @@ static void test_ready_without_adopting_removes_the_old_admin_socket_file(void *
 	remove_listener(path);
 }
 
+/* The pair after "ready": the old supervisor keeps its end to say "done"
+ * once its shards have stopped accepting; the new one keeps its end,
+ * non-blocking, and hears nothing decided until then. */
+static void test_ready_keeps_the_pair_open_until_the_old_one_says_done(void **state)
+{
+	int sv[2];
+	char buf[16];
+	sp_upgrade_inherited_t in;
+	sp_upgrade_t u;
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	memset(&in, 0, sizeof(in));
+	in.report_fd = sv[1];
+	in.admin_fd = in.unix_fd = -1;
+	sp_upgrade_report(&in, true, NULL);
+	assert_int_equal(in.report_fd, sv[1]); /* still open */
+	assert_true(fcntl(sv[1], F_GETFL) & O_NONBLOCK);
+	assert_int_equal(sp_upgrade_read_done(sv[1]), SP_UPGRADE_HANDING_OVER);
+
+	memset(&u, 0, sizeof(u));
+	u.pid = 4242;
+	u.fd = sv[0];
+	fcntl(sv[0], F_SETFL, O_NONBLOCK);
+	assert_int_equal(sp_upgrade_read(&u, buf, sizeof(buf)), SP_UPGRADE_READY);
+	int fd = sp_upgrade_keep_pair(&u);
+	/* The upgrade is no longer under way, but its pair is open. */
+	assert_int_equal(fd, sv[0]);
+	assert_int_equal(u.pid, 0);
+	assert_int_equal(u.fd, -1);
+	assert_true(fcntl(fd, F_GETFD) >= 0);
+	assert_int_equal(sp_upgrade_read_done(sv[1]), SP_UPGRADE_HANDING_OVER);
+
+	sp_upgrade_say_done(fd);
+	assert_int_equal(fcntl(fd, F_GETFD), -1); /* closed */
+	assert_int_equal(sp_upgrade_read_done(sv[1]), SP_UPGRADE_DONE);
+	close(sv[1]);
+}
+
+/* An old supervisor that goes without saying "done" (it crashed, or an
+ * older binary that closes the pair at "ready") ends the wait too. */
+static void test_pair_closed_without_done_ends_the_hand_over(void **state)
+{
+	int sv[2];
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	fcntl(sv[1], F_SETFL, O_NONBLOCK);
+	assert_int_equal(sp_upgrade_read_done(sv[1]), SP_UPGRADE_HANDING_OVER);
+	close(sv[0]);
+	assert_int_equal(sp_upgrade_read_done(sv[1]), SP_UPGRADE_GONE);
+	close(sv[1]);
+	/* Saying "done" to a new one that is gone is no error (SIGPIPE aside). */
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	close(sv[1]);
+	signal(SIGPIPE, SIG_IGN);
+	sp_upgrade_say_done(sv[0]);
+	assert_int_equal(fcntl(sv[0], F_GETFD), -1);
+}
+
 /* A stand-in for a new binary that failed but does not exit by itself. */
 static pid_t hanging_child(sp_upgrade_t *u)
 {
@@ -290,6 +348,8 @@ int main(void)
 	    cmocka_unit_test(test_inherit_refuses_an_admin_socket_that_is_not_a_listening_unix_socket),
 	    cmocka_unit_test(test_failed_start_leaves_the_old_admin_socket_file),
 	    cmocka_unit_test(test_ready_without_adopting_removes_the_old_admin_socket_file),
+	    cmocka_unit_test(test_ready_keeps_the_pair_open_until_the_old_one_says_done),
+	    cmocka_unit_test(test_pair_closed_without_done_ends_the_hand_over),
 	    cmocka_unit_test(test_abandoned_upgrade_ends_at_once_and_its_process_is_killed_only_after_the_grace),
 	    cmocka_unit_test(test_abandoned_upgrade_killed_now_gets_no_grace),
 	};
