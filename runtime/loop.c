@@ -151,6 +151,13 @@ int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 	return l->be->recv(l, tag, fd, multishot);
 }
 
+int sp_loop_recv_into(sp_loop_t *l, uint64_t tag, int fd, void *buf, size_t len)
+{
+	if (!buf || len == 0 || len > SP_LOOP_MAX_BUF_SIZE)
+		return -EINVAL;
+	return l->be->recv_into(l, tag, fd, buf, len);
+}
+
 bool sp_loop_can_lend(const sp_loop_t *l)
 {
 	return l->buf_base && l->be->can_lend && l->be->can_lend(l);

@@ -101,6 +101,11 @@ int sp_loop_accept(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
  * bounds what a direction holds exactly (a multishot round lands as many
  * buffers as the socket has before a cancel can stop it). */
 int sp_loop_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
+/* One recv into the caller's own memory, not the pool: res bytes in buf, 0
+ * at end of file; one-shot. For a reader that must not wait for the pool
+ * (the copy engine's spare, relay.h). buf must stay valid until the
+ * completion. */
+int sp_loop_recv_into(sp_loop_t *l, uint64_t tag, int fd, void *buf, size_t len);
 /* Lent buffers: a multishot recv whose buffers are counted exactly.
  * A pool recv (sp_loop_recv) takes as many buffers as its socket has data
  * for; a reader that must hold at most N buffers then has to re-arm a

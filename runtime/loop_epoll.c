@@ -36,7 +36,7 @@
 #define RECV_BUDGET 16   /* buffers filled per socket per turn */
 #define NONE UINT32_MAX
 
-enum { K_ACCEPT, K_RECV, K_SEND, K_CONNECT, K_POLL };
+enum { K_ACCEPT, K_RECV, K_RECV_INTO, K_SEND, K_CONNECT, K_POLL };
 
 typedef struct {
 	uint64_t tag;
@@ -51,7 +51,7 @@ typedef struct {
 	uint16_t bid;
 	short events; /* poll */
 	int res;
-	const void *buf; /* send */
+	const void *buf; /* send, recv_into */
 	size_t len;
 	sp_timer_t timer; /* connect timeout */
 	uint32_t next;    /* pending list, or free list */
@@ -354,6 +354,33 @@ static void try_recv(sp_loop_t *l, eop_t *op)
 	enqueue(e, op);
 }
 
+/* Recv into the caller's memory (op->buf): once, when the socket may have
+ * data. */
+static void try_recv_into(sp_loop_t *l, eop_t *op)
+{
+	ep_t *e = l->be_state;
+	fdent_t *f = &e->fds[op->fd];
+	while (f->rd_ready) {
+		l->stats.recv_calls++;
+		ssize_t n = recv(op->fd, (void *)op->buf, op->len, MSG_DONTWAIT);
+		if (n >= 0 && (size_t)n < op->len && !f->rd_hup)
+			f->rd_ready = false; /* as try_recv: a short read emptied it */
+		if (n >= 0) {
+			finish(l, op, (int)n);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			l->stats.recv_empty++;
+			f->rd_ready = false;
+			return;
+		}
+		finish(l, op, -errno);
+		return;
+	}
+}
+
 static void try_send(sp_loop_t *l, eop_t *op)
 {
 	for (;;) {
@@ -408,6 +435,9 @@ static void attempt(sp_loop_t *l, eop_t *op, uint32_t ev)
 	case K_RECV:
 		try_recv(l, op);
 		break;
+	case K_RECV_INTO:
+		try_recv_into(l, op);
+		break;
 	case K_SEND:
 		try_send(l, op);
 		break;
@@ -441,6 +471,20 @@ static int ep_recv(sp_loop_t *l, uint64_t tag, int fd, bool multishot)
 		/* else the next read edge starts it; with the pool empty it
 		 * ends at once (see try_recv) */
 		if (e->fds[fd].rd_ready || e->nbfree == 0)
+			enqueue(e, op);
+	}
+	return ret;
+}
+
+static int ep_recv_into(sp_loop_t *l, uint64_t tag, int fd, void *buf, size_t len)
+{
+	eop_t *op;
+	int ret = op_new(l, tag, fd, K_RECV_INTO, false, &op);
+	if (ret == 0) {
+		ep_t *e = l->be_state;
+		op->buf = buf;
+		op->len = len;
+		if (e->fds[fd].rd_ready) /* else the next read edge starts it */
 			enqueue(e, op);
 	}
 	return ret;
@@ -615,6 +659,7 @@ const sp_loop_backend_ops_t sp_loop_epoll_ops = {
 	.buf_put = ep_buf_put,
 	.accept = ep_accept,
 	.recv = ep_recv,
+	.recv_into = ep_recv_into,
 	.send = ep_send,
 	.connect = ep_connect,
 	.poll = ep_poll,

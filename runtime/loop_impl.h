@@ -26,6 +26,7 @@ typedef struct sp_loop_backend_ops {
 	void (*buf_put)(sp_loop_t *l, uint16_t bid);
 	int (*accept)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
 	int (*recv)(sp_loop_t *l, uint64_t tag, int fd, bool multishot);
+	int (*recv_into)(sp_loop_t *l, uint64_t tag, int fd, void *buf, size_t len);
 	int (*send)(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len);
 	/* Lent buffers (loop.h); NULL where the backend has none. */
 	bool (*can_lend)(const sp_loop_t *l);

@@ -579,6 +579,13 @@ static void self_done(sp_loop_t *l, uint64_t tag, int res)
 	}
 }
 
+static int uring_recv_into(sp_loop_t *l, uint64_t tag, int fd, void *buf, size_t len)
+{
+	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
+	io_uring_prep_recv(sqe, fd, buf, len, 0);
+	return 0;
+}
+
 static int uring_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len)
 {
 	struct io_uring_sqe *sqe = sqe_for(l->be_state, tag, 1);
@@ -725,6 +732,7 @@ const sp_loop_backend_ops_t sp_loop_uring_ops = {
 	.lend = uring_lend,
 	.unlend = uring_unlend,
 	.recv_lent = uring_recv_lent,
+	.recv_into = uring_recv_into,
 	.send = uring_send,
 	.connect = uring_connect,
 	.poll = uring_poll,

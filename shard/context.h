@@ -37,6 +37,10 @@ enum {
 	SP_OP_POLL_IN_DOWN,
 	SP_OP_POLL_OUT_UP,
 	SP_OP_POLL_OUT_DOWN,
+	SP_OP_RECV_SPARE_UP,
+	SP_OP_RECV_SPARE_DOWN,
+	SP_OP_SEND_SPARE_UP,
+	SP_OP_SEND_SPARE_DOWN,
 	SP_OP_MAX,
 };
 _Static_assert(SP_OP_MAX <= SP_LOOP_MAX_OPS, "op codes must fit the loop's tag");

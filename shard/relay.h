@@ -21,6 +21,8 @@ typedef enum {
 	SP_RELAY_SEND,     /* copy: send the head of the direction's queue */
 	SP_RELAY_POLL_IN,  /* splice: the source is readable */
 	SP_RELAY_POLL_OUT, /* splice: the destination is writable */
+	SP_RELAY_RECV_SPARE, /* copy: a recv into the direction's spare (not the pool) */
+	SP_RELAY_SEND_SPARE, /* copy: send what the spare holds */
 } sp_relay_kind_t;
 
 typedef struct {
@@ -42,12 +44,14 @@ _Static_assert(SP_COPY_BUF_SIZE <= SP_LOOP_MAX_BUF_SIZE && SP_COPY_BUF_SIZE <= U
 	       "a copy buffer's length must fit the loop's pool and 16 bits");
 _Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <= UINT16_MAX,
 	       "copy buffer ids must fit the loop's pool and 16 bits");
-/* Buffers a copy direction holds at most, queued, lent or being received:
- * the per-session memory bound is exactly 2 * SP_COPY_QMAX *
- * SP_COPY_BUF_SIZE (256 KiB). It holds because a recv from the pool is
- * one-shot and takes one buffer (a multishot round there would land as many
- * as the socket had, ~21 seen), and a multishot recv takes only buffers the
- * direction lent to its own group (sp_loop_buf_lend), counted as held. */
+/* Buffers a copy direction holds at most, queued, lent, being received or
+ * its spare (below): the per-session memory bound is exactly 2 *
+ * SP_COPY_QMAX * SP_COPY_BUF_SIZE (256 KiB). It holds because a recv from
+ * the pool is one-shot and takes one buffer (a multishot round there would
+ * land as many as the socket had, ~21 seen), a multishot recv takes only
+ * buffers the direction lent to its own group (sp_loop_buf_lend), counted
+ * as held, and a spare is taken only by a direction that holds nothing
+ * else, which then takes nothing more until it is sent. */
 #define SP_COPY_QMAX 8
 /* Where the loop can lend (io_uring), a direction that has carried two
  * messages keeps up to SP_COPY_LEND of the buffers it sent lent to its own
@@ -56,12 +60,19 @@ _Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <=
  * (lent buffers of idle sessions must not crowd out fresh ones). */
 #define SP_COPY_LEND 2
 #define SP_COPY_LEND_AFTER 2
-/* Slow readers must not pin the whole ring and starve fresh sessions.
- * While fewer than nbufs / SP_COPY_LOW_DIV buffers are free (not counting
- * those the recvs of directions already holding buffers may still take), a
- * direction holding SP_COPY_LOW_HOLD or more waits; under half that, only a
- * direction that holds none and whose destination can take more (POLLOUT)
- * may receive: one whose reader stopped would pin its buffer for good. */
+/* Sessions holding pool buffers, however many and for however long
+ * (readers that stopped, buffers lent by quiet sessions), must not stall
+ * the others. While fewer than nbufs / SP_COPY_LOW_DIV buffers are free
+ * (not counting those the recvs of directions already holding buffers may
+ * still take), a direction holding SP_COPY_LOW_HOLD or more waits in line
+ * for the pool; under half that, every direction holding pool buffers
+ * waits. A direction that holds none never waits: when the pool is that
+ * low, or its recv found the pool empty, it receives into a spare of its
+ * own (SP_COPY_BUF_SIZE from the heap, freed once sent), one message at a
+ * time. So a fresh session moves at once even with every pool buffer held,
+ * and the spare counts within SP_COPY_QMAX: the per-session bound stays
+ * exact, and the shard's copy memory is the pool plus at most one spare
+ * per direction that holds no pool buffer. */
 #define SP_COPY_LOW_DIV 8
 #define SP_COPY_LOW_HOLD 2
 #define SP_SPLICE_CHUNK SP_PIPE_SIZE
@@ -92,6 +103,11 @@ typedef struct {
 	 * session carries no queue storage of its own. */
 	uint16_t qhead, qtail, qn;
 	uint32_t qoff; /* bytes of the head buffer already sent */
+	/* Its spare: a buffer of its own from the heap (see SP_COPY_LOW_DIV),
+	 * set only while it holds no pool buffer, from the recv armed on it
+	 * until its bytes are sent. */
+	uint8_t *spare;
+	uint16_t spare_len, spare_off;
 	/* Links in the shard's FIFO of starved directions: key + 1 of the
 	 * neighbours (key = session index * 2 + direction), 0 for none. */
 	uint32_t starve_prev, starve_next;

@@ -6,10 +6,12 @@
  * one-shot, and where the loop can lend (io_uring) a direction that keeps
  * talking lends the buffers it has sent to its own group and keeps one
  * multishot recv armed on them, which takes nothing else (see "lending").
- * Directions that find the ring empty, or hold buffers while it runs low,
- * wait in a FIFO and are resumed in turn as buffers come back. */
+ * Directions that hold buffers while the ring runs low, or find it empty,
+ * wait in a FIFO and are resumed in turn as buffers come back; one that
+ * holds none never waits: it receives into a spare of its own instead (see
+ * "spares"). */
 #include <errno.h>
-#include <poll.h>
+#include <stdlib.h>
 
 #include "shard/session.h"
 
@@ -177,21 +179,59 @@ static bool ring_low(const sp_shard_t *sh, uint32_t div)
 	return free < sh->recv_held + total / div;
 }
 
-/* Can dst take more bytes now? Asked only when the ring is nearly empty. */
-static bool writable(int fd)
-{
-	struct pollfd p = {.fd = fd, .events = POLLOUT};
-	return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
-}
-
-/* May this direction take one more buffer from the ring now? */
+/* May this direction take one more buffer from the ring now? Near empty,
+ * none may: the last buffers are for directions waiting in line, and one
+ * that holds none takes its spare instead (maybe_resume). */
 static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
 {
 	if (!ring_low(sh, SP_COPY_LOW_DIV))
 		return true;
-	if (!ring_low(sh, 2 * SP_COPY_LOW_DIV))
-		return dir->qn < SP_COPY_LOW_HOLD;
-	return dir->qn == 0 && writable(dir->dst);
+	return dir->qn < SP_COPY_LOW_HOLD && !ring_low(sh, 2 * SP_COPY_LOW_DIV);
+}
+
+/* ---- spares -----------------------------------------------------------------
+ *
+ * Buffers held by slow sessions come back only when their readers read:
+ * with enough of them (more stopped readers than the pool has buffers, or
+ * fewer plus buffers lent by quiet sessions) the pool stays empty for as
+ * long as they like. A direction that holds nothing therefore never waits
+ * for it: when the pool is low or empty it receives one message into a
+ * spare of its own, a buffer from the heap, and takes nothing more until
+ * that is sent and the spare freed. It then holds one buffer, as with a
+ * pool recv, so SP_COPY_QMAX bounds it as before, and a fresh session moves
+ * whatever the others hold. Spares are taken only off the fast path: the
+ * ring is low, or a recv found it empty; their completions have op kinds
+ * of their own, so on_recv and on_send do not test for them. */
+
+static void put_spare(sp_dir_t *dir)
+{
+	free(dir->spare);
+	dir->spare = NULL;
+	dir->spare_len = dir->spare_off = 0;
+}
+
+/* Receive into the direction's spare; false when none could be had (out
+ * of memory), and the direction waits in line for the pool instead. */
+static bool arm_spare(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	if (!dir->spare && !(dir->spare = malloc(SP_COPY_BUF_SIZE)))
+		return false;
+	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_RECV_SPARE, d));
+	if (sp_session_started(sh, s, sp_loop_recv_into(sh->loop, tag, dir->src, dir->spare,
+							SP_COPY_BUF_SIZE)))
+		dir->recv_armed = true;
+	return true;
+}
+
+static void send_spare(sp_shard_t *sh, sp_session_t *s, int d)
+{
+	sp_dir_t *dir = &s->dir[d];
+	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_SEND_SPARE, d));
+	if (sp_session_started(sh, s,
+			       sp_loop_send(sh->loop, tag, dir->dst, dir->spare + dir->spare_off,
+					    dir->spare_len - dir->spare_off)))
+		dir->send_busy = true;
 }
 
 static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
@@ -207,8 +247,8 @@ static void send_head(sp_shard_t *sh, sp_session_t *s, int d)
 
 static void pause_recv(sp_shard_t *sh, sp_session_t *s, int d)
 {
-	sp_loop_cancel(sh->loop, s->dir[d].src,
-		       sp_session_tag(sh, s, sp_relay_op(SP_RELAY_RECV, d)));
+	sp_relay_kind_t kind = s->dir[d].spare ? SP_RELAY_RECV_SPARE : SP_RELAY_RECV;
+	sp_loop_cancel(sh->loop, s->dir[d].src, sp_session_tag(sh, s, sp_relay_op(kind, d)));
 	s->dir[d].recv_paused = true;
 }
 
@@ -236,9 +276,18 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		arm_recv(sh, s, d);
 		return;
 	}
-	if (dir->starved || dir->qn + dir->nlent >= SP_COPY_QMAX)
+	if (dir->starved) {
+		if (dir->qn)
+			return; /* waits its turn: copy_resume calls again */
+		starve_remove(sh, s, d); /* holds none now: it does not wait */
+	}
+	if (dir->qn + dir->nlent >= SP_COPY_QMAX)
 		return;
 	if (!may_take(sh, dir)) {
+		/* Holding none, it takes its spare: no number of sessions
+		 * holding the pool's buffers can stall it. */
+		if (dir->qn + dir->nlent == 0 && arm_spare(sh, s, d))
+			return;
 		starve_push(sh, s, d); /* others first: copy_resume calls again */
 		return;
 	}
@@ -361,6 +410,59 @@ static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	maybe_resume(sh, s, d);
 }
 
+/* A recv into the spare completed: its bytes go on from there. */
+static void on_spare_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_t *c)
+{
+	sp_dir_t *dir = &s->dir[d];
+	int res = c->res;
+
+	if (res <= 0 || s->state != SP_SESSION_RELAY || dir->dead) {
+		/* end of file, a reset, a cancel: as for a pool recv */
+		put_spare(dir);
+		on_recv(sh, s, d, c);
+		return;
+	}
+	dir->recv_armed = false;
+	dir->recv_paused = false;
+	dir->spare_len = (uint16_t)res;
+	dir->spare_off = 0;
+	if (dir->nrecv < SP_COPY_LEND_AFTER)
+		dir->nrecv++;
+	sp_session_touch(sh, s);
+	/* nothing else is queued (it held no buffer), so no send is busy */
+	send_spare(sh, s, d);
+	if (sh->engine->bulk_to_splice)
+		watch_bulk(sh, s, d, res);
+}
+
+static void on_spare_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
+{
+	sp_dir_t *dir = &s->dir[d];
+
+	dir->send_busy = false;
+	if (s->state != SP_SESSION_RELAY || dir->dead)
+		return; /* the spare goes at release */
+	if (res < 0) {
+		sp_session_peer_reset(sh, s, d, false);
+		return;
+	}
+	dir->bytes += (uint64_t)res;
+	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
+	sp_stat_add(ctr, res);
+	sp_session_touch(sh, s);
+	dir->spare_off += (uint16_t)res;
+	if (dir->spare_off < dir->spare_len) {
+		send_spare(sh, s, d);
+		return;
+	}
+	/* Sent: freed, not kept, so a spare is memory only while it holds
+	 * bytes or waits for them. */
+	put_spare(dir);
+	if (dir->eof)
+		sp_dir_eof_flushed(sh, s, d);
+	maybe_resume(sh, s, d);
+}
+
 static void copy_start(sp_shard_t *sh, sp_session_t *s)
 {
 	arm_recv(sh, s, SP_UP);
@@ -375,6 +477,10 @@ static void copy_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t 
 		on_recv(sh, s, d, c);
 	else if (kind == SP_RELAY_SEND)
 		on_send(sh, s, d, c->res);
+	else if (kind == SP_RELAY_RECV_SPARE)
+		on_spare_recv(sh, s, d, c);
+	else if (kind == SP_RELAY_SEND_SPARE)
+		on_spare_send(sh, s, d, c->res);
 }
 
 static void copy_release(sp_shard_t *sh, sp_session_t *s)
@@ -389,6 +495,7 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
 		}
 		unlend_all(sh, s, d); /* no recv is in flight: the session is done */
 		starve_remove(sh, s, d);
+		put_spare(dir);
 	}
 }
 
@@ -427,10 +534,10 @@ const sp_relay_engine_t sp_relay_copy = {
 static void auto_on_completion(sp_shard_t *sh, sp_session_t *s, sp_relay_kind_t kind, int d,
 			       const sp_completion_t *c)
 {
-	if (kind == SP_RELAY_RECV || kind == SP_RELAY_SEND)
-		copy_on_completion(sh, s, kind, d, c);
-	else
+	if (kind == SP_RELAY_POLL_IN || kind == SP_RELAY_POLL_OUT)
 		sp_relay_splice.on_completion(sh, s, kind, d, c);
+	else
+		copy_on_completion(sh, s, kind, d, c);
 }
 
 static void auto_release(sp_shard_t *sh, sp_session_t *s)

@@ -320,6 +320,46 @@ static void test_loop_recv_ends_with_enobufs_when_the_pool_is_empty(void **state
 	run_until(l, 4, 2000);
 }
 
+/* A recv into the caller's own memory (the copy engine's spare) waits for
+ * data and lands it there whatever the pool holds, even with the pool
+ * empty: it takes no pool buffer, and ends after one result. */
+static void test_loop_recv_into_lands_data_in_the_callers_buffer_with_the_pool_empty(void **state)
+{
+	int *sv;
+	static char mine[64];
+	sp_loop_t *l = open_loop(state, &sv);
+	put_bufs = false; /* the handler keeps every buffer */
+	assert_int_equal(sp_loop_bufs_init(l, 1, 16), 0);
+	assert_int_equal(sp_loop_recv(l, sp_loop_tag(OP_B, 1, 0), sv[0], false), 0);
+	assert_int_equal(write(sv[1], "0123456789abcdef", 16), 16);
+	run_until(l, 1, 2000);
+	assert_int_equal(sp_loop_bufs_out(l), 1); /* the pool is empty */
+	assert_int_equal(sp_loop_recv_into(l, sp_loop_tag(OP_A, 1, 0), sv[0], mine, sizeof(mine)), 0);
+	run_until(l, 2, 50);
+	assert_int_equal(ncalls, 1); /* no data yet: it waits */
+	assert_int_equal(write(sv[1], "hello", 5), 5);
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	assert_int_equal(calls[1].op, OP_A);
+	assert_int_equal(calls[1].c.res, 5);
+	assert_false(calls[1].c.has_buf);
+	assert_false(calls[1].c.more);
+	assert_memory_equal(mine, "hello", 5);
+	assert_int_equal(sp_loop_bufs_out(l), 1);
+	/* data already there, then the end of file */
+	assert_int_equal(write(sv[1], "again", 5), 5);
+	assert_int_equal(sp_loop_recv_into(l, sp_loop_tag(OP_A, 1, 0), sv[0], mine, sizeof(mine)), 0);
+	run_until(l, 3, 2000);
+	assert_int_equal(calls[2].c.res, 5);
+	assert_memory_equal(mine, "again", 5);
+	shutdown(sv[1], SHUT_WR);
+	assert_int_equal(sp_loop_recv_into(l, sp_loop_tag(OP_A, 1, 0), sv[0], mine, sizeof(mine)), 0);
+	run_until(l, 4, 2000);
+	assert_int_equal(calls[3].c.res, 0);
+	assert_int_equal(sp_loop_bufs_out(l), 1);
+	sp_loop_buf_put(l, calls[0].c.bid);
+}
+
 static void test_loop_one_shot_recv_takes_one_buffer_and_ends(void **state)
 {
 	int *sv;
@@ -909,6 +949,7 @@ int main(void)
 	    BOTH(test_loop_accept_is_woken_past_an_exclusive_waiter_that_never_accepts),
 	    BOTH(test_loop_recv_lands_data_in_pool_buffers_until_eof),
 	    BOTH(test_loop_recv_ends_with_enobufs_when_the_pool_is_empty),
+	    BOTH(test_loop_recv_into_lands_data_in_the_callers_buffer_with_the_pool_empty),
 	    BOTH(test_loop_one_shot_recv_takes_one_buffer_and_ends),
 	    BOTH(test_loop_send_completes_with_bytes_taken_never_inside_the_call),
 	    BOTH(test_loop_send_waits_for_room_when_the_peer_is_full),

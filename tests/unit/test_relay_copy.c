@@ -1,12 +1,14 @@
-/* relay_copy: the copy engine on a real loop and real sockets, one session
+/* relay_copy: the copy engine on a real loop and real sockets, sessions
  * in a shard built by hand (no supervisor, no accept, no connect): the
  * client side and the upstream side are socket pairs the test holds the
  * other ends of. It checks what the engine promises per direction: bytes
  * arrive intact and in order; a direction that keeps talking keeps one
- * recv armed on buffers it lends itself (io_uring); and whatever the peers
- * do, a direction never holds more than SP_COPY_QMAX buffers (queued, lent
- * or being received), so a slow reader pins exactly that much of the pool.
- * On epoll (no lending) the same bound holds with one-shot recvs. */
+ * recv armed on buffers it lends itself (io_uring); whatever the peers
+ * do, a direction never holds more than SP_COPY_QMAX buffers (queued, lent,
+ * being received, or its spare), so a slow reader pins exactly that much;
+ * and a direction that holds none never waits for the pool, so slow
+ * sessions holding every pool buffer do not stall a fresh one.
+ * On epoll (no lending) the same bounds hold with one-shot recvs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,24 +26,29 @@
 #include "tests/unit/helpers.h"
 
 #define NBUFS 64
+#define MAXSESS 32
 
 typedef struct {
 	sp_shard_t sh;
 	sp_shard_args_t args;
 	sp_shard_stats_t stats;
-	sp_session_t sessions[1];
-	uint32_t gens[1];
+	sp_session_t sessions[MAXSESS];
+	uint32_t gens[MAXSESS];
 	uint16_t bufq_next[NBUFS], bufq_len[NBUFS];
-	int client;   /* the client's end of the client connection */
-	int upstream; /* the server's end of the upstream connection */
-	uint32_t max_held[2]; /* most buffers a direction held after any turn */
+	unsigned nsess; /* sessions [0, nsess) are open */
+	/* per session: the client's end of the client connection, the
+	 * server's end of the upstream connection */
+	int client[MAXSESS], upstream[MAXSESS];
+	uint32_t max_held[2]; /* most buffers session 0's directions held after any turn */
 } fx_t;
 
 static fx_t *fx;
 
+/* What a direction holds: queued, lent, the one a pool recv may take, and
+ * its spare (received into, or armed to be). */
 static uint32_t held(const sp_dir_t *d)
 {
-	return d->qn + d->nlent + (d->recv_armed && !d->recv_lent);
+	return d->qn + d->nlent + (d->recv_armed && !d->recv_lent && !d->spare) + (d->spare != NULL);
 }
 
 /* One loop turn as the shard's main loop does it, then the bound. */
@@ -50,21 +57,42 @@ static void turn(void)
 	sp_shard_t *sh = &fx->sh;
 	assert_true(sp_loop_run_once(sh->loop, 10) >= 0);
 	sh->engine->resume(sh);
-	for (int d = 0; d < 2; d++) {
-		const sp_dir_t *dir = &fx->sessions[0].dir[d];
-		uint32_t h = held(dir);
-		if (h > fx->max_held[d])
-			fx->max_held[d] = h;
-		assert_true(h <= SP_COPY_QMAX);
-	}
-	/* one session: everything out of the pool is this session's */
-	assert_true(sp_loop_bufs_out(sh->loop) <= 2 * SP_COPY_QMAX);
+	for (unsigned i = 0; i < fx->nsess; i++)
+		for (int d = 0; d < 2; d++) {
+			const sp_dir_t *dir = &fx->sessions[i].dir[d];
+			uint32_t h = held(dir);
+			if (i == 0 && h > fx->max_held[d])
+				fx->max_held[d] = h;
+			assert_true(h <= SP_COPY_QMAX);
+		}
+	if (fx->nsess == 1) /* everything out of the pool is this session's */
+		assert_true(sp_loop_bufs_out(sh->loop) <= 2 * SP_COPY_QMAX);
 }
 
-static int setup(void **state, sp_loop_backend_t backend)
+/* Session i: two socket pairs, relaying from the start. */
+static void open_session(unsigned i)
+{
+	int cpair[2], upair[2];
+	assert_true(i < MAXSESS);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, cpair), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, upair), 0);
+	fx->client[i] = cpair[1];
+	fx->upstream[i] = upair[1];
+	sp_session_t *s = &fx->sessions[i];
+	s->idx = i;
+	s->cfd = cpair[0];
+	s->ufd = upair[0];
+	s->state = SP_SESSION_RELAY;
+	s->dir[SP_UP] = (sp_dir_t){.src = s->cfd, .dst = s->ufd, .pipe = {-1, -1}};
+	s->dir[SP_DOWN] = (sp_dir_t){.src = s->ufd, .dst = s->cfd, .pipe = {-1, -1}};
+	fx->nsess = i + 1;
+	fx->sh.engine->start(&fx->sh, s);
+	assert_int_equal(s->state, SP_SESSION_RELAY);
+}
+
+static int setup_pool(void **state, sp_loop_backend_t backend, uint32_t nbufs)
 {
 	char err[512] = "";
-	int cpair[2], upair[2];
 
 	if (backend == SP_LOOP_URING && sp_loop_probe_uring(err, sizeof(err)) < 0) {
 		print_message("[  SKIP    ] %s\n", err);
@@ -78,31 +106,27 @@ static int setup(void **state, sp_loop_backend_t backend)
 	sh->engine = &sp_relay_copy;
 	sh->sessions = fx->sessions;
 	sh->gens = fx->gens;
-	sh->nsessions = 1;
+	sh->nsessions = MAXSESS;
 	sh->bufq_next = fx->bufq_next;
 	sh->bufq_len = fx->bufq_len;
-	sp_loop_config_t cfg = {.backend = backend, .entries = 64, .timers = 8, .ctx = sh};
+	sp_loop_config_t cfg = {.backend = backend, .entries = 256, .timers = 8, .ctx = sh};
 	if (sp_loop_new(&sh->loop, &cfg, err, sizeof(err)) < 0)
 		fail_msg("sp_loop_new: %s", err);
-	assert_int_equal(sp_loop_bufs_init(sh->loop, NBUFS, SP_COPY_BUF_SIZE), 0);
-	sp_loop_set_gens(sh->loop, fx->gens, 1);
+	assert_true(nbufs <= NBUFS);
+	assert_int_equal(sp_loop_bufs_init(sh->loop, nbufs, SP_COPY_BUF_SIZE), 0);
+	sp_loop_set_gens(sh->loop, fx->gens, MAXSESS);
 	for (unsigned op = 1; op < SP_OP_MAX; op++)
 		if (sp_relay_ops[op].kind)
 			sp_loop_on(sh->loop, op, sp_session_on_relay, true);
-
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, cpair), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, upair), 0);
-	fx->client = cpair[1];
-	fx->upstream = upair[1];
-	sp_session_t *s = &fx->sessions[0];
-	s->idx = 0;
-	s->cfd = cpair[0];
-	s->ufd = upair[0];
-	s->state = SP_SESSION_RELAY;
-	s->dir[SP_UP] = (sp_dir_t){.src = s->cfd, .dst = s->ufd, .pipe = {-1, -1}};
-	s->dir[SP_DOWN] = (sp_dir_t){.src = s->ufd, .dst = s->cfd, .pipe = {-1, -1}};
-	sh->engine->start(sh, s);
 	*state = fx;
+	return 0;
+}
+
+static int setup(void **state, sp_loop_backend_t backend)
+{
+	if (setup_pool(state, backend, NBUFS) < 0)
+		return -1;
+	open_session(0);
 	return 0;
 }
 
@@ -114,21 +138,27 @@ static int teardown(void **state)
 	(void)state;
 	if (!fx)
 		return 0;
-	sp_loop_close(fx->sh.loop, fx->sessions[0].cfd);
-	sp_loop_close(fx->sh.loop, fx->sessions[0].ufd);
-	close(fx->client);
-	close(fx->upstream);
+	for (unsigned i = 0; i < fx->nsess; i++) {
+		sp_loop_close(fx->sh.loop, fx->sessions[i].cfd);
+		sp_loop_close(fx->sh.loop, fx->sessions[i].ufd);
+		close(fx->client[i]);
+		close(fx->upstream[i]);
+	}
 	sp_loop_free(fx->sh.loop);
+	for (unsigned i = 0; i < fx->nsess; i++) /* no op is left to use them */
+		for (int d = 0; d < 2; d++)
+			free(fx->sessions[i].dir[d].spare);
 	free(fx);
 	fx = NULL;
 	return 0;
 }
 
-/* Read exactly n bytes from fd, turning the loop meanwhile. */
-static void read_all(int fd, char *buf, size_t n)
+/* Read exactly n bytes from fd within ms milliseconds, turning the loop
+ * meanwhile. */
+static void read_within(int fd, char *buf, size_t n, uint64_t ms)
 {
 	size_t got = 0;
-	uint64_t deadline = th_mono_ms() + 3000;
+	uint64_t deadline = th_mono_ms() + ms;
 	while (got < n && th_mono_ms() < deadline) {
 		turn();
 		ssize_t r = read(fd, buf + got, n - got);
@@ -136,6 +166,11 @@ static void read_all(int fd, char *buf, size_t n)
 			got += (size_t)r;
 	}
 	assert_int_equal(got, n);
+}
+
+static void read_all(int fd, char *buf, size_t n)
+{
+	read_within(fd, buf, n, 3000);
 }
 
 /* A request/response conversation: every message arrives intact, and from
@@ -150,12 +185,12 @@ static void test_copy_talking_directions_keep_a_recv_armed_on_lent_buffers(void 
 	char msg[64], got[64];
 	for (int i = 0; i < 10; i++) {
 		int n = snprintf(msg, sizeof(msg), "GET /%d", i);
-		assert_int_equal(write(fx->client, msg, (size_t)n), n);
-		read_all(fx->upstream, got, (size_t)n);
+		assert_int_equal(write(fx->client[0], msg, (size_t)n), n);
+		read_all(fx->upstream[0], got, (size_t)n);
 		assert_memory_equal(got, msg, (size_t)n);
 		n = snprintf(msg, sizeof(msg), "200 OK %d", i);
-		assert_int_equal(write(fx->upstream, msg, (size_t)n), n);
-		read_all(fx->client, got, (size_t)n);
+		assert_int_equal(write(fx->upstream[0], msg, (size_t)n), n);
+		read_all(fx->client[0], got, (size_t)n);
 		assert_memory_equal(got, msg, (size_t)n);
 	}
 	for (int i = 0; i < 5; i++)
@@ -185,18 +220,18 @@ static void slow_peer_holds_at_most_qmax(bool converse)
 	if (converse)
 		for (int i = 0; i < 4; i++) {
 			int n = snprintf(msg, sizeof(msg), "ping %d", i);
-			assert_int_equal(write(fx->client, msg, (size_t)n), n);
-			read_all(fx->upstream, got, (size_t)n);
+			assert_int_equal(write(fx->client[0], msg, (size_t)n), n);
+			read_all(fx->upstream[0], got, (size_t)n);
 			n = snprintf(msg, sizeof(msg), "pong %d", i);
-			assert_int_equal(write(fx->upstream, msg, (size_t)n), n);
-			read_all(fx->client, got, (size_t)n);
+			assert_int_equal(write(fx->upstream[0], msg, (size_t)n), n);
+			read_all(fx->client[0], got, (size_t)n);
 		}
 	/* Fill the upstream socket so sends stall, then small messages. */
 	static char chunk[4096];
 	memset(chunk, 'z', sizeof(chunk));
 	size_t sent = 0;
 	for (int i = 0; i < 400; i++) {
-		ssize_t w = write(fx->client, chunk, 1000);
+		ssize_t w = write(fx->client[0], chunk, 1000);
 		if (w > 0)
 			sent += (size_t)w;
 		turn();
@@ -213,7 +248,7 @@ static void slow_peer_holds_at_most_qmax(bool converse)
 	while (total < sent && th_mono_ms() < deadline) {
 		turn();
 		ssize_t r;
-		while ((r = read(fx->upstream, chunk, sizeof(chunk))) > 0) {
+		while ((r = read(fx->upstream[0], chunk, sizeof(chunk))) > 0) {
 			for (ssize_t k = 0; k < r; k++)
 				assert_int_equal(chunk[k], 'z');
 			total += (size_t)r;
@@ -248,6 +283,112 @@ static void test_copy_slow_reader_pins_at_most_qmax_buffers_on_epoll(void **stat
 	slow_peer_holds_at_most_qmax(true);
 }
 
+/* Session i's upstream stops reading, and the proxy's socket to it takes
+ * almost nothing (the smallest send buffer): what the client sends sticks
+ * in the proxy's buffers at once. */
+static void stop_upstream_reader(unsigned i)
+{
+	int one = 1;
+	assert_int_equal(setsockopt(fx->sessions[i].ufd, SOL_SOCKET, SO_SNDBUF, &one, sizeof(one)), 0);
+}
+
+/* One request/response on session i, checked intact. */
+static void converse(unsigned i, int k)
+{
+	char msg[64], got[64];
+	int n = snprintf(msg, sizeof(msg), "req %u.%d", i, k);
+	assert_int_equal(write(fx->client[i], msg, (size_t)n), n);
+	read_all(fx->upstream[i], got, (size_t)n);
+	assert_memory_equal(got, msg, (size_t)n);
+	n = snprintf(msg, sizeof(msg), "resp %u.%d", i, k);
+	assert_int_equal(write(fx->upstream[i], msg, (size_t)n), n);
+	read_all(fx->client[i], got, (size_t)n);
+	assert_memory_equal(got, msg, (size_t)n);
+}
+
+#define SMALL_POOL 16
+#define TALKERS 4                /* quiet after a conversation: buffers stay lent (io_uring) */
+#define SLOW (SMALL_POOL + 4)    /* more slow sessions than the pool has buffers */
+#define FRESH_MS 1000            /* a fresh echo, both ways, on a shared 2-core box */
+
+static int setup_small_uring(void **state) { return setup_pool(state, SP_LOOP_URING, SMALL_POOL); }
+static int setup_small_epoll(void **state) { return setup_pool(state, SP_LOOP_EPOLL, SMALL_POOL); }
+
+/* Quiet sessions keep buffers lent (io_uring), then more slow sessions
+ * than the pool has buffers each send a message and a bit to an upstream
+ * that does not read: between them they hold every pool buffer, for as
+ * long as their readers stay stopped. A fresh session's echo must still go
+ * both ways at once: a direction that holds no buffer never waits for the
+ * pool. Every direction stays within SP_COPY_QMAX meanwhile (turn), and
+ * the slow sessions' bytes arrive intact once their readers read. */
+static void test_copy_slow_sessions_holding_every_buffer_do_not_stall_a_fresh_one(void **state)
+{
+	(void)state;
+	if (!fx)
+		skip();
+	static char big[SP_COPY_BUF_SIZE + 512];
+	unsigned n = 0;
+	for (; n < TALKERS; n++) {
+		open_session(n);
+		for (int k = 0; k < 3; k++)
+			converse(n, k);
+	}
+	uint32_t lent = 0;
+	for (unsigned i = 0; i < TALKERS; i++)
+		lent += fx->sessions[i].dir[SP_UP].nlent + fx->sessions[i].dir[SP_DOWN].nlent;
+	if (sp_loop_can_lend(fx->sh.loop))
+		assert_true(lent >= TALKERS);
+	for (; n < TALKERS + SLOW; n++) {
+		open_session(n);
+		stop_upstream_reader(n);
+		memset(big, 'a' + (int)(n % 26), sizeof(big));
+		assert_int_equal(write(fx->client[n], big, sizeof(big)), (ssize_t)sizeof(big));
+		for (int k = 0; k < 3; k++)
+			turn();
+	}
+	for (int k = 0; k < 10; k++)
+		turn();
+	/* the case: not one buffer of the pool is free */
+	assert_int_equal(sp_loop_bufs_out(fx->sh.loop), SMALL_POOL);
+
+	unsigned f = n;
+	open_session(f);
+	char got[64];
+	uint64_t t0 = th_mono_ms();
+	assert_int_equal(write(fx->client[f], "hello", 5), 5);
+	read_within(fx->upstream[f], got, 5, FRESH_MS);
+	assert_memory_equal(got, "hello", 5);
+	assert_int_equal(write(fx->upstream[f], "world", 5), 5);
+	read_within(fx->client[f], got, 5, FRESH_MS - (th_mono_ms() - t0));
+	assert_memory_equal(got, "world", 5);
+	/* and again, now that the fresh session has carried a message */
+	for (int k = 0; k < 3; k++)
+		converse(f, k);
+	assert_true(th_mono_ms() - t0 < 3 * FRESH_MS);
+
+	/* the slow readers read: every byte each was sent arrives, in order */
+	for (unsigned i = TALKERS; i < TALKERS + SLOW; i++) {
+		size_t total = 0;
+		uint64_t deadline = th_mono_ms() + 3000;
+		while (total < sizeof(big) && th_mono_ms() < deadline) {
+			turn();
+			ssize_t r;
+			while ((r = read(fx->upstream[i], big, sizeof(big))) > 0) {
+				for (ssize_t k = 0; k < r; k++)
+					assert_int_equal(big[k], 'a' + (int)(i % 26));
+				total += (size_t)r;
+			}
+		}
+		assert_int_equal(total, sizeof(big));
+	}
+}
+
+static void test_copy_slow_sessions_holding_every_buffer_do_not_stall_a_fresh_one_on_epoll(
+    void **state)
+{
+	test_copy_slow_sessions_holding_every_buffer_do_not_stall_a_fresh_one(state);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -259,6 +400,12 @@ int main(void)
 		test_copy_slow_reader_pins_at_most_qmax_buffers_from_the_start, setup_uring, teardown),
 	    cmocka_unit_test_setup_teardown(
 		test_copy_slow_reader_pins_at_most_qmax_buffers_on_epoll, setup_epoll, teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_copy_slow_sessions_holding_every_buffer_do_not_stall_a_fresh_one, setup_small_uring,
+		teardown),
+	    cmocka_unit_test_setup_teardown(
+		test_copy_slow_sessions_holding_every_buffer_do_not_stall_a_fresh_one_on_epoll,
+		setup_small_epoll, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
