@@ -3,7 +3,10 @@ others on the same shard, in every relay engine, and the proxy's memory
 stays within its documented per-connection bound (docs/operations.md,
 "Memory per connection")."""
 
+import ctypes
+import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -186,3 +189,80 @@ def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_copy_and_a_small_ring(
 def test_slow_peers_do_not_starve_a_fresh_echo_with_relay_auto_and_a_small_ring(t):
     _slow_peers_do_not_starve_a_fresh_echo(t, "auto", limits={"max_connections": 200},
                                            min_ratio=0.4)
+
+
+# Slow uploads to a sink that never reads, more than it takes to hold every
+# buffer of the small ring (256 with max_connections 200): the first ones up
+# to SP_COPY_QMAX (8) each while the ring is not low, and then, near an
+# empty ring, every session that holds none and whose socket to the sink
+# polls writable takes one, which it keeps once that socket is full.
+PINNERS = 150
+FRESH_ECHO = 256 * 1024
+FRESH_S = 2.0  # generous for a shared 2-core box; without the fix it stalls for good
+CLONE_NEWNET = 0x40000000
+
+
+def _own_network_with_small_send_buffers():
+    """Move this test (its process: each test runs in its own) into a new
+    network namespace whose TCP send buffers are 16 KiB at most
+    (net.ipv4.tcp_wmem is per namespace), as under TCP memory pressure: a
+    socket that polls writable then has room for only part of a 16 KiB copy
+    buffer, so a buffer taken for a sink that never reads stays held. With
+    the default sizes (hundreds of KiB on loopback) a writable socket takes
+    a whole buffer and the ring keeps its last few free."""
+    if os.geteuid() != 0:
+        raise lib.Skip("needs root (a network namespace)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise lib.Skip("unshare(CLONE_NEWNET): %s" % os.strerror(ctypes.get_errno()))
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    with open("/proc/sys/net/ipv4/tcp_wmem", "w") as f:
+        f.write("4096 16384 16384")
+
+
+def _fresh_echo_while_slow_uploads_hold_every_buffer(t, relay):
+    """Before the copy engine's spares, a fresh session's first recv found
+    the ring empty and waited in line for a buffer none of the slow
+    sessions would give back: relay copy got 0 bytes of the echo back in
+    6 s (every run on io_uring, most on epoll). relay auto did not stall
+    here (its bulk uploads stop taking buffers once marked for splice), and
+    must not start to."""
+    _own_network_with_small_send_buffers()
+    echo = t.echo()
+    sink = t.server(SinkServer, name="sink")
+    pe, ps = lib.free_port(), lib.free_port()
+    p = t.proxy(lib.config(
+        [lib.listener("echo", pe, "echo"), lib.listener("sink", ps, "sink")],
+        [lib.upstream("echo", [echo.address]), lib.upstream("sink", [sink.address])],
+        workers=1, relay=relay, access_log=False, limits={"max_connections": 200}))
+    p.wait_shards(1)
+    ups = []
+    t.defer(lambda: [s.close() for s in ups])
+    for _ in range(PINNERS):
+        s = lib.connect(ps)
+        s.setblocking(False)
+        ups.append(s)
+    _fill(ups, time.monotonic() + 2.0)  # every path to the sink is full by now
+
+    data = lib.payload(FRESH_ECHO, seed=11)
+    t0 = time.monotonic()
+    r = lib.echo_transfer(pe, data, timeout_s=3 * FRESH_S)
+    took = time.monotonic() - t0
+    lib.log("%s: with %d slow uploads holding the copy buffers, a fresh %d KiB echo took %.2f s"
+            % (relay, PINNERS, FRESH_ECHO // 1024, took))
+    check(r["end"] == "eof" and r["received"] == FRESH_ECHO and r["sha"] == lib.sha(data),
+          "%s: with %d slow uploads holding the copy buffers a fresh %d KiB echo stalled: got "
+          "%d bytes back in %.1f s, end=%s %s" % (relay, PINNERS, FRESH_ECHO // 1024,
+                                                 r["received"], took, r["end"], r["error"]))
+    check(took <= FRESH_S, "%s: a fresh %d KiB echo took %.2f s with %d slow uploads on the shard, "
+          "over %.1f s" % (relay, FRESH_ECHO // 1024, took, PINNERS, FRESH_S))
+
+
+@lib.timeout(120)
+def test_a_fresh_echo_is_not_stalled_by_slow_uploads_holding_every_buffer_with_relay_copy(t):
+    _fresh_echo_while_slow_uploads_hold_every_buffer(t, "copy")
+
+
+@lib.timeout(120)
+def test_a_fresh_echo_is_not_stalled_by_slow_uploads_holding_every_buffer_with_relay_auto(t):
+    _fresh_echo_while_slow_uploads_hold_every_buffer(t, "auto")
