@@ -81,8 +81,14 @@ _Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <=
 typedef struct {
 	int src, dst;
 	uint64_t bytes;
+	/* copy: its spare, a buffer of its own from the heap (see
+	 * SP_COPY_LOW_DIV), set only while it holds no pool buffer, from the
+	 * recv armed on it until its spare_len bytes are sent (qoff: how many
+	 * are) */
+	uint8_t *spare;
 	bool eof;  /* src sent FIN */
 	bool shut; /* the FIN has been passed on to dst */
+	bool dead; /* dst reset the connection: what is left for it goes nowhere */
 	/* copy engine */
 	bool recv_armed;   /* a recv is in flight */
 	bool recv_paused;  /* auto: the recv is being cancelled for the hand-over */
@@ -101,13 +107,8 @@ typedef struct {
 	/* Buffers received and not yet sent, oldest first: a list linked
 	 * through the shard's per-buffer arrays (bufq_next, bufq_len), so a
 	 * session carries no queue storage of its own. */
-	uint16_t qhead, qtail, qn;
-	uint32_t qoff; /* bytes of the head buffer already sent */
-	/* Its spare: a buffer of its own from the heap (see SP_COPY_LOW_DIV),
-	 * set only while it holds no pool buffer, from the recv armed on it
-	 * until its bytes are sent. */
-	uint8_t *spare;
-	uint16_t spare_len, spare_off;
+	uint16_t qhead, qtail, qn, spare_len;
+	uint32_t qoff; /* bytes of the head buffer (or the spare) already sent */
 	/* Links in the shard's FIFO of starved directions: key + 1 of the
 	 * neighbours (key = session index * 2 + direction), 0 for none. */
 	uint32_t starve_prev, starve_next;
@@ -117,7 +118,6 @@ typedef struct {
 	bool poll_in, poll_out;
 	bool sized; /* the dst send buffer has been sized for bulk (relay_splice.c) */
 	bool pipe_wait; /* out of descriptors for a pipe: the session timer retries */
-	bool dead;      /* dst reset the connection: what is left for it goes nowhere */
 } sp_dir_t;
 
 /* A relay engine: moves bytes both ways once both sockets are connected.

@@ -207,7 +207,8 @@ static void put_spare(sp_dir_t *dir)
 {
 	free(dir->spare);
 	dir->spare = NULL;
-	dir->spare_len = dir->spare_off = 0;
+	dir->spare_len = 0;
+	dir->qoff = 0;
 }
 
 /* Receive into the direction's spare; false when none could be had (out
@@ -229,8 +230,8 @@ static void send_spare(sp_shard_t *sh, sp_session_t *s, int d)
 	sp_dir_t *dir = &s->dir[d];
 	uint64_t tag = sp_session_tag(sh, s, sp_relay_op(SP_RELAY_SEND_SPARE, d));
 	if (sp_session_started(sh, s,
-			       sp_loop_send(sh->loop, tag, dir->dst, dir->spare + dir->spare_off,
-					    dir->spare_len - dir->spare_off)))
+			       sp_loop_send(sh->loop, tag, dir->dst, dir->spare + dir->qoff,
+					    dir->spare_len - dir->qoff)))
 		dir->send_busy = true;
 }
 
@@ -425,7 +426,7 @@ static void on_spare_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_compl
 	dir->recv_armed = false;
 	dir->recv_paused = false;
 	dir->spare_len = (uint16_t)res;
-	dir->spare_off = 0;
+	dir->qoff = 0;
 	if (dir->nrecv < SP_COPY_LEND_AFTER)
 		dir->nrecv++;
 	sp_session_touch(sh, s);
@@ -450,8 +451,8 @@ static void on_spare_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
 	sp_stat_add(ctr, res);
 	sp_session_touch(sh, s);
-	dir->spare_off += (uint16_t)res;
-	if (dir->spare_off < dir->spare_len) {
+	dir->qoff += (uint32_t)res;
+	if (dir->qoff < dir->spare_len) {
 		send_spare(sh, s, d);
 		return;
 	}
