@@ -201,6 +201,19 @@ int sp_loop_connect(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *a
 	return l->be->connect(l, tag, fd, addr, alen, timeout_ms);
 }
 
+bool sp_loop_can_socket_connect(const sp_loop_t *l)
+{
+	return l->be->can_socket_connect && l->be->can_socket_connect(l);
+}
+
+int sp_loop_socket_connect(sp_loop_t *l, uint64_t tag, const struct sockaddr *addr,
+			   socklen_t alen, unsigned timeout_ms)
+{
+	if (!sp_loop_can_socket_connect(l))
+		return -EOPNOTSUPP;
+	return l->be->socket_connect(l, tag, addr, alen, timeout_ms);
+}
+
 int sp_loop_poll(sp_loop_t *l, uint64_t tag, int fd, bool out)
 {
 	return l->be->poll(l, tag, fd, out);

@@ -142,6 +142,23 @@ int sp_loop_send(sp_loop_t *l, uint64_t tag, int fd, const void *buf, size_t len
  * reports a cancel and the linked timeout alike. */
 int sp_loop_connect(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
 		    socklen_t alen, unsigned timeout_ms);
+/* A connected TCP socket without socket(2) and setsockopt(2) (io_uring):
+ * one linked chain the turn's io_uring_enter carries creates the socket in
+ * a slot of the ring's registered file table (IORING_OP_SOCKET), sets
+ * TCP_NODELAY on it (SOCKET_URING_OP_SETSOCKOPT), gives it a descriptor
+ * (IORING_OP_FIXED_FD_INSTALL) and connects it with a linked timeout, as
+ * sp_loop_connect does. Completions on tag: first one with more=true whose
+ * res is the new non-blocking, close-on-exec descriptor (the caller's from
+ * then on, to close with sp_loop_close) or -errno (-EMFILE: out of
+ * descriptors); then exactly one with more=false, the connect's result as
+ * sp_loop_connect reports it (an error whenever no descriptor came). The
+ * table slot is the loop's, let go once the connect has ended, so closing
+ * the descriptor closes the socket. Capability: io_uring on Linux 6.8 or
+ * newer (probed); -EOPNOTSUPP elsewhere, -EBUSY while every slot serves a
+ * connect in flight: the caller then uses socket(2) and sp_loop_connect. */
+bool sp_loop_can_socket_connect(const sp_loop_t *l);
+int sp_loop_socket_connect(sp_loop_t *l, uint64_t tag, const struct sockaddr *addr,
+			   socklen_t alen, unsigned timeout_ms);
 /* One-shot readiness: res > 0 once fd is readable (out: writable), error
  * and hang-up included. */
 int sp_loop_poll(sp_loop_t *l, uint64_t tag, int fd, bool out);

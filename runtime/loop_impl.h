@@ -35,6 +35,10 @@ typedef struct sp_loop_backend_ops {
 	int (*recv_lent)(sp_loop_t *l, uint64_t tag, int fd, uint16_t group);
 	int (*connect)(sp_loop_t *l, uint64_t tag, int fd, const struct sockaddr *addr,
 		       socklen_t alen, unsigned timeout_ms);
+	/* Socket + connect in the ring (loop.h); NULL where the backend has none. */
+	bool (*can_socket_connect)(const sp_loop_t *l);
+	int (*socket_connect)(sp_loop_t *l, uint64_t tag, const struct sockaddr *addr,
+			      socklen_t alen, unsigned timeout_ms);
 	int (*poll)(sp_loop_t *l, uint64_t tag, int fd, bool out);
 	int (*cancel)(sp_loop_t *l, int fd, uint64_t tag);
 	int (*cancel_fd)(sp_loop_t *l, int fd);

@@ -16,12 +16,22 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #define BUF_GROUP 0 /* the pool's ring; lent groups are 1..SP_LOOP_MAX_GROUP */
 
 /* The loop's own SQEs (tag op SP_LOOP_OP_SELF) say in the generation field
  * what their completion needs; the slot field carries a buffer id. */
-enum { SELF_IGNORE = 0, SELF_LEND = 1, SELF_UNLEND = 2 };
+enum { SELF_IGNORE = 0, SELF_LEND = 1, SELF_UNLEND = 2, SELF_INSTALLED = 3, SELF_UNSLOT = 4,
+       SELF_CHAIN = 5 };
+
+/* Socket + connect in the ring (see "sockets in the ring"): the registered
+ * file table's slots, one per such connect in flight. */
+#define SOCK_SLOTS 256
+/* Newer than liburing 2.3 and these uapi headers: filled in by hand. */
+#define OP_FIXED_FD_INSTALL 54      /* IORING_OP_FIXED_FD_INSTALL, 6.8 */
+#define SOCKET_URING_OP_SETSOCKOPT 3 /* IORING_OP_URING_CMD on a socket, 6.7 */
 
 typedef struct {
 	struct io_uring ring;
@@ -44,6 +54,14 @@ typedef struct {
 	 * buffers are lent to a group now (by id). */
 	bool can_lend;
 	uint8_t *lent;
+	/* Sockets in the ring: the capability (probed at init), the free
+	 * slots of the registered file table, and for each slot the tag of
+	 * the connect it serves. */
+	bool can_sockconn;
+	uint16_t slot_free[SOCK_SLOTS];
+	unsigned nslot_free;
+	uint64_t slot_tag[SOCK_SLOTS];
+	int slot_err[SOCK_SLOTS]; /* why its SOCKET or SETSOCKOPT failed */
 } uring_t;
 
 /* Ring flags, best first. Each attempt drops the newest flag the kernel may
@@ -214,6 +232,30 @@ static bool lend_supported(struct io_uring *u)
 	return ok;
 }
 
+/* Sockets in the ring need IORING_OP_FIXED_FD_INSTALL (6.8, which also has
+ * the socket commands of 6.7) and a registered file table to create them
+ * in; without either, sockets come from socket(2). */
+static bool sockconn_supported(struct io_uring *r)
+{
+	struct io_uring_probe *p = io_uring_get_probe_ring(r);
+	bool ok = p && io_uring_opcode_supported(p, IORING_OP_URING_CMD) &&
+		  io_uring_opcode_supported(p, OP_FIXED_FD_INSTALL);
+	if (p)
+		io_uring_free_probe(p);
+	return ok;
+}
+
+static bool sockconn_init(uring_t *u)
+{
+	if (!sockconn_supported(&u->ring) ||
+	    io_uring_register_files_sparse(&u->ring, SOCK_SLOTS) < 0)
+		return false;
+	for (unsigned i = 0; i < SOCK_SLOTS; i++)
+		u->slot_free[i] = (uint16_t)(SOCK_SLOTS - 1 - i);
+	u->nslot_free = SOCK_SLOTS;
+	return true;
+}
+
 static void flags_text(unsigned fl, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s%s%s%s", (fl & IORING_SETUP_SINGLE_ISSUER) ? " SINGLE_ISSUER" : "",
@@ -282,8 +324,9 @@ int sp_loop_probe_uring(char *why, size_t len)
 	flags_text(flags, fl, sizeof(fl));
 	snprintf(why, len,
 		 "io_uring: setup%s; multishot recv, buffer rings, cancel by fd, "
-		 "linked timeouts; accept by readiness%s",
-		 fl, lend_supported(&u) ? "; lent buffer groups" : "");
+		 "linked timeouts; accept by readiness%s%s",
+		 fl, lend_supported(&u) ? "; lent buffer groups" : "",
+		 sockconn_supported(&u) ? "; sockets connected in the ring" : "");
 	ret = 0;
 out:
 	io_uring_queue_exit(&u);
@@ -309,6 +352,7 @@ static int uring_init(sp_loop_t *l, char *err, size_t errlen)
 	if (ret < 0)
 		goto err;
 	u->can_lend = lend_supported(&u->ring);
+	u->can_sockconn = sockconn_init(u);
 	u->ts = calloc(u->ring.sq.ring_entries, sizeof(*u->ts));
 	if (!u->ts) {
 		ret = -ENOMEM;
@@ -550,6 +594,91 @@ static int uring_recv_lent(sp_loop_t *l, uint64_t tag, int fd, uint16_t group)
 	return 0;
 }
 
+/* ---- sockets in the ring (loop.h sp_loop_socket_connect) -------------------
+ *
+ * socket(2) and setsockopt(TCP_NODELAY) are two system calls per upstream
+ * connection, each a full entry into the kernel on this VM's hypervisor.
+ * Here they are SQEs in the turn's batch, linked so each runs once the one
+ * before it succeeded: SOCKET into a free slot of the registered file
+ * table, SETSOCKOPT on that slot, FIXED_FD_INSTALL (a descriptor for the
+ * same socket: the relay, splice(2), shutdown(2) and ioctl(2) want one),
+ * CONNECT on the slot with its LINK_TIMEOUT. The install's completion
+ * carries the descriptor to the caller (more=true); the timeout's, which
+ * comes whether it fired, was cancelled by the connect's end or failed
+ * with the chain, means the connect is over: the slot is closed then, so
+ * the socket's life is the descriptor's. Slots go back in order of those
+ * completions; a connect that finds none takes the socket(2) path. */
+
+static void sockconn_installed(sp_loop_t *l, uint16_t slot, int res)
+{
+	uring_t *u = l->be_state;
+	/* A link after a failed one ends with -ECANCELED; the failed one's
+	 * completion came first and said why. */
+	if (res == -ECANCELED && u->slot_err[slot])
+		res = u->slot_err[slot];
+	sp_completion_t c = {.res = res, .more = true};
+	sp_loop__dispatch(l, u->slot_tag[slot], &c);
+}
+
+static void sockconn_unslot(uring_t *u, uint16_t slot)
+{
+	struct io_uring_sqe *sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, 0, SELF_IGNORE), 1);
+	io_uring_prep_close_direct(sqe, slot);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	u->slot_free[u->nslot_free++] = slot;
+}
+
+static bool uring_can_socket_connect(const sp_loop_t *l)
+{
+	const uring_t *u = l->be_state;
+	return u->can_sockconn;
+}
+
+static int uring_socket_connect(sp_loop_t *l, uint64_t tag, const struct sockaddr *addr,
+				socklen_t alen, unsigned timeout_ms)
+{
+	static const int one = 1;
+	uring_t *u = l->be_state;
+	struct io_uring_sqe *sqe;
+
+	if (!u->nslot_free)
+		return -EBUSY;
+	uint16_t slot = u->slot_free[--u->nslot_free];
+	u->slot_tag[slot] = tag;
+	u->slot_err[slot] = 0;
+	u->is_connect[sp_udata_op(tag)] = true;
+
+	/* five SQEs in one batch: a chain is never split across submissions */
+	sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, slot, SELF_CHAIN), 5);
+	io_uring_prep_socket_direct(sqe, addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK, 0, slot, 0);
+	sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+
+	/* SETSOCKOPT: cmd_op in off, level and optname in addr, optlen in
+	 * file_index, optval in addr3 (the kernel's layout since 6.7). */
+	sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, slot, SELF_CHAIN), 1);
+	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, slot, NULL, 0, SOCKET_URING_OP_SETSOCKOPT);
+	sqe->addr = (uint64_t)IPPROTO_TCP | (uint64_t)TCP_NODELAY << 32;
+	sqe->file_index = sizeof(one);
+	sqe->addr3 = (uint64_t)(uintptr_t)&one;
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+
+	/* FIXED_FD_INSTALL: res is the descriptor, close-on-exec */
+	sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, slot, SELF_INSTALLED), 1);
+	io_uring_prep_rw(OP_FIXED_FD_INSTALL, sqe, slot, NULL, 0, 0);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_LINK;
+
+	sqe = sqe_for(u, tag, 1);
+	io_uring_prep_connect(sqe, slot, addr, alen);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_LINK;
+
+	sqe = sqe_for(u, sp_loop_tag(SP_LOOP_OP_SELF, slot, SELF_UNSLOT), 1);
+	struct __kernel_timespec *ts = &u->ts[sqe - u->ring.sq.sqes];
+	ts->tv_sec = timeout_ms / 1000;
+	ts->tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+	io_uring_prep_link_timeout(sqe, ts, 0);
+	return 0;
+}
+
 /* The completion of one of the loop's own SQEs. */
 static void self_done(sp_loop_t *l, uint64_t tag, int res)
 {
@@ -575,6 +704,16 @@ static void self_done(sp_loop_t *l, uint64_t tag, int res)
 			u->lent[bid] = 0;
 			sp_loop_buf_put(l, bid);
 		}
+		break;
+	case SELF_INSTALLED:
+		sockconn_installed(l, bid, res);
+		break;
+	case SELF_UNSLOT:
+		sockconn_unslot(u, bid);
+		break;
+	case SELF_CHAIN:
+		if (res < 0 && res != -ECANCELED)
+			u->slot_err[bid] = res;
 		break;
 	}
 }
@@ -735,6 +874,8 @@ const sp_loop_backend_ops_t sp_loop_uring_ops = {
 	.recv_into = uring_recv_into,
 	.send = uring_send,
 	.connect = uring_connect,
+	.can_socket_connect = uring_can_socket_connect,
+	.socket_connect = uring_socket_connect,
 	.poll = uring_poll,
 	.cancel = uring_cancel,
 	.cancel_fd = uring_cancel_fd,

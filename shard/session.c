@@ -333,6 +333,36 @@ static int pick_server(sp_shard_t *sh, sp_session_t *s)
 	return sp_balancer_pick(b, h, &s->tried);
 }
 
+/* No descriptor for the upstream socket. Out of descriptors is neither this
+ * server's fault nor the client's: the shard takes no new clients and the
+ * session tries again soon, within connect_timeout_ms (on_session_timer). */
+static void socket_failed(sp_shard_t *sh, sp_session_t *s, const sp_server_t *srv, int err)
+{
+	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+	if (sp_fd_shortage(err)) {
+		sp_shard_note_shortage(sh, "socket", err);
+		if (!s->fd_wait_until)
+			s->fd_wait_until = sp_shard_now(sh) + up->connect_timeout_ms;
+		if (sp_shard_now(sh) < s->fd_wait_until) {
+			sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);
+			return;
+		}
+	}
+	sp_warn("upstream %s server %s: socket: %s", up->name, srv->addr.text, strerror(err));
+	sp_session_fail(sh, s, SP_END_ERROR);
+}
+
+/* The upstream socket of an attempt on server i exists. */
+static void attempt_counted(sp_shard_t *sh, sp_session_t *s, unsigned i)
+{
+	s->fd_wait_until = 0;
+	sp_server_set_add(&s->tried, i);
+	s->server = (int16_t)i;
+	s->attempts++;
+	if (server_stats(sh, s))
+		sp_stat_add(&server_stats(sh, s)->attempts, 1);
+}
+
 static void connect_next(sp_shard_t *sh, sp_session_t *s)
 {
 	const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
@@ -361,38 +391,29 @@ static void connect_next(sp_shard_t *sh, sp_session_t *s)
 		memcpy(dst, &srv->addr.ss, sizeof(*dst));
 	}
 	s->state = SP_SESSION_CONNECTING;
-	s->ufd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (s->ufd < 0) {
-		int err = errno;
-		if (sp_fd_shortage(err)) {
-			/* Not this server's fault, nor the client's: take no new
-			 * clients and try again soon, within connect_timeout_ms. */
-			sp_shard_note_shortage(sh, "socket", err);
-			if (!s->fd_wait_until)
-				s->fd_wait_until = sp_shard_now(sh) + up->connect_timeout_ms;
-			if (sp_shard_now(sh) < s->fd_wait_until) {
-				sp_loop_timer_arm(sh->loop, &s->timer, sp_shard_now(sh) + SP_SHORTAGE_RETRY_MS);
-				return;
-			}
-		}
-		sp_warn("upstream %s server %s: socket: %s", up->name, srv->addr.text,
-			strerror(err));
-		sp_session_fail(sh, s, SP_END_ERROR);
-		return;
-	}
-	s->fd_wait_until = 0;
-	set_nodelay(s->ufd);
-	sp_server_set_add(&s->tried, (unsigned)i);
-	s->server = (int16_t)i;
-	s->attempts++;
-	if (server_stats(sh, s))
-		sp_stat_add(&server_stats(sh, s)->attempts, 1);
-
 	/* The address is this shard's own slot for the server, which only this
 	 * thread writes and which outlives the loop turn (loop.h). */
+	uint64_t tag = sp_session_tag(sh, s, SP_OP_CONNECT);
+	if (sp_loop_can_socket_connect(sh->loop) &&
+	    sp_loop_socket_connect(sh->loop, tag, (const struct sockaddr *)dst, dlen,
+				   up->connect_timeout_ms) == 0) {
+		/* io_uring makes the socket (two system calls fewer); its
+		 * descriptor comes first (sp_session_on_connect, more=true) */
+		s->server = (int16_t)i;
+		s->sock_err = 0;
+		sp_session_started(sh, s, 0);
+		return;
+	}
+	s->ufd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (s->ufd < 0) {
+		socket_failed(sh, s, srv, errno);
+		return;
+	}
+	set_nodelay(s->ufd);
+	attempt_counted(sh, s, (unsigned)i);
 	sp_session_started(sh, s,
-			   sp_loop_connect(sh->loop, sp_session_tag(sh, s, SP_OP_CONNECT), s->ufd,
-					   (const struct sockaddr *)dst, dlen, up->connect_timeout_ms));
+			   sp_loop_connect(sh->loop, tag, s->ufd, (const struct sockaddr *)dst, dlen,
+					   up->connect_timeout_ms));
 }
 
 /* send_proxy_protocol: the header goes out first, synchronously: the socket
@@ -424,9 +445,31 @@ void sp_session_on_connect(void *ctx, unsigned op, uint32_t slot, const sp_compl
 	int res = c->res;
 	(void)op;
 
+	if (c->more) {
+		/* sp_loop_socket_connect's descriptor, before its connect ends */
+		if (res < 0) {
+			s->sock_err = -res;
+		} else if (s->state != SP_SESSION_CONNECTING) {
+			/* the session ended meanwhile: so does the connect */
+			sp_loop_cancel(sh->loop, res, sp_session_tag(sh, s, SP_OP_CONNECT));
+			sp_loop_close(sh->loop, res);
+		} else {
+			s->ufd = res;
+			attempt_counted(sh, s, (unsigned)s->server);
+		}
+		return;
+	}
 	s->inflight--;
 	if (s->state != SP_SESSION_CONNECTING) {
 		sp_session_op_done(sh, s);
+		return;
+	}
+	if (s->ufd < 0) {
+		/* the ring made no socket: as when socket(2) fails */
+		const sp_upstream_t *up = &sh->conf->upstreams[s->upstream];
+		int16_t server = s->server;
+		s->server = -1;
+		socket_failed(sh, s, &up->servers[server], s->sock_err ? s->sock_err : EIO);
 		return;
 	}
 	if (res == 0) {

@@ -75,6 +75,7 @@ struct sp_session {
 	/* Out of descriptors for the upstream socket: the session timer retries
 	 * the connect until this deadline (connect_timeout_ms); 0: not waiting. */
 	uint64_t fd_wait_until;
+	int sock_err; /* why the ring made no upstream socket (sp_loop_socket_connect) */
 	/* A peer reset: the end to log and pass on once the direction out of
 	 * it (reset_dir) has delivered what the proxy acknowledged; ack_wait:
 	 * waiting for the other side to acknowledge it (SIOCOUTQ, ack_outq). */

@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -35,7 +37,7 @@ typedef struct {
 	char data[64];
 } call_t;
 
-static call_t calls[256];
+static call_t calls[1024];
 static unsigned ncalls;
 static int ctx_token;
 static sp_loop_t *cur; /* the loop under test, for handlers that read buffers */
@@ -934,6 +936,139 @@ static void test_lending_is_absent_on_epoll_and_says_so(void **state)
 			 -EOPNOTSUPP);
 }
 
+/* ---- sockets connected in the ring (io_uring) ------------------------------ */
+
+/* The loop for the socket-connect tests, SKIPPED where the kernel lacks it. */
+static sp_loop_t *sockconn_loop(void **state)
+{
+	sp_loop_t *l = open_loop(state, NULL);
+	if (!sp_loop_can_socket_connect(l))
+		th_skip("this kernel has no IORING_OP_FIXED_FD_INSTALL (Linux 6.8)");
+	return l;
+}
+
+/* Wait up to ms for fd to be readable. */
+static bool readable_within(int fd, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, ms) == 1;
+}
+
+static void test_socket_connect_gives_a_nodelay_descriptor_then_the_connect(void **state)
+{
+	sp_loop_t *l = sockconn_loop(state);
+	struct sockaddr_in a;
+	int lfd = own(th_tcp_listener(&a, 4));
+	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
+						(const struct sockaddr *)&a, sizeof(a), 1000),
+			 0);
+	assert_int_equal(ncalls, 0); /* never from inside the call */
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	assert_true(calls[0].c.more);
+	int fd = own(calls[0].c.res);
+	assert_false(calls[1].c.more);
+	assert_int_equal(calls[1].c.res, 0);
+	assert_int_equal(calls[1].slot, 2);
+	assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
+	assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+	int v = 0;
+	socklen_t vl = sizeof(v);
+	assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl), 0);
+	assert_int_equal(v, 1);
+	/* connected to the listener: what one end sends, the other reads */
+	int afd = own(accept(lfd, NULL, NULL));
+	assert_int_equal(send(fd, "x", 1, 0), 1);
+	char c;
+	assert_true(readable_within(afd, 1000));
+	assert_int_equal(recv(afd, &c, 1, 0), 1);
+	/* the timeout linked to the connect does not fire later */
+	run_until(l, 3, 1200);
+	assert_int_equal(ncalls, 2);
+}
+
+/* The ring's table lets go of the socket once the connect is over, so the
+ * descriptor is its only reference: closing it sends the FIN. */
+static void test_socket_connect_leaves_the_socket_to_its_descriptor(void **state)
+{
+	sp_loop_t *l = sockconn_loop(state);
+	struct sockaddr_in a;
+	int lfd = own(th_tcp_listener(&a, 4));
+	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
+						(const struct sockaddr *)&a, sizeof(a), 1000),
+			 0);
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	int fd = calls[0].c.res;
+	assert_true(fd >= 0);
+	int afd = own(accept(lfd, NULL, NULL));
+	run_for(l, 50); /* the turn that closes the table's slot */
+	sp_loop_close(l, fd);
+	run_for(l, 50);
+	char c;
+	assert_true(readable_within(afd, 1000));
+	assert_int_equal(recv(afd, &c, 1, 0), 0);
+}
+
+static void test_socket_connect_reports_refused_after_its_descriptor(void **state)
+{
+	sp_loop_t *l = sockconn_loop(state);
+	struct sockaddr_in a;
+	close(th_tcp_listener(&a, 1)); /* nothing listens on a now */
+	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
+						(const struct sockaddr *)&a, sizeof(a), 1000),
+			 0);
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	assert_true(calls[0].c.more);
+	own(calls[0].c.res);
+	assert_false(calls[1].c.more);
+	assert_int_equal(calls[1].c.res, -ECONNREFUSED);
+}
+
+/* Every slot of the table serving a connect: -EBUSY (the caller uses
+ * socket(2)); once those connects are over, the slots serve again. */
+static void test_socket_connect_is_busy_while_every_slot_serves_a_connect(void **state)
+{
+	sp_loop_t *l = sockconn_loop(state);
+	struct sockaddr_in a;
+	own(th_tcp_listener(&a, 512));
+	unsigned n = 0;
+	int ret;
+	while ((ret = sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0), (const struct sockaddr *)&a,
+					     sizeof(a), 1000)) == 0)
+		n++;
+	assert_int_equal(ret, -EBUSY);
+	assert_true(n >= 1 && n * 2 <= sizeof(calls) / sizeof(calls[0]));
+	run_until(l, 2 * n, 5000);
+	assert_int_equal(ncalls, 2 * n);
+	for (unsigned i = 0; i < ncalls; i++)
+		if (calls[i].c.more)
+			sp_loop_close(l, calls[i].c.res);
+		else
+			assert_int_equal(calls[i].c.res, 0);
+	run_for(l, 50); /* the linked timeouts' completions give the slots back */
+	ncalls = 0;
+	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
+						(const struct sockaddr *)&a, sizeof(a), 1000),
+			 0);
+	run_until(l, 2, 2000);
+	assert_int_equal(ncalls, 2);
+	own(calls[0].c.res);
+	assert_int_equal(calls[1].c.res, 0);
+}
+
+/* epoll has no ring to make sockets in: the shard asks and uses socket(2). */
+static void test_socket_connect_is_absent_on_epoll_and_says_so(void **state)
+{
+	sp_loop_t *l = open_loop(state, NULL);
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	assert_false(sp_loop_can_socket_connect(l));
+	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
+						(const struct sockaddr *)&a, sizeof(a), 1000),
+			 -EOPNOTSUPP);
+}
+
 /* One body, run on each backend under a name that says which. */
 #define ON(f, be, label)                                                                           \
 	{                                                                                          \
@@ -974,6 +1109,13 @@ int main(void)
 	       "io_uring"),
 	    ON(test_unlend_gives_lent_buffers_back_to_the_pool, SP_LOOP_URING, "io_uring"),
 	    ON(test_lending_is_absent_on_epoll_and_says_so, SP_LOOP_EPOLL, "epoll"),
+	    ON(test_socket_connect_gives_a_nodelay_descriptor_then_the_connect, SP_LOOP_URING,
+	       "io_uring"),
+	    ON(test_socket_connect_leaves_the_socket_to_its_descriptor, SP_LOOP_URING, "io_uring"),
+	    ON(test_socket_connect_reports_refused_after_its_descriptor, SP_LOOP_URING, "io_uring"),
+	    ON(test_socket_connect_is_busy_while_every_slot_serves_a_connect, SP_LOOP_URING,
+	       "io_uring"),
+	    ON(test_socket_connect_is_absent_on_epoll_and_says_so, SP_LOOP_EPOLL, "epoll"),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
