@@ -223,6 +223,14 @@ int sp_loop_cancel(sp_loop_t *l, int fd, uint64_t tag) { return l->be->cancel(l,
 int sp_loop_cancel_fd(sp_loop_t *l, int fd) { return l->be->cancel_fd(l, fd); }
 void sp_loop_close(sp_loop_t *l, int fd) { l->be->close(l, fd); }
 
+void sp_loop_close_later(sp_loop_t *l, int fd)
+{
+	if (l->be->close_later)
+		l->be->close_later(l, fd);
+	else
+		l->be->close(l, fd);
+}
+
 uint64_t sp_loop_now(const sp_loop_t *l) { return l->now_ms; }
 
 int sp_loop_timer_arm(sp_loop_t *l, sp_timer_t *t, uint64_t deadline)

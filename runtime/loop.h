@@ -170,6 +170,11 @@ int sp_loop_cancel_fd(sp_loop_t *l, int fd);
 /* Close a descriptor the loop may have watched; use it, not close(2), for
  * every fd an op ever ran on (epoll forgets its registration here). */
 void sp_loop_close(sp_loop_t *l, int fd);
+/* The same, by the end of this loop turn: io_uring closes it in the turn's
+ * batch (IORING_OP_CLOSE, no system call of its own; the number stays taken
+ * until then), epoll at once. For descriptors nothing waits on being
+ * closed at a known moment (a session's sockets, not a listening socket). */
+void sp_loop_close_later(sp_loop_t *l, int fd);
 
 /* Clock and timers: milliseconds on CLOCK_MONOTONIC, refreshed after every
  * wait, so handlers never see the time from before a long sleep. */

@@ -43,6 +43,7 @@ typedef struct sp_loop_backend_ops {
 	int (*cancel)(sp_loop_t *l, int fd, uint64_t tag);
 	int (*cancel_fd)(sp_loop_t *l, int fd);
 	void (*close)(sp_loop_t *l, int fd);
+	void (*close_later)(sp_loop_t *l, int fd); /* NULL: close */
 	/* Start what is queued, wait up to timeout_ms (-1: forever), refresh
 	 * the clock (sp_loop__tick), dispatch. Returns completions or -errno. */
 	int (*wait)(sp_loop_t *l, int timeout_ms);

@@ -374,6 +374,7 @@ static void uring_fini(sp_loop_t *l)
 		return;
 	if (u->br)
 		br_free(&u->ring, u->br, l->nbufs);
+	io_uring_submit(&u->ring); /* what sp_loop_close_later queued */
 	io_uring_queue_exit(&u->ring);
 	free(u->ts);
 	free(u->acc);
@@ -793,6 +794,16 @@ static void uring_close(sp_loop_t *l, int fd)
 	close(fd);
 }
 
+/* A socket has no ->flush, so the kernel closes it inline at submission,
+ * never in io-wq (IORING_OP_SHUTDOWN, by contrast, always goes there). */
+static void uring_close_later(sp_loop_t *l, int fd)
+{
+	struct io_uring_sqe *sqe =
+	    sqe_for(l->be_state, sp_loop_tag(SP_LOOP_OP_SELF, 0, SELF_IGNORE), 1);
+	io_uring_prep_close(sqe, fd);
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
 static int uring_wait(sp_loop_t *l, int timeout_ms)
 {
 	uring_t *u = l->be_state;
@@ -880,6 +891,7 @@ const sp_loop_backend_ops_t sp_loop_uring_ops = {
 	.cancel = uring_cancel,
 	.cancel_fd = uring_cancel_fd,
 	.close = uring_close,
+	.close_later = uring_close_later,
 	.wait = uring_wait,
 	.describe = uring_describe,
 };

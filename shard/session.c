@@ -144,8 +144,8 @@ static void finish(sp_shard_t *sh, sp_session_t *s)
 	else if (s->end == SP_END_UPSTREAM_RESET)
 		set_abortive(s->cfd);
 	if (s->ufd >= 0)
-		sp_loop_close(sh->loop, s->ufd);
-	sp_loop_close(sh->loop, s->cfd);
+		sp_loop_close_later(sh->loop, s->ufd);
+	sp_loop_close_later(sh->loop, s->cfd);
 	if (s->counted)
 		sp_balancer_released(&sh->balancers[s->upstream], (unsigned)s->server);
 	sp_accesslog_session(sh, s);

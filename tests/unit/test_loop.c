@@ -88,8 +88,10 @@ static int fx_teardown(void **state)
 {
 	fx_t *f = *state;
 	for (unsigned i = 0; i < 2; i++)
-		if (f->sv[i] >= 0)
+		if (f->sv[i] >= 0 && f->l)
 			sp_loop_close(f->l, f->sv[i]);
+		else if (f->sv[i] >= 0)
+			close(f->sv[i]); /* the test freed the loop */
 	for (unsigned i = 0; i < f->nfds; i++)
 		sp_loop_close(f->l, f->fds[i]);
 	sp_loop_free(f->l);
@@ -1069,6 +1071,39 @@ static void test_socket_connect_is_absent_on_epoll_and_says_so(void **state)
 			 -EOPNOTSUPP);
 }
 
+/* close_later: closed by the end of the turn (io_uring: an SQE of the turn's
+ * batch), so the peer sees the end of file after one turn. */
+static void test_loop_close_later_closes_by_the_end_of_the_turn(void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	int fd = sv[0];
+	sv[0] = -1; /* the loop's to close now */
+	sp_loop_close_later(l, fd);
+	assert_true(sp_loop_run_once(l, 0) >= 0);
+	char c;
+	assert_true(readable_within(sv[1], 1000));
+	assert_int_equal(recv(sv[1], &c, 1, MSG_DONTWAIT), 0);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
+}
+
+/* A loop freed before its next turn still closes what it was asked to. */
+static void test_loop_close_later_then_free_still_closes(void **state)
+{
+	int *sv;
+	sp_loop_t *l = open_loop(state, &sv);
+	int fd = sv[0];
+	sv[0] = -1;
+	sp_loop_close_later(l, fd);
+	sp_loop_free(l);
+	fx.l = NULL;
+	char c;
+	assert_true(readable_within(sv[1], 1000));
+	assert_int_equal(recv(sv[1], &c, 1, MSG_DONTWAIT), 0);
+	close(sv[1]);
+	sv[1] = -1;
+}
+
 /* One body, run on each backend under a name that says which. */
 #define ON(f, be, label)                                                                           \
 	{                                                                                          \
@@ -1116,6 +1151,8 @@ int main(void)
 	    ON(test_socket_connect_is_busy_while_every_slot_serves_a_connect, SP_LOOP_URING,
 	       "io_uring"),
 	    ON(test_socket_connect_is_absent_on_epoll_and_says_so, SP_LOOP_EPOLL, "epoll"),
+	    BOTH(test_loop_close_later_closes_by_the_end_of_the_turn),
+	    BOTH(test_loop_close_later_then_free_still_closes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
