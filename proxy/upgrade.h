@@ -5,7 +5,9 @@
  * socketpair. The new supervisor adopts those sockets instead of binding
  * new ones (so no accept queue is ever closed), validates its
  * configuration, starts its shards, and only then writes "ready" on the
- * pair; the old one then drains its shards and exits. A new binary that
+ * pair; the old one then drains its shards, and once none of them accepts
+ * any more (the upgrade is complete) writes "done" back, and exits when
+ * they are gone. A new binary that
  * exits, closes the pair or stays silent past SP_UPGRADE_TIMEOUT_MS changes
  * nothing: the old one kills it if need be and keeps serving.
  *
@@ -32,7 +34,8 @@
  *   SHARDPROXY_ADMIN_SOCKET=13:2411:/run/shardproxy/admin.sock
  *                                   admin.socket's listener, the inode of
  *                                   its file, its path (optional)
- *   SHARDPROXY_UPGRADE_FD=8         the pair: write "ready\n" once serving
+ *   SHARDPROXY_UPGRADE_FD=8         the pair: write "ready\n" once serving,
+ *                                   then read "done\n" (or its end closing)
  */
 #ifndef SP_UPGRADE_H
 #define SP_UPGRADE_H
