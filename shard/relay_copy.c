@@ -381,22 +381,34 @@ static void on_recv(sp_shard_t *sh, sp_session_t *s, int d, const sp_completion_
 	}
 }
 
-static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
+/* A send from a pool buffer or the spare completed: count its bytes and
+ * move the direction's offset on. False when there is nothing more to do
+ * (the session is ending, or the peer reset and the session was told). */
+static bool sent(sp_shard_t *sh, sp_session_t *s, int d, int res)
 {
 	sp_dir_t *dir = &s->dir[d];
 
 	dir->send_busy = false;
 	if (s->state != SP_SESSION_RELAY || dir->dead)
-		return;
+		return false;
 	if (res < 0) {
 		sp_session_peer_reset(sh, s, d, false);
-		return;
+		return false;
 	}
 	dir->bytes += (uint64_t)res;
 	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
 	sp_stat_add(ctr, res);
 	sp_session_touch(sh, s);
 	dir->qoff += (uint32_t)res;
+	return true;
+}
+
+static void on_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
+{
+	sp_dir_t *dir = &s->dir[d];
+
+	if (!sent(sh, s, d, res))
+		return;
 	if (dir->qoff == sh->bufq_len[dir->qhead]) {
 		uint16_t done = dir->qhead;
 		dir->qhead = sh->bufq_next[done];
@@ -440,18 +452,8 @@ static void on_spare_send(sp_shard_t *sh, sp_session_t *s, int d, int res)
 {
 	sp_dir_t *dir = &s->dir[d];
 
-	dir->send_busy = false;
-	if (s->state != SP_SESSION_RELAY || dir->dead)
+	if (!sent(sh, s, d, res))
 		return; /* the spare goes at release */
-	if (res < 0) {
-		sp_session_peer_reset(sh, s, d, false);
-		return;
-	}
-	dir->bytes += (uint64_t)res;
-	uint64_t *ctr = d == SP_UP ? &sh->args->stats->bytes_in : &sh->args->stats->bytes_out;
-	sp_stat_add(ctr, res);
-	sp_session_touch(sh, s);
-	dir->qoff += (uint32_t)res;
 	if (dir->qoff < dir->spare_len) {
 		send_spare(sh, s, d);
 		return;

@@ -507,6 +507,16 @@ def recv_line(sock, limit=256):
     return bytes(buf[:-1])
 
 
+def greeting(port):
+    """The first line a server greets a new connection on port with (the
+    test upstreams that say which one they are)."""
+    s = connect(port)
+    try:
+        return recv_line(s).decode()
+    finally:
+        s.close()
+
+
 def recv_all(sock, timeout_s=None):
     """Read until EOF; returns (bytes, how): how is "eof" or "reset", or with
     timeout_s (a bound on each wait) "timeout" when the peer went quiet."""

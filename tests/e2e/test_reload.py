@@ -104,14 +104,6 @@ def _ab(t):
     return a, b, port, conf
 
 
-def _greeting(port):
-    s = lib.connect(port)
-    try:
-        return lib.recv_line(s).decode()
-    finally:
-        s.close()
-
-
 def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_old(t):
     a, b, port, conf = _ab(t)
     p = t.proxy(conf("a"))
@@ -121,7 +113,7 @@ def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_ol
     m = p.reload(conf("b"))
     seen, first_b = [], None
     while time.monotonic() - t0 < 3:
-        g = _greeting(port)
+        g = lib.greeting(port)
         seen.append(g)
         if g == "B":
             first_b = time.monotonic() - t0
@@ -134,7 +126,7 @@ def test_reload_route_change_reaches_new_upstream_within_1s_old_session_keeps_ol
     # shards accept too until each has taken in its drain order. The switch
     # is complete once the reload says it is done.
     p.expect_log(r"reload: generation 2 ready", timeout_s=5, after=m)
-    after = [_greeting(port) for _ in range(10)]
+    after = [lib.greeting(port) for _ in range(10)]
     check(after == ["B"] * 10, "after the reload was done new connections reached %s" % after)
     data = lib.payload(65536, seed=401)
     r = lib.echo_transfer(port, data, sock=old)
@@ -171,7 +163,7 @@ def test_reload_is_done_only_once_no_old_shard_can_accept_then_every_new_connect
     os.kill(old[0], signal.SIGSTOP)
     t.defer(lambda: os.kill(old[0], signal.SIGCONT))
     m = p.reload(conf("b"))
-    check(lib.wait_until(lambda: _greeting(port) == "B", 5, 0.05), "the new generation does not serve")
+    check(lib.wait_until(lambda: lib.greeting(port) == "B", 5, 0.05), "the new generation does not serve")
     t0 = time.monotonic()
     while time.monotonic() - t0 < 0.8:
         check(not p.wait_log(r"reload: generation 2 ready", 0, after=m),
@@ -183,7 +175,7 @@ def test_reload_is_done_only_once_no_old_shard_can_accept_then_every_new_connect
     p.expect_log(r"reload: generation 2 ready", timeout_s=5, after=m)
     check(lib.stats(aport)["generation"] == 2, "/stats after the reload: %s" % lib.stats(aport)["generation"])
     check(not p.wait_log(r"did not say they stopped accepting", 0, after=m), "the handover timed out")
-    after = [_greeting(port) for _ in range(30)]
+    after = [lib.greeting(port) for _ in range(30)]
     check(after == ["B"] * 30, "after the reload was done new connections reached %s" % after)
 
 
@@ -225,7 +217,7 @@ def test_reload_invalid_file_logs_position_and_old_config_keeps_serving(t):
     check(p.alive(), "proxy died on an invalid reload")
     check(not p.wait_log(r"reload: generation \d+ ready", 0.1, after=m), "a new generation started")
     check(p.shards() == shards, "shards changed on a failed reload: %s -> %s" % (shards, p.shards()))
-    got = [_greeting(port) for _ in range(5)]
+    got = [lib.greeting(port) for _ in range(5)]
     check(got == ["A"] * 5, "after the failed reload new connections reached %s, want A" % got)
     lib.check_echo(port, lib.payload(10000, seed=402), a, what="after the failed reload:",
                    sock=_skip_greeting(port))
@@ -244,7 +236,7 @@ def test_reload_valid_file_after_failed_reload_applies(t):
     p.expect_log(r"reload failed", 5, after=m)
     m = p.reload(conf("b"))
     p.expect_log(r"reload: generation 2 ready", 5, after=m, what="valid reload after a failed one")
-    check(lib.wait_until(lambda: _greeting(port) == "B", 2), "new connections do not reach B")
+    check(lib.wait_until(lambda: lib.greeting(port) == "B", 2), "new connections do not reach B")
 
 
 @lib.timeout(60)

@@ -442,19 +442,30 @@ def _routed(t):
     return port, aport, conf
 
 
-def _greeting(port):
-    s = lib.connect(port)
-    try:
-        return lib.recv_line(s).decode()
-    finally:
-        s.close()
-
-
 def _cont(pid):
     try:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
+
+
+def _upgrade_with_an_old_shard_stopped(t, start):
+    """The hand-over tests' start: an old binary routing to A (started by
+    start(conf)), one of its shards stopped (SIGSTOP) so it cannot take in
+    its drain order, the file rewritten to route to B, SIGUSR2, and the new
+    binary serving. Returns (proxy, port, admin port, old shard pids, log
+    mark before the SIGUSR2)."""
+    port, aport, conf = _routed(t)
+    p = start(conf)
+    old = p.wait_shards(2)
+    check(lib.greeting(port) == "A", "the old binary does not route to A")
+    os.kill(old[0], signal.SIGSTOP)
+    t.defer(lambda: _cont(old[0]))
+    lib.write_config(p.path, conf("b"))
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    check(lib.wait_until(lambda: lib.greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    return p, port, aport, old, m
 
 
 @lib.timeout(60)
@@ -465,19 +476,16 @@ def test_upgrade_is_complete_only_once_no_old_shard_can_accept_then_every_new_co
     to be complete (no 'pid N serves' line, no MAINPID, /stats still answered
     by the old pid). Once it has closed its sockets, the upgrade is complete,
     and from then on every new connection is the new binary's."""
-    port, aport, conf = _routed(t)
-    path = _install(t)
-    sock, p = lib.started_with_notify(t, lambda: t.proxy(conf("a"), binary=path))
-    sock.settimeout(10)
-    sock.recv(4096)  # READY=1
-    old = p.wait_shards(2)
-    check(_greeting(port) == "A", "the old binary does not route to A")
-    os.kill(old[0], signal.SIGSTOP)
-    t.defer(lambda: _cont(old[0]))
-    lib.write_config(p.path, conf("b"))
-    m = p.mark()
-    os.kill(p.pid, signal.SIGUSR2)
-    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    box = {}
+
+    def start(conf):
+        box["sock"], p = lib.started_with_notify(t, lambda: t.proxy(conf("a"), binary=_install(t)))
+        box["sock"].settimeout(10)
+        box["sock"].recv(4096)  # READY=1
+        return p
+
+    p, port, aport, old, m = _upgrade_with_an_old_shard_stopped(t, start)
+    sock = box["sock"]
     sock.settimeout(0.05)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 0.8:
@@ -499,7 +507,7 @@ def test_upgrade_is_complete_only_once_no_old_shard_can_accept_then_every_new_co
     t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
     p.expect_log(r"upgrade: complete; pid %d serves every new connection" % new, timeout_s=5, after=m)
     check(not p.wait_log(r"did not say", 0, after=m), "the hand-over timed out")
-    after = [_greeting(port) for _ in range(30)]
+    after = [lib.greeting(port) for _ in range(30)]
     check(after == ["B"] * 30, "after the upgrade was complete new connections reached %s" % after)
     check(_stats(aport)["pid"] == new, "/stats after the upgrade: pid %s, want %d" % (_stats(aport)["pid"], new))
     sock.settimeout(5)
@@ -518,16 +526,7 @@ def test_upgrade_is_complete_only_once_no_old_shard_can_accept_then_every_new_co
 def test_upgrade_is_complete_after_5s_when_an_old_shard_never_says_it_stopped_accepting(t):
     """A stuck old shard does not hold an upgrade (and systemd's MAINPID)
     up for ever: after 5 s it is named and the upgrade is complete."""
-    port, aport, conf = _routed(t)
-    path = _install(t)
-    p = t.proxy(conf("a"), binary=path)
-    old = p.wait_shards(2)
-    os.kill(old[0], signal.SIGSTOP)
-    t.defer(lambda: _cont(old[0]))
-    lib.write_config(p.path, conf("b"))
-    m = p.mark()
-    os.kill(p.pid, signal.SIGUSR2)
-    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    p, port, aport, old, m = _upgrade_with_an_old_shard_stopped(t, lambda conf: t.proxy(conf("a"), binary=_install(t)))
     t0 = time.monotonic()
     # One hand-over at a time: meanwhile the new supervisor queues a reload
     # and refuses another upgrade.
@@ -562,16 +561,7 @@ def test_upgrade_is_complete_at_once_when_the_old_supervisor_dies_during_the_han
     """The new binary waits for the old supervisor's word, not for ever: an
     old one that dies first (its shards drain on their own) ends the wait
     at once, with a warning, and the new one's admin endpoint answers."""
-    port, aport, conf = _routed(t)
-    path = _install(t)
-    p = t.proxy(conf("a"), binary=path)
-    old = p.wait_shards(2)
-    os.kill(old[0], signal.SIGSTOP)
-    t.defer(lambda: _cont(old[0]))
-    lib.write_config(p.path, conf("b"))
-    m = p.mark()
-    os.kill(p.pid, signal.SIGUSR2)
-    check(lib.wait_until(lambda: _greeting(port) == "B", 20, 0.05), "the new binary does not serve")
+    p, port, aport, old, m = _upgrade_with_an_old_shard_stopped(t, lambda conf: t.proxy(conf("a"), binary=_install(t)))
     new = int(p.expect_log(r"upgrade: pid \d+ is ready", 5, after=m).split("upgrade: pid ")[1].split()[0])
     t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
     t0 = time.monotonic()
