@@ -285,10 +285,20 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 	if (dir->qn + dir->nlent >= SP_COPY_QMAX)
 		return;
 	if (!may_take(sh, dir)) {
-		/* Holding none, it takes its spare: no number of sessions
+		/* Holding none, it never waits in line. While the pool has a
+		 * buffer left it arms a pool recv: that holds no memory until
+		 * data comes (an idle session must cost nothing), and ends
+		 * with -ENOBUFS if the pool is empty by then. Only with the
+		 * pool empty does it take its spare: no number of sessions
 		 * holding the pool's buffers can stall it. */
-		if (dir->qn + dir->nlent == 0 && arm_spare(sh, s, d))
-			return;
+		if (dir->qn + dir->nlent == 0) {
+			if (sp_loop_bufs_out(sh->loop) < sp_loop_bufs_total(sh->loop)) {
+				arm_recv(sh, s, d);
+				return;
+			}
+			if (arm_spare(sh, s, d))
+				return;
+		}
 		starve_push(sh, s, d); /* others first: copy_resume calls again */
 		return;
 	}
