@@ -195,12 +195,12 @@ static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
  * with enough of them (more stopped readers than the pool has buffers, or
  * fewer plus buffers lent by quiet sessions) the pool stays empty for as
  * long as they like. A direction that holds nothing therefore never waits
- * for it: when the pool is low or empty it receives one message into a
+ * for it: when the pool is empty it receives one message into a
  * spare of its own, a buffer from the heap, and takes nothing more until
  * that is sent and the spare freed. It then holds one buffer, as with a
  * pool recv, so SP_COPY_QMAX bounds it as before, and a fresh session moves
  * whatever the others hold. Spares are taken only off the fast path: the
- * ring is low, or a recv found it empty; their completions have op kinds
+ * ring is low and empty, or a recv found it empty; their completions have op kinds
  * of their own, so on_recv and on_send do not test for them. */
 
 static void put_spare(sp_dir_t *dir)
