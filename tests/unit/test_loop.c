@@ -956,14 +956,19 @@ static bool readable_within(int fd, int ms)
 	return poll(&p, 1, ms) == 1;
 }
 
+/* sp_loop_socket_connect to a, tagged slot 2, with a 1 s timeout. */
+static int sockconn_to(sp_loop_t *l, const struct sockaddr_in *a)
+{
+	return sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0), (const struct sockaddr *)a, sizeof(*a),
+				      1000);
+}
+
 static void test_socket_connect_gives_a_nodelay_descriptor_then_the_connect(void **state)
 {
 	sp_loop_t *l = sockconn_loop(state);
 	struct sockaddr_in a;
 	int lfd = own(th_tcp_listener(&a, 4));
-	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
-						(const struct sockaddr *)&a, sizeof(a), 1000),
-			 0);
+	assert_int_equal(sockconn_to(l, &a), 0);
 	assert_int_equal(ncalls, 0); /* never from inside the call */
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
@@ -996,9 +1001,7 @@ static void test_socket_connect_leaves_the_socket_to_its_descriptor(void **state
 	sp_loop_t *l = sockconn_loop(state);
 	struct sockaddr_in a;
 	int lfd = own(th_tcp_listener(&a, 4));
-	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
-						(const struct sockaddr *)&a, sizeof(a), 1000),
-			 0);
+	assert_int_equal(sockconn_to(l, &a), 0);
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
 	int fd = calls[0].c.res;
@@ -1017,9 +1020,7 @@ static void test_socket_connect_reports_refused_after_its_descriptor(void **stat
 	sp_loop_t *l = sockconn_loop(state);
 	struct sockaddr_in a;
 	close(th_tcp_listener(&a, 1)); /* nothing listens on a now */
-	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
-						(const struct sockaddr *)&a, sizeof(a), 1000),
-			 0);
+	assert_int_equal(sockconn_to(l, &a), 0);
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
 	assert_true(calls[0].c.more);
@@ -1037,8 +1038,7 @@ static void test_socket_connect_is_busy_while_every_slot_serves_a_connect(void *
 	own(th_tcp_listener(&a, 512));
 	unsigned n = 0;
 	int ret;
-	while ((ret = sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0), (const struct sockaddr *)&a,
-					     sizeof(a), 1000)) == 0)
+	while ((ret = sockconn_to(l, &a)) == 0)
 		n++;
 	assert_int_equal(ret, -EBUSY);
 	assert_true(n >= 1 && n * 2 <= sizeof(calls) / sizeof(calls[0]));
@@ -1051,9 +1051,7 @@ static void test_socket_connect_is_busy_while_every_slot_serves_a_connect(void *
 			assert_int_equal(calls[i].c.res, 0);
 	run_for(l, 50); /* the linked timeouts' completions give the slots back */
 	ncalls = 0;
-	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
-						(const struct sockaddr *)&a, sizeof(a), 1000),
-			 0);
+	assert_int_equal(sockconn_to(l, &a), 0);
 	run_until(l, 2, 2000);
 	assert_int_equal(ncalls, 2);
 	own(calls[0].c.res);
@@ -1066,9 +1064,7 @@ static void test_socket_connect_is_absent_on_epoll_and_says_so(void **state)
 	sp_loop_t *l = open_loop(state, NULL);
 	struct sockaddr_in a = {.sin_family = AF_INET};
 	assert_false(sp_loop_can_socket_connect(l));
-	assert_int_equal(sp_loop_socket_connect(l, sp_loop_tag(OP_A, 2, 0),
-						(const struct sockaddr *)&a, sizeof(a), 1000),
-			 -EOPNOTSUPP);
+	assert_int_equal(sockconn_to(l, &a), -EOPNOTSUPP);
 }
 
 /* close_later: closed by the end of the turn (io_uring: an SQE of the turn's
