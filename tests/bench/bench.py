@@ -17,7 +17,10 @@ What runs (see METHOD below, which is also written into the report):
     reuseport), shardproxy-auto (the default relay) / shardproxy-copy /
     shardproxy-splice (steering hash), shardproxy-epoll (auto relay on the
     epoll event loop, "io": "epoll"); shardproxy-copy-none (steering
-    none), shardproxy-copy-cpu and shardproxy-copy-lc on request (--only);
+    none), shardproxy-copy-cpu, shardproxy-copy-lc and the placement A/B
+    variants (shardproxy-auto-pin / -none / -cpu-pin / -cpu-none: relay
+    auto, steering hash or cpu, cpu_affinity pin or none) on request
+    (--only);
   - per repeat, for each variant in turn (A B C A B C ...), a fresh proxy
     runs: keep-alive (wrk -t2 -c50 --latency), new connection per request
     (wrk -t2 -c50 -H 'Connection: close'), bulk (wrk -t1 -c4 on
@@ -79,6 +82,8 @@ ALL_VARIANTS = [
     "shardproxy-copy-cpu",
     "shardproxy-copy-lc",
     "shardproxy-auto-pin",
+    "shardproxy-auto-cpu-pin",
+    "shardproxy-auto-cpu-none",
     "shardproxy-auto-none",
 ]
 DEFAULT_VARIANTS = ALL_VARIANTS[:7]
@@ -94,6 +99,8 @@ SHARDPROXY_VARIANTS = {
     # its default; these two set it, for the A/B behind that default.
     "shardproxy-auto-pin": ("auto", "hash", "pin"),
     "shardproxy-auto-none": ("auto", "hash", "none"),
+    "shardproxy-auto-cpu-pin": ("auto", "cpu", "pin"),
+    "shardproxy-auto-cpu-none": ("auto", "cpu", "none"),
     "shardproxy-epoll": ("auto", "hash"),
 }
 # The event loop of variants not on the default (io_uring where it runs).
