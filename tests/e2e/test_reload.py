@@ -6,7 +6,9 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 
 import lib
@@ -348,3 +350,140 @@ def test_reload_adds_new_listener_and_closes_removed_one(t):
     gone = lib.wait_until(lambda: not lib._can_connect(pa), 10, 0.1)
     check(gone, "removed listener a still accepts connections 10 s after the reload")
     lib.log("listener b up at %.2f s" % (time.monotonic() - t0))
+
+
+def slow_signalfd_wrapper(t, delay_s):
+    """A wrapper that runs the binary under strace -D -f, delaying every
+    signalfd4 by delay_s: each process it starts (supervisor, shard, a
+    binary upgrade's new one) spends that long early in its start-up,
+    before its signalfd exists and so before it could read a drain order
+    (which waits meanwhile, blocked and pending). -D keeps the traced
+    supervisor at the pid the test started."""
+    strace = shutil.which("strace")
+    if not strace:
+        raise lib.Skip("strace is not installed")
+    path = os.path.join(t.tmpdir, "slow-signalfd-shardproxy")
+    with open(path, "w") as f:
+        # LeakSanitizer cannot run under ptrace (SANITIZE=1 builds)
+        f.write("#!/bin/sh\nASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\" "
+                "exec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=signalfd4 "
+                "-e inject=signalfd4:delay_enter=%d %s \"$@\"\n"
+                % (strace, int(delay_s * 1e6), t.binary))
+    os.chmod(path, 0o755)
+    r = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=20)
+    if r.returncode != 0 or "usage: shardproxy" not in r.stdout:
+        raise lib.Skip("strace -D cannot run the binary here: %s" % (r.stderr.strip()[-200:]))
+    return path
+
+
+def echo_until(port, up, done, deadline_s, what):
+    """Echo through the proxy, one new connection after another, until
+    done() or deadline_s (monotonic); every one must be served intact (no
+    refusal, no reset). Returns how many were."""
+    n = 0
+    while not done() and time.monotonic() < deadline_s:
+        lib.check_echo(port, b"during the hand-over %d" % n, up, timeout_s=5, what="%s, echo %d:" % (what, n))
+        n += 1
+        time.sleep(0.05)
+    return n
+
+
+@lib.timeout(90)
+def test_reload_done_at_once_when_a_restarted_shard_gets_its_drain_order_while_starting(t):
+    """A shard restarted after a crash that is still starting when the
+    reload drains its generation (here: its start-up is slowed, the order
+    comes while it waits before its signalfd exists) takes the order once
+    it is up, closes its sockets and says so: the reload is done as soon as
+    it can, with no 'did not say they stopped accepting' warning, and new
+    connections are served throughout."""
+    delay = 1.5
+    t.binary = slow_signalfd_wrapper(t, delay)
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.echo_config(up, port, workers=2), ready=False)
+    p.wait_ready(timeout_s=30)
+    for gen in (2, 3):
+        old = p.wait_shards(2, timeout_s=10)
+        m = p.reload()
+        new = lib.wait_until(lambda: set(p.shards()) - set(old) if len(set(p.shards()) - set(old)) >= 2
+                             else None, 5, 0.01)
+        check(new, "reload %d: the new generation's shards were not forked within 5 s: %s; log:\n%s"
+              % (gen - 1, p.shards(), p.tail()))
+        # They are in their slow start until ~delay from now; a shard killed
+        # half-way there restarts at once and is still starting when the
+        # new generation is ready and the old one is ordered to drain.
+        time.sleep(delay / 2)
+        victim = old[0]
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        restarted = lib.wait_until(lambda: set(p.shards()) - set(old) - new or None, 2, 0.01)
+        check(restarted, "reload %d: shard %d was not restarted within 2 s; log:\n%s"
+              % (gen - 1, victim, p.tail()))
+        ready = r"reload: generation %d ready" % gen
+        served = echo_until(port, up, lambda: p.wait_log(ready, 0, after=m), t_kill + 10,
+                            "reload %d" % (gen - 1))
+        took = time.monotonic() - t_kill
+        check(p.wait_log(ready, 0, after=m), "reload %d not done %.1f s after the kill; log:\n%s"
+              % (gen - 1, took, p.tail()))
+        warned = p.wait_log(r"did not say they stopped accepting", 0, after=m)
+        check(not warned, "reload %d waited for a shard that got its drain order while starting: %s"
+              % (gen - 1, warned))
+        # The restarted shard is up ~delay after the kill; the reload is done
+        # right after it has taken the order (the 5 s bound would be ~5.5 s).
+        check(took < delay + 1.5, "reload %d done %.2f s after the kill (restarted shard up after "
+              "~%.1f s)" % (gen - 1, took, delay))
+        # The case was built: the restarted shard's 'ready' came after the
+        # order (no 'shard N restarted' line: it was draining by then).
+        said = p.wait_log(r"shard \d+ restarted", 0, after=m)
+        check(not said, "reload %d: the restarted shard was up before the drain order (%s): the test "
+              "did not build its case" % (gen - 1, said))
+        check(lib.wait_until(lambda: not set(p.shards()) & (set(old) | restarted), 10),
+              "reload %d: old generation's shards %s still there: %s"
+              % (gen - 1, set(old) | restarted, p.shards()))
+        lib.log("reload %d: done %.2f s after the kill; %d connections served meanwhile"
+                % (gen - 1, took, served))
+    lib.check_echo(port, b"after both reloads", up)
+
+
+@lib.timeout(90)
+def test_reloads_right_after_a_shard_kill_or_another_reload_are_done_within_3s_without_the_5s_warning(t):
+    """The same race at ordinary speed: a shard killed and SIGHUP at once
+    (the shard restarts while the new generation starts, and may still be
+    starting when its generation is drained), 10 times; then a SIGHUP while
+    the previous reload's shards are starting, 5 times (queued, it drains
+    the generation the first has just brought up). Every reload is done
+    within 3 s of its signal, none waits out the 5 s hand-over bound, and
+    new connections are served after each. (The deterministic case, the
+    order surely reaching a starting shard, is the test above.)"""
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.echo_config(up, port, workers=2))
+    gen = 1
+    hits = 0
+    for i in range(15):
+        shards = p.wait_shards(2, timeout_s=10)  # the previous generation has left
+        if i < 10:
+            t0 = time.monotonic()
+            os.kill(shards[i % 2], signal.SIGKILL)
+            m = p.reload()
+            gen += 1
+        else:
+            t0 = time.monotonic()
+            m = p.reload()
+            # the second once the first is under way (two SIGHUPs before
+            # the supervisor reads its signalfd are one)
+            check(lib.wait_until(lambda: len(p.shards()) > 2, 2, 0.002),
+                  "round %d: the reload forked no shard within 2 s; log:\n%s" % (i, p.tail()))
+            p.signal(signal.SIGHUP)
+            gen += 2
+        ready = r"reload: generation %d ready" % gen
+        line = p.wait_log(ready, 3.0 - (time.monotonic() - t0), after=m)
+        check(line, "round %d: no '%s' within 3 s of the signal; log:\n%s" % (i, ready, p.tail()))
+        warned = p.wait_log(r"did not say they stopped accepting", 0, after=m)
+        check(not warned, "round %d: %s" % (i, warned))
+        lib.check_echo(port, b"after round %d" % i, up, timeout_s=3, what="round %d:" % i)
+        # No 'shard N restarted' line: the generation was drained before the
+        # restarted shard said ready (the race this is about; how often it
+        # is met depends on the machine, so it is reported, not required).
+        hits += i < 10 and not p.wait_log(r"shard \d+ restarted", 0, after=m)
+    lib.log("in %d of 10 kill rounds the generation was drained before its restarted shard said ready" % hits)

@@ -19,6 +19,7 @@ import time
 import lib
 from lib import check
 from fakedns import FakeDns
+from test_reload import echo_until, slow_signalfd_wrapper
 from test_server_control import _server
 
 
@@ -575,5 +576,64 @@ def test_upgrade_is_complete_at_once_when_the_old_supervisor_dies_during_the_han
     _cont(old[0])
     check(lib.wait_until(lambda: not any(_alive(s) for s in old), 10, 0.1),
           "old shards %s still alive after their supervisor died" % [s for s in old if _alive(s)])
+    os.kill(new, signal.SIGTERM)
+    check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
+
+
+@lib.timeout(90)
+def test_upgrade_complete_at_once_when_a_restarted_old_shard_gets_its_drain_order_while_starting(t):
+    """An old shard restarted after a crash that is still starting when the
+    new binary is ready (here: its start-up is slowed, the drain order comes
+    while it waits before its signalfd exists) takes the order once it is
+    up, closes its sockets and says so: the upgrade is complete as soon as
+    it can, with no 'did not say they stopped accepting' warning, and new
+    connections are served throughout."""
+    delay = 1.5
+    t.binary = slow_signalfd_wrapper(t, delay)
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.echo_config(up, port, workers=2), ready=False)
+    p.wait_ready(timeout_s=30)
+    old = p.wait_shards(2, timeout_s=10)
+    m = p.mark()
+    os.kill(p.pid, signal.SIGUSR2)
+    line = p.expect_log(r"upgrade: started .* as pid \d+", 5, after=m)
+    new = int(line.rsplit("as pid ", 1)[1].split(";")[0])
+    t.defer(lambda: _alive(new) and os.kill(new, signal.SIGTERM))
+    forked = lib.wait_until(lambda: len(lib.children(new)) >= 2, 10, 0.01)
+    check(forked, "the new binary's shards were not forked within 10 s: %s; log:\n%s"
+          % (lib.children(new), p.tail()))
+    # They are in their slow start until ~delay from now; an old shard
+    # killed half-way there restarts at once and is still starting when the
+    # new binary is ready and the old supervisor orders its shards to drain.
+    time.sleep(delay / 2)
+    victim = old[0]
+    os.kill(victim, signal.SIGKILL)
+    t_kill = time.monotonic()
+    restarted = lib.wait_until(lambda: set(p.shards()) - set(old) or None, 2, 0.01)
+    check(restarted, "old shard %d was not restarted within 2 s; log:\n%s" % (victim, p.tail()))
+    complete = r"upgrade: complete; pid %d serves every new connection" % new
+    served = echo_until(port, up, lambda: p.wait_log(complete, 0, after=m), t_kill + 10, "upgrade")
+    took = time.monotonic() - t_kill
+    check(p.wait_log(complete, 0, after=m), "upgrade not complete %.1f s after the kill; log:\n%s"
+          % (took, p.tail()))
+    warned = p.wait_log(r"did not say", 0, after=m)
+    check(not warned, "the upgrade waited for an old shard that got its drain order while starting: %s"
+          % warned)
+    # The restarted shard is up ~delay after the kill; the upgrade is complete
+    # right after it has taken the order (the 5 s bound would be ~5.5 s).
+    check(took < delay + 1.5, "upgrade complete %.2f s after the kill (restarted shard up after ~%.1f s)"
+          % (took, delay))
+    # The case was built: the restarted shard said it was ready (the
+    # 'shard N restarted' line) only after the drain order went out.
+    lines = p.lines()[m:]
+    order = [k for k, l in enumerate(lines) if "upgrade: pid %d is ready; this supervisor's shards stop "
+             "accepting" % new in l]
+    up_at = [k for k, l in enumerate(lines) if re.search(r"shard \d+ restarted", l)]
+    check(order and up_at and up_at[0] > order[0], "the restarted old shard was not still starting "
+          "when the drain order went out: the test did not build its case; log:\n%s" % "\n".join(lines))
+    lib.log("upgrade complete %.2f s after the kill; %d connections served meanwhile" % (took, served))
+    lib.check_echo(port, b"after the upgrade", up)
+    check(p.wait_exit(20) == 0, "old supervisor: exit status %s; log:\n%s" % (p.returncode, p.tail()))
     os.kill(new, signal.SIGTERM)
     check(lib.wait_until(lambda: not _alive(new), 15, 0.1), "new supervisor did not stop on SIGTERM")
