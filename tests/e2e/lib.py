@@ -1331,6 +1331,40 @@ def _connect_many(port, count):
         s.close()
     print(json.dumps(ports))
 
+def strace_delay_wrapper(t, syscall, delay_s):
+    """A wrapper script that runs t.binary under strace -D -f, delaying every
+    call of syscall by delay_s in each process it starts (supervisor,
+    shards, a binary upgrade's new one): a start-up slowed at one chosen
+    point. -D keeps the traced supervisor at the pid the test started.
+    Skips where strace is missing or cannot trace here."""
+    strace = shutil.which("strace")
+    if not strace:
+        raise Skip("strace is not installed")
+    path = os.path.join(t.tmpdir, "slow-%s-shardproxy" % syscall)
+    with open(path, "w") as f:
+        # LeakSanitizer cannot run under ptrace (SANITIZE=1 builds)
+        f.write("#!/bin/sh\nASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\" "
+                "exec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=%s "
+                "-e inject=%s:delay_enter=%d %s \"$@\"\n"
+                % (strace, syscall, syscall, int(delay_s * 1e6), t.binary))
+    os.chmod(path, 0o755)
+    r = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=20)
+    if r.returncode != 0 or "usage: shardproxy" not in r.stdout:
+        raise Skip("strace -D cannot run the binary here: %s" % (r.stderr.strip()[-200:]))
+    return path
+
+
+def echo_until(port, up, done, deadline_s, what):
+    """Echo through the proxy, one new connection after another, until
+    done() or deadline_s (monotonic); every one must be served intact (no
+    refusal, no reset). Returns how many were."""
+    n = 0
+    while not done() and time.monotonic() < deadline_s:
+        check_echo(port, b"during the hand-over %d" % n, up, timeout_s=5, what="%s, echo %d:" % (what, n))
+        n += 1
+        time.sleep(0.05)
+    return n
+
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "connect-many":
@@ -1338,3 +1372,4 @@ if __name__ == "__main__":
     else:
         sys.stderr.write(__doc__)
         sys.exit(2)
+

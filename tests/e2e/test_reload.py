@@ -6,9 +6,7 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 
 import lib
@@ -352,40 +350,19 @@ def test_reload_adds_new_listener_and_closes_removed_one(t):
     lib.log("listener b up at %.2f s" % (time.monotonic() - t0))
 
 
-def slow_signalfd_wrapper(t, delay_s):
-    """A wrapper that runs the binary under strace -D -f, delaying every
-    signalfd4 by delay_s: each process it starts (supervisor, shard, a
-    binary upgrade's new one) spends that long early in its start-up,
+def slow_signalfd_proxy(t, delay_s=1.5):
+    """The proxy (2 shards, echo route) under strace -D -f with every
+    signalfd4 delayed by delay_s: each process it starts (supervisor, shard,
+    a binary upgrade's new one) spends that long early in its start-up,
     before its signalfd exists and so before it could read a drain order
-    (which waits meanwhile, blocked and pending). -D keeps the traced
-    supervisor at the pid the test started."""
-    strace = shutil.which("strace")
-    if not strace:
-        raise lib.Skip("strace is not installed")
-    path = os.path.join(t.tmpdir, "slow-signalfd-shardproxy")
-    with open(path, "w") as f:
-        # LeakSanitizer cannot run under ptrace (SANITIZE=1 builds)
-        f.write("#!/bin/sh\nASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\" "
-                "exec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=signalfd4 "
-                "-e inject=signalfd4:delay_enter=%d %s \"$@\"\n"
-                % (strace, int(delay_s * 1e6), t.binary))
-    os.chmod(path, 0o755)
-    r = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=20)
-    if r.returncode != 0 or "usage: shardproxy" not in r.stdout:
-        raise lib.Skip("strace -D cannot run the binary here: %s" % (r.stderr.strip()[-200:]))
-    return path
-
-
-def echo_until(port, up, done, deadline_s, what):
-    """Echo through the proxy, one new connection after another, until
-    done() or deadline_s (monotonic); every one must be served intact (no
-    refusal, no reset). Returns how many were."""
-    n = 0
-    while not done() and time.monotonic() < deadline_s:
-        lib.check_echo(port, b"during the hand-over %d" % n, up, timeout_s=5, what="%s, echo %d:" % (what, n))
-        n += 1
-        time.sleep(0.05)
-    return n
+    (which waits meanwhile, blocked and pending). Returns (proxy, upstream,
+    port)."""
+    t.binary = lib.strace_delay_wrapper(t, "signalfd4", delay_s)
+    up = t.echo()
+    port = lib.free_port()
+    p = t.proxy(lib.echo_config(up, port, workers=2), ready=False)
+    p.wait_ready(timeout_s=30)
+    return p, up, port
 
 
 @lib.timeout(90)
@@ -397,11 +374,7 @@ def test_reload_done_at_once_when_a_restarted_shard_gets_its_drain_order_while_s
     it can, with no 'did not say they stopped accepting' warning, and new
     connections are served throughout."""
     delay = 1.5
-    t.binary = slow_signalfd_wrapper(t, delay)
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.echo_config(up, port, workers=2), ready=False)
-    p.wait_ready(timeout_s=30)
+    p, up, port = slow_signalfd_proxy(t, delay)
     for gen in (2, 3):
         old = p.wait_shards(2, timeout_s=10)
         m = p.reload()
@@ -420,8 +393,8 @@ def test_reload_done_at_once_when_a_restarted_shard_gets_its_drain_order_while_s
         check(restarted, "reload %d: shard %d was not restarted within 2 s; log:\n%s"
               % (gen - 1, victim, p.tail()))
         ready = r"reload: generation %d ready" % gen
-        served = echo_until(port, up, lambda: p.wait_log(ready, 0, after=m), t_kill + 10,
-                            "reload %d" % (gen - 1))
+        served = lib.echo_until(port, up, lambda: p.wait_log(ready, 0, after=m), t_kill + 10,
+                                "reload %d" % (gen - 1))
         took = time.monotonic() - t_kill
         check(p.wait_log(ready, 0, after=m), "reload %d not done %.1f s after the kill; log:\n%s"
               % (gen - 1, took, p.tail()))

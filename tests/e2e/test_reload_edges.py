@@ -4,10 +4,8 @@ shard accepts on; and the supervisor never blocks while a new generation
 comes up: /healthz answers and a shard that dies is restarted meanwhile."""
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import time
 
 import lib
@@ -69,33 +67,12 @@ def test_failed_reload_closes_every_socket_it_opened_and_40_new_connections_are_
     lib.check_echo(c, b"the other listener too", up)
 
 
-def _slow_start_wrapper(t, delay_s):
-    """A wrapper that runs the binary under strace -D, delaying every shard's
-    io_uring_setup by delay_s: a generation slow to come up. -D keeps the
-    traced supervisor at the pid the test started."""
-    strace = shutil.which("strace")
-    if not strace:
-        raise lib.Skip("strace is not installed")
-    path = os.path.join(t.tmpdir, "slow-shardproxy")
-    with open(path, "w") as f:
-        # LeakSanitizer cannot run under ptrace (SANITIZE=1 builds)
-        f.write("#!/bin/sh\nASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0\" "
-                "exec %s -D -f -qq -o /dev/null --seccomp-bpf -e trace=io_uring_setup "
-                "-e inject=io_uring_setup:delay_enter=%d %s \"$@\"\n"
-                % (strace, int(delay_s * 1e6), t.binary))
-    os.chmod(path, 0o755)
-    r = subprocess.run([path, "-h"], capture_output=True, text=True, timeout=20)
-    if r.returncode != 0 or "usage: shardproxy" not in r.stdout:
-        raise lib.Skip("strace -D cannot run the binary here: %s" % (r.stderr.strip()[-200:]))
-    return path
-
-
 @lib.timeout(90)
 def test_reload_with_slow_new_generation_healthz_answers_and_killed_shard_restarts_within_2s(t):
     if lib.IO == "epoll":
         raise lib.Skip("the slow start is a delayed io_uring_setup; shards on epoll never call it")
     delay = 4.0
-    t.binary = _slow_start_wrapper(t, delay)
+    t.binary = lib.strace_delay_wrapper(t, "io_uring_setup", delay)
     up = t.echo()
     port, aport = lib.free_port(), lib.free_port()
     conf = lib.echo_config(up, port, workers=2, admin={"listen": "127.0.0.1:%d" % aport})

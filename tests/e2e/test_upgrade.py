@@ -19,7 +19,7 @@ import time
 import lib
 from lib import check
 from fakedns import FakeDns
-from test_reload import echo_until, slow_signalfd_wrapper
+from test_reload import slow_signalfd_proxy
 from test_server_control import _server
 
 
@@ -589,11 +589,7 @@ def test_upgrade_complete_at_once_when_a_restarted_old_shard_gets_its_drain_orde
     it can, with no 'did not say they stopped accepting' warning, and new
     connections are served throughout."""
     delay = 1.5
-    t.binary = slow_signalfd_wrapper(t, delay)
-    up = t.echo()
-    port = lib.free_port()
-    p = t.proxy(lib.echo_config(up, port, workers=2), ready=False)
-    p.wait_ready(timeout_s=30)
+    p, up, port = slow_signalfd_proxy(t, delay)
     old = p.wait_shards(2, timeout_s=10)
     m = p.mark()
     os.kill(p.pid, signal.SIGUSR2)
@@ -613,7 +609,7 @@ def test_upgrade_complete_at_once_when_a_restarted_old_shard_gets_its_drain_orde
     restarted = lib.wait_until(lambda: set(p.shards()) - set(old) or None, 2, 0.01)
     check(restarted, "old shard %d was not restarted within 2 s; log:\n%s" % (victim, p.tail()))
     complete = r"upgrade: complete; pid %d serves every new connection" % new
-    served = echo_until(port, up, lambda: p.wait_log(complete, 0, after=m), t_kill + 10, "upgrade")
+    served = lib.echo_until(port, up, lambda: p.wait_log(complete, 0, after=m), t_kill + 10, "upgrade")
     took = time.monotonic() - t_kill
     check(p.wait_log(complete, 0, after=m), "upgrade not complete %.1f s after the kill; log:\n%s"
           % (took, p.tail()))
