@@ -68,9 +68,8 @@ _Static_assert(SP_COPY_NBUFS_MAX <= SP_LOOP_MAX_BUFS && SP_COPY_NBUFS_MAX - 1 <=
  * for the pool; under half that, every direction holding pool buffers
  * waits. A direction that holds none never waits: while the pool has a
  * buffer it arms a pool recv (no memory held until data comes), and with
- * the pool empty it receives into a spare of its
- * own (SP_COPY_BUF_SIZE from the heap, freed once sent), one message at a
- * time. So a fresh session moves at once even with every pool buffer held,
+ * the pool empty it receives into a spare of its own (SP_COPY_BUF_SIZE
+ * from the heap, freed once sent), one message at a time. So a fresh session moves at once even with every pool buffer held,
  * and the spare counts within SP_COPY_QMAX: the per-session bound stays
  * exact, and the shard's copy memory is the pool plus at most one spare
  * per direction that holds no pool buffer. */

@@ -55,6 +55,12 @@ static uint16_t lend_group(const sp_shard_t *sh, const sp_session_t *s, int d)
 	return (uint16_t)g;
 }
 
+/* Buffers in the ring now, for any recv to take. */
+static uint32_t pool_free(const sp_shard_t *sh)
+{
+	return sp_loop_bufs_total(sh->loop) - sp_loop_bufs_out(sh->loop);
+}
+
 /* A buffer the direction has sent: lend it to its group, or put it back. */
 static void give_back(sp_shard_t *sh, sp_session_t *s, int d, uint16_t bid)
 {
@@ -65,9 +71,8 @@ static void give_back(sp_shard_t *sh, sp_session_t *s, int d, uint16_t bid)
 	    s->state == SP_SESSION_RELAY && !dir->eof && !dir->dead && !dir->to_splice &&
 	    dir->qn + dir->nlent + (dir->recv_armed && !dir->recv_lent) < SP_COPY_QMAX &&
 	    (g = lend_group(sh, s, d)) != 0) {
-		uint32_t total = sp_loop_bufs_total(sh->loop);
 		/* more than half the pool out: lent buffers would crowd out others */
-		if (total - sp_loop_bufs_out(sh->loop) >= total / 2 &&
+		if (pool_free(sh) >= sp_loop_bufs_total(sh->loop) / 2 &&
 		    sp_loop_buf_lend(sh->loop, g, bid) == 0) {
 			buf_append(sh, &dir->lhead, &dir->ltail, dir->nlent++, bid);
 			return;
@@ -174,14 +179,13 @@ static void starve_remove(sp_shard_t *sh, sp_session_t *s, int d)
  * busy), so those count as taken already. */
 static bool ring_low(const sp_shard_t *sh, uint32_t div)
 {
-	uint32_t total = sp_loop_bufs_total(sh->loop);
-	uint32_t free = total - sp_loop_bufs_out(sh->loop);
-	return free < sh->recv_held + total / div;
+	return pool_free(sh) < sh->recv_held + sp_loop_bufs_total(sh->loop) / div;
 }
 
 /* May this direction take one more buffer from the ring now? Near empty,
  * none may: the last buffers are for directions waiting in line, and one
- * that holds none takes its spare instead (maybe_resume). */
+ * that holds none arms a pool recv, or takes its spare once the ring is
+ * empty (maybe_resume). */
 static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
 {
 	if (!ring_low(sh, SP_COPY_LOW_DIV))
@@ -200,8 +204,8 @@ static bool may_take(const sp_shard_t *sh, const sp_dir_t *dir)
  * that is sent and the spare freed. It then holds one buffer, as with a
  * pool recv, so SP_COPY_QMAX bounds it as before, and a fresh session moves
  * whatever the others hold. Spares are taken only off the fast path: the
- * ring is low and empty, or a recv found it empty; their completions have op kinds
- * of their own, so on_recv and on_send do not test for them. */
+ * ring is empty, or a recv found it empty; their completions have op
+ * kinds of their own, so on_recv and on_send do not test for them. */
 
 static void put_spare(sp_dir_t *dir)
 {
@@ -292,7 +296,7 @@ static void maybe_resume(sp_shard_t *sh, sp_session_t *s, int d)
 		 * pool empty does it take its spare: no number of sessions
 		 * holding the pool's buffers can stall it. */
 		if (dir->qn + dir->nlent == 0) {
-			if (sp_loop_bufs_out(sh->loop) < sp_loop_bufs_total(sh->loop)) {
+			if (pool_free(sh) > 0) {
 				arm_recv(sh, s, d);
 				return;
 			}
@@ -518,7 +522,7 @@ static void copy_release(sp_shard_t *sh, sp_session_t *s)
  * goes back to the end of the line, so each waits at most one round. */
 static void copy_resume(sp_shard_t *sh)
 {
-	uint32_t budget = sp_loop_bufs_total(sh->loop) - sp_loop_bufs_out(sh->loop);
+	uint32_t budget = pool_free(sh);
 	/* While the ring is low, directions that hold buffers go round the
 	 * line without a buffer: bound the walk per turn. */
 	uint32_t visits = sh->nstarved < 256 ? sh->nstarved : 256;
